@@ -2,7 +2,7 @@ r"""Train the NeuralEF segmentor's ψ on cached backbone features (SPEC §2, §5
 
   # the bundled sample photos, reference settings (batch 16 of 336-px crops, K = 256)
   python -m experiments.train_neuralef --workdir runs/neuralef
-  # a few minutes on a CPU (batch 8 of 224-px crops, 300 steps)
+  # a CPU-sized run (batch 4 of 224-px crops, k = 64, 250 steps: 10-20 minutes on 2 cores)
   python -m experiments.train_neuralef --config experiments/configs/neuralef.py:cpu \
       --workdir runs/neuralef_cpu
   # any image folder; override any config field

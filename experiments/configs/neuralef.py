@@ -11,7 +11,7 @@ Presets (the string after ``:``):
   ``reference`` (default): batch 16 of 336-px crops (24×24 DINOv2 patches, B·N = 9216
     tokens), K = 256, k = 256 (SPEC §5 Pascal Context settings; steps instead of epochs).
   ``cpu``: batch 4 of 224-px crops (16×16 patches, B·N = 1024 tokens), k = 64, 250 steps: a
-    run of about ten minutes on a 2-core CPU. ψ, K, the loss, the optimiser and the schedules
+    run of 10-20 minutes on a 2-core CPU. ψ, K, the loss, the optimiser and the schedules
     are unchanged.
   ``test``: a tiny ψ and graph for unit tests (random features; no backbone).
 """
