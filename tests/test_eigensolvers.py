@@ -136,7 +136,6 @@ def test_laplacian_matches_dsm_eigsh(dsm_graphs):
     assert sin <= min(1.0, 3 * np.sqrt(size) * 1.5e-5 / delta + 1e-3), (sin, delta, size)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["photo", "random"])
 def test_laplacian_n3600_matches_dsm_eigsh(voc_photo, kind):
   feats = photo_features(voc_photo.rgb, 60) if kind == "photo" else random_features(3600)

@@ -153,7 +153,6 @@ def test_sharded_step_equals_single_device():
     assert len(values) == 3 and max(values) < 1e-5, (name, values)
 
 
-@pytest.mark.slow
 def test_sharded_step_equals_single_device_all_forms():
   """As above for the "knn" kernel form (psum_scatter of the transposed edges) and for the
   whole train step (Adam update included)."""
@@ -202,7 +201,6 @@ _MULTIHOST_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, config, features):
   """jax.distributed on 127.0.0.1: 2 processes × 2 CPU devices (gloo collectives), each feeding
   only its rows of the global batch, train like one process on one device."""
@@ -416,7 +414,6 @@ def test_augmented_views_are_seeded_crops():
     feats_lib.AugmentConfig(min_scale=0.5)
 
 
-@pytest.mark.slow
 def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
   """The training script under a real SIGINT: exit status 130 after saving the last completed
   step; the same command resumes from it (real bundled photos, offline DINOv2 weights)."""
