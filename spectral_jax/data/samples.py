@@ -92,3 +92,24 @@ def bundled_photos() -> dict[str, np.ndarray]:
   photos = {name: labelled_photo(name).rgb for name in LABELLED_SAMPLES}
   photos.update({name: skimage_photo(name) for name in SKIMAGE_PHOTOS})
   return photos
+
+
+def square_photos(size: int, count: int) -> np.ndarray:
+  """``count`` bundled photos (cycled) as a (count, size, size, 3) float32 batch in [0, 1].
+
+  Each photo is resized (PIL bilinear) so that its shorter side is ``size``, then
+  centre-cropped to a square: fixed-shape batches of real photos for benchmarks.
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  if size < 1 or count < 1:
+    raise ValueError(f"size and count must be >= 1; got size={size}, count={count}")
+  photos = list(bundled_photos().values())
+  out = []
+  for i in range(count):
+    img = Image.fromarray(photos[i % len(photos)])
+    s = size / min(img.size)
+    img = img.resize((max(size, round(img.size[0] * s)), max(size, round(img.size[1] * s))),
+                     Image.BILINEAR)
+    x0, y0 = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    out.append(np.asarray(img.crop((x0, y0, x0 + size, y0 + size)), np.float32) / 255.0)
+  return np.stack(out)
