@@ -145,12 +145,16 @@ class Mlp(nn.Module):
 ATTENTION_IMPLS = ("auto", "xla", "chunked")
 
 
-def chunked_attention(q, k, v, *, chunk: int = 256):
-  """softmax(q kᵀ / √D) v, one (batch, head) at a time in blocks of `chunk` queries.
+def chunked_attention(q, k, v, *, chunk: int = 128):
+  """softmax(q kᵀ / √D) v, one image at a time, all heads together, in blocks of `chunk` queries.
 
   The same function as `jax.nn.dot_product_attention`, arranged for CPUs: each block's logits
-  (chunk × T) stay in cache instead of a (B, H, T, T) array going through memory. Logits,
-  softmax and the normalisation run in float32 whatever the input dtype.
+  (H × chunk × T) stay in cache instead of a (B, H, T, T) array going through memory, and each
+  block's products are batched over the heads, which keeps both cores busy. Measured on the
+  2-core CPU (whole ViT-S/14 forward, f32): as fast as `jax.nn.dot_product_attention` at 1025
+  tokens (batch 8) and 26% less time at 3601 (batch 2); per-head blocks of 256 took 25% and 8%
+  longer than this form. Logits, softmax and the normalisation run in float32 whatever the
+  input dtype.
 
   Args:
     q, k, v: (B, T, H, D) arrays.
@@ -160,23 +164,24 @@ def chunked_attention(q, k, v, *, chunk: int = 256):
     (B, T, H, D) array of `q.dtype`.
   """
   chex.assert_equal_shape([q, k, v])
-  b, t, h, d = q.shape
-  heads = lambda z: z.transpose(0, 2, 1, 3).reshape(b * h, t, d)
+  t, d = q.shape[1], q.shape[3]
   f32 = jnp.float32
 
-  def one_head(qkv):
-    qh, kh, vh = qkv
+  def one_image(qkv):
+    qi, ki, vi = qkv  # (H, T, D)
     blocks = []
     for start in range(0, t, chunk):
-      logits = jnp.matmul(qh[start:start + chunk], kh.T, preferred_element_type=f32)
+      logits = jnp.einsum("hqd,hkd->hqk", qi[:, start:start + chunk], ki,
+                          preferred_element_type=f32)
       p = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
-      y = jnp.matmul(p.astype(vh.dtype), vh, preferred_element_type=f32)
+      y = jnp.einsum("hqk,hkd->hqd", p.astype(vi.dtype), vi, preferred_element_type=f32)
       blocks.append((y / p.sum(axis=-1, keepdims=True)).astype(q.dtype))
-    return jnp.concatenate(blocks)
+    return jnp.concatenate(blocks, axis=1)
 
   scale = jnp.asarray(d**-0.5, q.dtype)
-  y = jax.lax.map(one_head, (heads(q * scale), heads(k), heads(v)))
-  return y.reshape(b, h, t, d).transpose(0, 2, 1, 3)
+  heads_first = lambda z: z.transpose(0, 2, 1, 3)  # (B, H, T, D)
+  y = jax.lax.map(one_image, (heads_first(q * scale), heads_first(k), heads_first(v)))
+  return heads_first(y)
 
 
 class Attention(nn.Module):
@@ -186,7 +191,7 @@ class Attention(nn.Module):
   concatenated in head order (DSM's keys are ``out["k"]`` of the last block).
 
   ``impl``: "xla" is `jax.nn.dot_product_attention` (cuDNN where available), "chunked" is
-  `chunked_attention` (several times faster on CPU), "auto" picks "chunked" on CPU backends.
+  `chunked_attention` (faster on CPU, see there), "auto" picks "chunked" on CPU backends.
   """
   num_heads: int
   dtype: Any = jnp.float32
