@@ -254,9 +254,10 @@ def fit_kmeans(key: jax.Array, points: np.ndarray, num_clusters: int, *, max_poi
 # ----------------------------------------------------------------------------- report
 
 
-def _pre_logits(config, params, psi_inputs: np.ndarray, batch: int = 16) -> np.ndarray:
-  run = jax.jit(lambda p, x: psi_inference(config, p, x)[1])
-  return np.concatenate([np.asarray(run(params, jnp.asarray(psi_inputs[s:s + batch], jnp.float32)))
+def _pre_logits(infer, params, psi_inputs: np.ndarray, batch: int = 16) -> np.ndarray:
+  """ψ's pre-head features of ``psi_inputs`` in batches; ``infer`` is the jitted inference."""
+  return np.concatenate([np.asarray(infer(params, jnp.asarray(psi_inputs[s:s + batch],
+                                                              jnp.float32))[1])
                          for s in range(0, len(psi_inputs), batch)])
 
 
@@ -315,7 +316,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
     per_image.append({"grid": grid, "logits": logits[0], "pre": pre[0], "feats": graph_feats[0]})
 
   # Baselines: K-means fit on the training views, K and C clusters.
-  train_pre = _pre_logits(config, params, train_features.psi_inputs)
+  train_pre = _pre_logits(infer, params, train_features.psi_inputs)
   centroids = {}
   for name, points, feat in (("kmeans", train_features.graph_features, "feats"),
                              ("ours_star", train_pre, "pre")):
