@@ -83,7 +83,7 @@ def main():
         f"{name} ({args.weights}), grid {grid[0]}×{grid[1]} = {n} patches, K = {args.k}, "
         f"method {args.method}")
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=backbones.compiler_options())
   def pipeline(backbone, images, keys):  # parameters as an argument, not baked-in constants
     feats = backbones.extract_features(backbone, images, blocks=(-1,))
     res = dsm.analyse(feats.keys, grid, patch_size=p, rngs=keys, num_eigenvectors=args.k,

@@ -109,7 +109,8 @@ def keys_batch(n: int, batch: int) -> np.ndarray:
   """
   side = math.isqrt(n) * 14
   backbone = backbones.load_pretrained("dinov2_vits14")
-  extract = jax.jit(lambda bb, x: backbones.extract_features(bb, x, blocks=(-1,)).keys)
+  extract = jax.jit(lambda bb, x: backbones.extract_features(bb, x, blocks=(-1,)).keys,
+                    compiler_options=backbones.compiler_options())
   out = [np.asarray(extract(backbone, jnp.asarray(x[None])))[0]
          for x in samples.square_photos(side, batch)]
   return np.stack(out)

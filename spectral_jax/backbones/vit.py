@@ -22,6 +22,7 @@ statistics and the attention softmax are computed in float32).
 """
 
 import functools
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import chex
@@ -145,43 +146,70 @@ class Mlp(nn.Module):
 ATTENTION_IMPLS = ("auto", "xla", "chunked")
 
 
-def chunked_attention(q, k, v, *, chunk: int = 128):
+def _blockwise_max(x, block: int, max_slices: int = 128):
+  """x.max(-1) with no reduction over more than `block` elements, which XLA:CPU would rewrite
+  into slower reduce-windows: the `block`-wide slices are combined elementwise (one fused pass)
+  and the last `block` values reduced; -inf pads a slice that falls short. Beyond
+  `max_slices` slices a step first reduces each slice (bounds the size of the program)."""
+  while x.shape[-1] > block:
+    steps = -(-x.shape[-1] // block)
+    pad = [(0, 0)] * (x.ndim - 1) + [(0, steps * block - x.shape[-1])]
+    x = jnp.pad(x, pad, constant_values=-jnp.inf).reshape(*x.shape[:-1], steps, block)
+    if steps <= max_slices:
+      x = functools.reduce(jnp.maximum, [x[..., i, :] for i in range(steps)])
+    else:
+      x = x.max(-1)
+  return x.max(-1)
+
+
+def chunked_attention(q, k, v, *, chunk: int = 128, block: int = 32):
   """softmax(q kᵀ / √D) v, one image at a time, all heads together, in blocks of `chunk` queries.
 
   The same function as `jax.nn.dot_product_attention`, arranged for CPUs: each block's logits
-  (H × chunk × T) stay in cache instead of a (B, H, T, T) array going through memory, and each
-  block's products are batched over the heads, which keeps both cores busy. Measured on the
-  2-core CPU (whole ViT-S/14 forward, f32): as fast as `jax.nn.dot_product_attention` at 1025
-  tokens (batch 8) and 26% less time at 3601 (batch 2); per-head blocks of 256 took 25% and 8%
-  longer than this form. Logits, softmax and the normalisation run in float32 whatever the
-  input dtype.
+  (H × chunk × T) stay in cache instead of a (B, H, T, T) array going through memory, each
+  block's products are batched over the heads, which keeps both cores busy, and each image's
+  heads are transposed inside the loop, in cache. XLA:CPU turns a reduction over more than 32
+  elements into a slower tree of reduce-windows, so the softmax avoids long reductions: the
+  keys are padded to a multiple of `block` with copies of the first key (a copy leaves every
+  row maximum as it is), the row maximum is taken in steps of `block` (keys, then block
+  maxima), and the row sums come out of the second product through a column of ones appended
+  to v (zero on the padded keys, which so count for nothing). Measured on the 2-core CPU with
+  XLA's Eigen dots (`CPU_COMPILER_OPTIONS`), against the same loop with plain row reductions
+  and the transposes outside it: 30% less time at B=8, T=1025 (0.245 vs 0.350 s) and 22% at
+  B=2, T=3601 (2.77 vs 3.54 s). Logits, softmax and the normalisation run in float32 whatever
+  the input dtype.
 
   Args:
     q, k, v: (B, T, H, D) arrays.
     chunk: queries per block.
+    block: keys per step of the row maximum.
 
   Returns:
     (B, T, H, D) array of `q.dtype`.
   """
   chex.assert_equal_shape([q, k, v])
   t, d = q.shape[1], q.shape[3]
+  padded = -(-t // block) * block
   f32 = jnp.float32
 
   def one_image(qkv):
-    qi, ki, vi = qkv  # (H, T, D)
-    blocks = []
+    # (T, H, D) → (H, T, D) here, in cache, folded into the copies that pad k and v.
+    qi, ki, vi = (z.transpose(1, 0, 2) for z in qkv)
+    h = qi.shape[0]
+    qi = qi * jnp.asarray(d**-0.5, q.dtype)
+    ki = jnp.concatenate([ki, jnp.broadcast_to(ki[:, :1], (h, padded - t, d))], axis=1)
+    vi = jnp.concatenate([vi, jnp.ones((h, t, 1), vi.dtype)], axis=2)
+    vi = jnp.concatenate([vi, jnp.zeros((h, padded - t, d + 1), vi.dtype)], axis=1)
+    outputs = []
     for start in range(0, t, chunk):
       logits = jnp.einsum("hqd,hkd->hqk", qi[:, start:start + chunk], ki,
                           preferred_element_type=f32)
-      p = jnp.exp(logits - logits.max(axis=-1, keepdims=True))
+      p = jnp.exp(logits - _blockwise_max(logits, block)[..., None])
       y = jnp.einsum("hqk,hkd->hqd", p.astype(vi.dtype), vi, preferred_element_type=f32)
-      blocks.append((y / p.sum(axis=-1, keepdims=True)).astype(q.dtype))
-    return jnp.concatenate(blocks, axis=1)
+      outputs.append((y[..., :d] / y[..., d:]).astype(q.dtype))
+    return jnp.concatenate(outputs, axis=1).transpose(1, 0, 2)
 
-  scale = jnp.asarray(d**-0.5, q.dtype)
-  heads_first = lambda z: z.transpose(0, 2, 1, 3)  # (B, H, T, D)
-  y = jax.lax.map(one_image, (heads_first(q * scale), heads_first(k), heads_first(v)))
-  return heads_first(y)
+  return jax.lax.map(one_image, (q, k, v))
 
 
 class Attention(nn.Module):
@@ -416,15 +444,49 @@ def _select_blocks(blocks, ids):
   return jnp.stack([blocks[i, :, 1:] for i in ids])
 
 
-@functools.partial(jax.jit, static_argnames=("blocks", "dtype"))
+# XLA:CPU runs dots through YNNPACK by default in jaxlib 0.10. For this ViT on the 2-core
+# AVX2 CPU of BUILD_NOTES, its dots through XLA's Eigen path took less time: whole ViT-S/14
+# forward, batch 8 at 448 px, in-process A/B of the same weights, medians of 5-7 repeats:
+# 9.00 vs 7.51 s, 8.43 vs 7.07 s and 8.62 vs 7.59 s (12-17% less); alone, the dense layers
+# took 13-17% less time and the attention 9% more, which `chunked_attention` wins back.
+# Only CPU compilations get these options.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_options(backend: str, options: Tuple[Tuple[str, str], ...]):
+  if backend != "cpu" or not options:
+    return ()
+  try:  # An XLA that no longer knows an option rejects it at compile time: then run without.
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    warnings.warn(f"XLA rejected the CPU compiler options {dict(options)} ({e}); the backbone "
+                  "compiles with XLA's defaults.")
+    return ()
+  return options
+
+
+def compiler_options() -> Dict[str, str]:
+  """XLA compiler options for computations that run the ViT on the default backend.
+
+  `CPU_COMPILER_OPTIONS` on CPU (after a one-off check that this XLA accepts them), nothing
+  on GPU/TPU. `extract_features` compiles with them; pass them to your own `jax.jit` around
+  the backbone (``jax.jit(f, compiler_options=backbones.compiler_options())``) to get the
+  same CPU speed: options of an inner `jit` are ignored when it is traced inside an outer one.
+  """
+  items = tuple(sorted((str(k), str(v)) for k, v in CPU_COMPILER_OPTIONS.items()))
+  return dict(_checked_options(jax.default_backend(), items))
+
+
 def extract_features(backbone: Backbone, images: jax.Array, *,
                      blocks: Optional[Sequence[int]] = None,
                      dtype: Any = jnp.float32) -> Features:
   """Runs the backbone on images and returns the features the spectral methods use.
 
-  Jitted (static: image shape, `blocks`, `dtype`); also usable inside other jitted functions.
-  Each new image shape compiles once (seconds on a CPU), so batch images of one size. Pixel
-  values are not range-checked (they are traced): scale uint8 images by 1/255 first.
+  Jitted (static: image shape, `blocks`, `dtype`) with `compiler_options`; also usable inside
+  other jitted functions (give those the same `compiler_options` for the same CPU speed). Each new image shape compiles once (seconds on a CPU), so batch
+  images of one size. Pixel values are not range-checked (they are traced): scale uint8
+  images by 1/255 first.
 
   Args:
     backbone: a `Backbone` (from `load_pretrained` or `init_backbone`).
@@ -436,11 +498,26 @@ def extract_features(backbone: Backbone, images: jax.Array, *,
   Returns:
     `Features` with N = h·w patches and C = width.
   """
+  blocks = None if blocks is None else tuple(int(i) for i in blocks)
+  traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((backbone, images)))
+  # JAX takes compiler options on top-level jits only: traced, the caller's jit decides.
+  options = () if traced else tuple(sorted(compiler_options().items()))
+  return _jitted_extract(options)(backbone, images, blocks=blocks, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_extract(options: Tuple[Tuple[str, str], ...]):
+  return jax.jit(_extract_features, static_argnames=("blocks", "dtype"),
+                 compiler_options=dict(options) or None)
+
+
+def _extract_features(backbone: Backbone, images: jax.Array, *,
+                      blocks: Optional[Tuple[int, ...]], dtype: Any) -> Features:
   _check_images(images, backbone.config.patch_size)
   depth = backbone.config.depth
-  block_ids = tuple(range(depth)) if blocks is None else tuple(int(i) % depth for i in blocks)
-  if blocks is not None and any(not -depth <= int(i) < depth for i in blocks):
-    raise ValueError(f"block indices {tuple(blocks)} out of range for depth {depth}.")
+  block_ids = tuple(range(depth)) if blocks is None else tuple(i % depth for i in blocks)
+  if blocks is not None and any(not -depth <= i < depth for i in blocks):
+    raise ValueError(f"block indices {blocks} out of range for depth {depth}.")
   encoded, out = backbone.module.apply({"params": backbone.params}, images)
   patches = lambda z: z[:, 1:].astype(dtype)
   return Features(

@@ -318,7 +318,9 @@ def extract_feature_set(backbone, images: Sequence[NamedImage], aug: AugmentConf
     image_index += [i] * len(crops)
     view_index += list(range(len(crops)))
   views = np.concatenate(views)
-  run = jax.jit(lambda bb, x: backbone_features(bb, x))
+  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+  run = jax.jit(lambda bb, x: backbone_features(bb, x),
+                compiler_options=backbones.compiler_options())
   psi_inputs, graph_feats = [], []
   starts = range(0, len(views), batch_size)
   if progress:
