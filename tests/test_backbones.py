@@ -117,8 +117,9 @@ def test_block_selection_under_an_outer_jit(dinov2_small, rng):
   np.testing.assert_allclose(plain(dinov2_small, images), everything.keys, atol=1e-5)
 
 
-# Token counts: one key, fewer than a key block, exactly one block, the remainder of a query
-# chunk, and 1090 = 34 blocks + 2 keys, whose block maxima need a second, -inf padded step.
+# Token counts: one key and fewer than a key block (padded with 31 and 25 copies of the first
+# key), exactly one block, the remainder of a query chunk, and 1090 = 34 blocks + 2 keys (the
+# maximum over 35 slices). The -inf padding of `_blockwise_max` is tested on its own below.
 @pytest.mark.parametrize("tokens", [1, 7, 32, 600, 1090])
 def test_chunked_attention_matches_float64_attention(tokens, rng):
   q, k, v = (rng.normal(size=(2, tokens, 2, 16)).astype(np.float32) for _ in range(3))
