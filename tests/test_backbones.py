@@ -118,16 +118,21 @@ def test_block_selection_under_an_outer_jit(dinov2_small, rng):
 
 
 # Token counts: one key and fewer than a key block (padded with 31 and 25 copies of the first
-# key), exactly one block, the remainder of a query chunk, and 1090 = 34 blocks + 2 keys (the
-# maximum over 35 slices). The -inf padding of `_blockwise_max` is tested on its own below.
-@pytest.mark.parametrize("tokens", [1, 7, 32, 600, 1090])
-def test_chunked_attention_matches_float64_attention(tokens, rng):
+# key), exactly one block, and 1090 = 34 blocks + 2 keys (the maximum over 35 slices). The -inf
+# padding of `_blockwise_max` is tested on its own below. `queries` > 0 caps the logits so that
+# each (image, head) pair runs in blocks of that many queries (600 = 6·100, 1090 = 10·100 + 90,
+# 7 = 3 + 3 + 1); 0 keeps the default, one block per pair at these sizes.
+@pytest.mark.parametrize("tokens,queries", [(1, 0), (7, 0), (32, 0), (600, 0), (1090, 0),
+                                            (600, 100), (1090, 100), (7, 3)])
+def test_chunked_attention_matches_float64_attention(tokens, queries, rng):
   q, k, v = (rng.normal(size=(2, tokens, 2, 16)).astype(np.float32) for _ in range(3))
   q = q * 4.0  # Peaked rows: the max subtraction matters.
   logits = np.einsum("bqhd,bkhd->bhqk", q.astype(np.float64), k) / 4.0
   weights = np.exp(logits - logits.max(-1, keepdims=True))
   expected = np.einsum("bhqk,bkhd->bqhd", weights / weights.sum(-1, keepdims=True), v)
-  chunked = jax.jit(vit.chunked_attention)
+  padded_keys = -(-tokens // 32) * 32
+  options = {"max_logits": queries * padded_keys} if queries else {}
+  chunked = jax.jit(functools.partial(vit.chunked_attention, **options))
   # float32 error: jax.nn.dot_product_attention is 3.6e-6 off at 1090 tokens, this form
   # 8.2e-6 (its row sums come out of a float32 product over the keys).
   np.testing.assert_allclose(chunked(q, k, v), expected, atol=1.5e-5)
