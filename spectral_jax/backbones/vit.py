@@ -165,22 +165,23 @@ def _blockwise_max(x, block: int, max_slices: int = 128):
 def chunked_attention(q, k, v, *, max_logits: int = 1 << 22, block: int = 32):
   """softmax(q kᵀ / √D) v, one (image, head) pair at a time, in as few query blocks as fit.
 
-  The same function as `jax.nn.dot_product_attention`, arranged for CPUs. A loop over the
-  B·H (image, head) pairs runs two plain matrix products per pair, (T, D)·(D, T) and (T, T)·(T,
-  D + 1), large enough for XLA's Eigen dots to keep both cores busy (smaller blocks of queries
-  or several heads batched in one product left a third of a core idle), while one pair's logits
-  (4 MiB at T = 1025) stay out of main memory's way; queries are split into blocks only where
-  one pair's logits would exceed `max_logits` elements. XLA:CPU turns a reduction over more
-  than 32 elements into a slower tree of reduce-windows, so the softmax avoids long reductions:
-  the keys are padded to a multiple of `block` with copies of the first key (a copy leaves
-  every row maximum as it is), the row maximum is taken in steps of `block` (keys, then block
-  maxima), and the row sums come out of the second product through a column of ones appended
-  to v (zero on the padded keys, which so count for nothing). Measured on the 2-core CPU with
-  XLA's Eigen dots (`CPU_COMPILER_OPTIONS`) against one image at a time with all heads batched
-  in blocks of 128 queries (the previous form), in-process A/B runs: 26-32% less time at B=8,
-  T=1025 (0.198 vs 0.262 s) and 20-28% at B=2, T=3601 (0.609 vs 0.784 s) for the attention
-  alone, 7-10% less for the whole ViT-S/14 forward at batch 8, 448×448. Logits, softmax and
-  the normalisation run in float32 whatever the input dtype.
+  The same function as `jax.nn.dot_product_attention`, arranged for CPUs. A loop over the B·H
+  (image, head) pairs runs two plain matrix products per pair, (T, D)·(D, T) and
+  (T, T)·(T, D + 1), large enough for XLA's Eigen dots to use both cores (the logits of 128
+  queries with 6 heads batched ran 1.47× faster on two cores than on one, those of all 1025
+  queries 2×), while one pair's logits (4 MiB at T = 1025) fit in the 32 MiB L3 cache;
+  queries are split into blocks only where one pair's logits would exceed `max_logits`
+  elements. XLA:CPU turns a reduction over more than 32 elements into a slower tree of
+  reduce-windows, so the softmax avoids long reductions: the keys are padded to a multiple of
+  `block` with copies of the first key (a copy leaves every row maximum as it is), the row
+  maximum is taken in steps of `block` (keys, then block maxima), and the row sums come out of
+  the second product through a column of ones appended to v (zero on the padded keys, which so
+  count for nothing). Measured on the 2-core CPU with XLA's Eigen dots (`CPU_COMPILER_OPTIONS`)
+  against one image at a time with all heads batched in blocks of 128 queries (the previous
+  form), in-process A/B runs: 26-32% less time at B=8, T=1025 (0.198 vs 0.262 s) and 20-28% at
+  B=2, T=3601 (0.609 vs 0.784 s) for the attention alone, 7-10% less for the whole ViT-S/14
+  forward at batch 8, 448×448. Logits, softmax and the normalisation run in float32 whatever
+  the input dtype.
 
   Args:
     q, k, v: (B, T, H, D) arrays.
@@ -495,9 +496,9 @@ def extract_features(backbone: Backbone, images: jax.Array, *,
   """Runs the backbone on images and returns the features the spectral methods use.
 
   Jitted (static: image shape, `blocks`, `dtype`) with `compiler_options`; also usable inside
-  other jitted functions (give those the same `compiler_options` for the same CPU speed). Each new image shape compiles once (seconds on a CPU), so batch
-  images of one size. Pixel values are not range-checked (they are traced): scale uint8
-  images by 1/255 first.
+  other jitted functions (give those the same `compiler_options` for the same CPU speed).
+  Each new image shape compiles once (seconds on a CPU), so batch images of one size. Pixel
+  values are not range-checked (they are traced): scale uint8 images by 1/255 first.
 
   Args:
     backbone: a `Backbone` (from `load_pretrained` or `init_backbone`).

@@ -306,9 +306,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
 
   # Per-image backbone features and ψ outputs at inference.
   per_image = []
-  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
-  extract = jax.jit(lambda bb, x: features_lib.backbone_features(bb, x),
-                    compiler_options=backbones.compiler_options())
+  extract = features_lib.jitted_backbone_features()
   infer = jax.jit(lambda prm, x: psi_inference(config, prm, x))
   for im in images:
     resized = eval_resize(im.rgb, int(ev.image_size), p)

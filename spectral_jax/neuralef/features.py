@@ -152,6 +152,13 @@ def backbone_features(backbone, images: jax.Array) -> tuple[jax.Array, jax.Array
   return psi_lib.psi_features(feats.blocks[0], feats.blocks[1], high), high
 
 
+def jitted_backbone_features():
+  """`backbone_features` under `jax.jit` with the backbone's CPU compiler options (an outer jit
+  decides them; see `backbones.compiler_options`): ``f(backbone, images)``."""
+  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+  return jax.jit(backbone_features, compiler_options=backbones.compiler_options())
+
+
 def params_fingerprint(params: Any) -> str:
   """SHA-256 of a parameter pytree (paths, shapes, dtypes and bytes), for cache keys."""
   digest = hashlib.sha256()
@@ -318,9 +325,7 @@ def extract_feature_set(backbone, images: Sequence[NamedImage], aug: AugmentConf
     image_index += [i] * len(crops)
     view_index += list(range(len(crops)))
   views = np.concatenate(views)
-  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
-  run = jax.jit(lambda bb, x: backbone_features(bb, x),
-                compiler_options=backbones.compiler_options())
+  run = jitted_backbone_features()
   psi_inputs, graph_feats = [], []
   starts = range(0, len(views), batch_size)
   if progress:
