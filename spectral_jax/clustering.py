@@ -103,7 +103,7 @@ def _sample(mass: jax.Array, u: jax.Array) -> jax.Array:
   return jnp.minimum(idx, mass.shape[0] - 1)
 
 
-def _plusplus(u: jax.Array, x: jax.Array, w: jax.Array) -> jax.Array:
+def _plusplus(u: jax.Array, x: jax.Array, w: jax.Array, active=None) -> jax.Array:
   """Greedy k-means++ (Arthur & Vassilvitskii 2007; scikit-learn's variant) for one item.
 
   Args:
@@ -111,6 +111,9 @@ def _plusplus(u: jax.Array, x: jax.Array, w: jax.Array) -> jax.Array:
       candidates of centre i. Drawing all randomness up front keeps a single PRNG call (threefry
       is the main compile cost on CPU).
     x: (n, d) points; w: (n,) weights.
+    active: optional (k,) bool, True for the first c centres: only those are seeded (the rest
+      repeat the first centre and are never used), exactly as a c-centre seeding with the
+      first c rows of ``u``.
   """
   k = u.shape[0]
   first = _sample(w, u[0, :1])[0]
@@ -125,7 +128,10 @@ def _plusplus(u: jax.Array, x: jax.Array, w: jax.Array) -> jax.Array:
     candidates = _sample(mass, u[i])
     cand_closest = jnp.minimum(closest[:, None], squared_distances(x, x[candidates]))
     best = jnp.argmin(jnp.sum(w[:, None] * cand_closest, axis=0))
-    return centers.at[i].set(x[candidates[best]]), cand_closest[:, best]
+    if active is None:
+      return centers.at[i].set(x[candidates[best]]), cand_closest[:, best]
+    return (centers.at[i].set(jnp.where(active[i], x[candidates[best]], x[first])),
+            jnp.where(active[i], cand_closest[:, best], closest))
 
   centers, _ = jax.lax.fori_loop(1, k, add_center, (centers, closest))
   return centers
@@ -159,21 +165,23 @@ def _plusplus_jit(key, x, w, k, trials):
   return _batched(fn, key, x, w)
 
 
-def _batched(fn, key, x, w):
-  """Applies ``fn(key, x[b], w[b])`` to every item of the leading batch dims of ``x``."""
+def _batched(fn, key, x, w, *extra):
+  """Applies ``fn(key, x[b], w[b], *extra[b])`` to every item of the leading batch dims of
+  ``x`` (``extra``: arrays of shape batch_shape + (...))."""
   batch_shape = x.shape[:-2]
   size = math.prod(batch_shape)
   if not batch_shape:
-    return fn(key, x, w)
+    return fn(key, x, w, *extra)
   keys = jax.random.split(key, size)
-  out = jax.vmap(fn)(keys, x.reshape((size,) + x.shape[-2:]), w.reshape((size, -1)))
+  flat = [e.reshape((size,) + e.shape[len(batch_shape):]) for e in extra]
+  out = jax.vmap(fn)(keys, x.reshape((size,) + x.shape[-2:]), w.reshape((size, -1)), *flat)
   return jax.tree.map(lambda a: a.reshape(batch_shape + a.shape[1:]), out)
 
 
-def _relocate_empty(centroids, counts, x, w, dist_to_own):
-  """Moves each empty cluster onto one of the points farthest from their own centre."""
+def _relocate_empty(centroids, counts, x, w, dist_to_own, active):
+  """Moves each empty (active) cluster onto one of the points farthest from their own centre."""
   k = centroids.shape[0]
-  empty = counts <= 0
+  empty = (counts <= 0) & active
   # Rank of each empty cluster among the empty ones: the j-th empty cluster takes the j-th
   # farthest point, as scikit-learn's `_relocate_empty_clusters_dense`.
   rank = jnp.cumsum(empty) - 1
@@ -181,19 +189,22 @@ def _relocate_empty(centroids, counts, x, w, dist_to_own):
   return jnp.where(empty[:, None], x[far[jnp.clip(rank, 0, k - 1)]], centroids)
 
 
-def _lloyd(x, w, init, max_iter, tol_abs):
-  """Lloyd iterations for one item; returns (centroids, labels, inertia, n_iter)."""
+def _lloyd(x, w, init, max_iter, tol_abs, active):
+  """Lloyd iterations for one item; returns (centroids, labels, inertia, n_iter).
+
+  Only the ``active`` (k,) centres take points; the others stay where they are."""
   k = init.shape[0]
+  dist = lambda c: jnp.where(active[None, :], squared_distances(x, c), jnp.inf)
 
   def m_step(centroids):
-    d2 = squared_distances(x, centroids)
+    d2 = dist(centroids)
     labels = jnp.argmin(d2, axis=-1).astype(jnp.int32)
     counts = jax.ops.segment_sum(w, labels, num_segments=k)
     sums = jax.ops.segment_sum(w[:, None] * x, labels, num_segments=k)
     new = sums / jnp.where(counts > 0, counts, 1.0)[:, None]
     own = jnp.take_along_axis(d2, labels[:, None], axis=-1)[:, 0]
-    new = _relocate_empty(new, counts, x, w, own)
-    return new, labels
+    new = _relocate_empty(new, counts, x, w, own, active)
+    return jnp.where(active[:, None], new, centroids), labels
 
   def cond(state):
     _, _, i, shift, changed = state
@@ -210,13 +221,13 @@ def _lloyd(x, w, init, max_iter, tol_abs):
   state = (init, jnp.full((n,), -1, jnp.int32), jnp.int32(0), jnp.asarray(jnp.inf, x.dtype),
            jnp.bool_(True))
   centroids, _, n_iter, _, _ = jax.lax.while_loop(cond, body, state)
-  d2 = squared_distances(x, centroids)
+  d2 = dist(centroids)
   labels = jnp.argmin(d2, axis=-1).astype(jnp.int32)
   inertia = jnp.sum(w * jnp.min(d2, axis=-1))
   return centroids, labels, inertia, n_iter
 
 
-def _kmeans_one(key, x, w, k, n_init, max_iter, tol, n_local_trials):
+def _kmeans_one(key, x, w, num_active, k, n_init, max_iter, tol, n_local_trials):
   """All restarts of K-means for one (n, d) item; keeps the lowest inertia.
 
   ``n_init``, ``max_iter`` and ``tol`` are traced values, so changing them does not recompile.
@@ -229,23 +240,26 @@ def _kmeans_one(key, x, w, k, n_init, max_iter, tol, n_local_trials):
   xc = jnp.where(valid[:, None], x - mean, 0.0)  # centred, padding parked at the mean
   var = jnp.sum(jnp.where(valid[:, None], xc**2, 0.0), axis=0) / n_valid
   tol_abs = tol * jnp.mean(var)
+  active = jnp.arange(k) < num_active
 
   def restart(r, best):
     u = jax.random.uniform(jax.random.fold_in(key, r), (k, n_local_trials), x.dtype)
-    run = _lloyd(xc, w, _plusplus(u, xc, w), max_iter, tol_abs)
+    run = _lloyd(xc, w, _plusplus(u, xc, w, active), max_iter, tol_abs, active)
     better = run[2] < best[2]
     return jax.tree.map(lambda new, old: jnp.where(better, new, old), run, best)
 
   first = jnp.zeros((k, x.shape[1]), x.dtype), jnp.zeros(x.shape[:1], jnp.int32)
   init = first + (jnp.asarray(jnp.inf, x.dtype), jnp.int32(0))
   centroids, _, inertia, n_iter = jax.lax.fori_loop(0, n_init, restart, init)
-  labels = jnp.argmin(squared_distances(xc, centroids), axis=-1).astype(jnp.int32)
+  d2 = jnp.where(active[None, :], squared_distances(xc, centroids), jnp.inf)
+  labels = jnp.argmin(d2, axis=-1).astype(jnp.int32)
   return KMeansResult(centroids + mean, labels, inertia, n_iter)
 
 
 def kmeans(key: jax.Array, x: jax.Array, num_clusters: int, *, n_init: int = 10,
            max_iter: int = 300, tol: float = 1e-4, weights: jax.Array | None = None,
-           n_local_trials: int | None = None) -> KMeansResult:
+           n_local_trials: int | None = None,
+           num_active: jax.Array | None = None) -> KMeansResult:
   """K-means (Lloyd) with k-means++ seeding and restarts, batched over leading dimensions.
 
   Minimises the inertia ``Σᵢ wᵢ ‖xᵢ − c_{ℓ(i)}‖²``. Each restart stops after ``max_iter``
@@ -267,6 +281,10 @@ def kmeans(key: jax.Array, x: jax.Array, num_clusters: int, *, n_init: int = 10,
     tol: relative tolerance on the centroid shift (see above).
     weights: optional (..., n) non-negative point weights (a boolean mask works too).
     n_local_trials: k-means++ candidates per centre; default ``2 + floor(ln k)``.
+    num_active: optional (...) int in [1, k] (traced): cluster item b into only that many
+      clusters, with ids < num_active[b] — one compiled program for every count. The result
+      equals a ``num_active``-cluster run with the same ``n_local_trials`` (uniforms are
+      drawn per (centre, trial) in order, so the first c centres see the same draws).
   Returns:
     A :class:`KMeansResult` with centroids (..., k, d), labels (..., n), inertia (...) and
     n_iter (...).
@@ -278,13 +296,16 @@ def kmeans(key: jax.Array, x: jax.Array, num_clusters: int, *, n_init: int = 10,
     raise ValueError(f"n_init and max_iter must be ≥ 1; got {n_init}, {max_iter}")
   x, w = _check_points(x, num_clusters, weights)
   trials = n_local_trials or 2 + int(math.log(num_clusters))
-  return _kmeans_jit(key, x, w, num_clusters, n_init, max_iter, float(tol), trials)
+  if num_active is None:
+    num_active = jnp.full(x.shape[:-2], num_clusters, jnp.int32)
+  num_active = jnp.broadcast_to(jnp.asarray(num_active, jnp.int32), x.shape[:-2])
+  return _kmeans_jit(key, x, w, num_active, num_clusters, n_init, max_iter, float(tol), trials)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 7))
-def _kmeans_jit(key, x, w, k, n_init, max_iter, tol, trials):
-  fn = lambda kk, xx, ww: _kmeans_one(kk, xx, ww, k, n_init, max_iter, tol, trials)
-  return _batched(fn, key, x, w)
+@functools.partial(jax.jit, static_argnums=(4, 8))
+def _kmeans_jit(key, x, w, num_active, k, n_init, max_iter, tol, trials):
+  fn = lambda kk, xx, ww, aa: _kmeans_one(kk, xx, ww, aa, k, n_init, max_iter, tol, trials)
+  return _batched(fn, key, x, w, num_active)
 
 
 def kmeans_predict(x: jax.Array, centroids: jax.Array) -> jax.Array:

@@ -559,27 +559,62 @@ def lobpcg(
 # DSM: graph-Laplacian eigenvectors.
 
 
-def apply_sign_rule(y: jax.Array) -> jax.Array:
+def positive_fraction(y: jax.Array, valid: jax.Array | None = None, axis: int = -1) -> jax.Array:
+  """Fraction of positive entries along ``axis``, counting only ``valid`` entries.
+
+  Args:
+    y: (..., n, ...) values.
+    valid: optional bool mask broadcastable to ``y`` (padding excluded); None counts all.
+    axis: the node axis.
+  Returns:
+    ``y``'s shape with ``axis`` kept as 1.
+  """
+  if valid is None:
+    return jnp.mean(y > 0, axis=axis, keepdims=True)
+  pos = jnp.sum((y > 0) & valid, axis=axis, keepdims=True)
+  return pos / jnp.maximum(jnp.sum(valid, axis=axis, keepdims=True), 1)
+
+
+def apply_sign_rule(y: jax.Array, valid: jax.Array | None = None) -> jax.Array:
   """SPEC §3 sign rule on (..., n, k) eigenvectors (columns).
 
   A column with more than 50% but not 100% positive entries is negated, so its positive side
   is the minority (DSM's convention). Additionally a column with no positive entry (a one-signed
-  ``y₀``) is negated to be non-negative, so both methods return the same ``y₀``.
+  ``y₀``) is negated to be non-negative, so both methods return the same ``y₀``. This is the
+  one sign rule of the project (``dsm.foreground_side`` applies it to single vectors).
+
+  Args:
+    y: (..., n, k) eigenvectors.
+    valid: optional (..., n) bool: the real nodes of a padded graph; fractions count only them.
   """
-  frac = jnp.mean(y > 0, axis=-2, keepdims=True)
+  frac = positive_fraction(y, None if valid is None else valid[..., :, None], axis=-2)
   flip = ((frac > 0.5) & (frac < 1.0)) | (frac == 0.0)
   return jnp.where(flip, -y, y)
 
 
-def _deflated_start(u0, n, bs, dtype, seed):
+def _deflated_start(u0, n, bs, dtype, seed, valid=None):
+  """Random start block orthogonal to u₀. With padding, node i of rank r among the valid nodes
+  takes row r of the block an unpadded graph of the valid nodes would get (the generator is
+  prefix-consistent: the rows of an (n, m) draw begin every larger draw), and padded rows are 0,
+  so a padded solve iterates exactly as the unpadded one."""
   x = _start_block(seed, n, bs, dtype)
+  if valid is not None:
+    rank = jnp.cumsum(valid) - 1
+    x = jnp.where(valid[:, None], x[jnp.clip(rank, 0, n - 1)], 0)
   return x - u0[:, None] * _dot(u0[None, :], x)
 
 
-def _laplacian_eigh(w: jax.Array, k: int):
+# Padded nodes of a masked solve get this eigenvalue of N (μ ≤ 1 for the real ones, λ = 1 − μ ≥ 0),
+# so they are never among the k largest μ.
+_PAD_MU = -2.0
+
+
+def _laplacian_eigh(w: jax.Array, k: int, valid=None):
   """Dense path: eigh of N = D^-½ W D^-½; returns (mu (k,) descending, U (n, k), s)."""
   s = jax.lax.rsqrt(graphs.degrees(w))
   nmat = s[:, None] * w * s[None, :]
+  if valid is not None:
+    nmat = nmat + jnp.diag(jnp.where(valid, 0.0, _PAD_MU).astype(nmat.dtype))
   mu, u = jnp.linalg.eigh(nmat)
   return mu[::-1][:k], u[:, ::-1][:, :k], s
 
@@ -592,15 +627,18 @@ def _top_vector(w: jax.Array):
   return u0 / jnp.linalg.norm(u0)
 
 
-def _laplacian_lobpcg(w, tol, seed, max_iters, *, k: int, guard: int, krylov_blocks: int):
+def _laplacian_lobpcg(w, tol, seed, max_iters, *, k: int, guard: int, krylov_blocks: int,
+                      valid=None):
   """LOBPCG on the deflated standard form; returns (mu, U, s, u₀ residual, rest's result)."""
   n = w.shape[-1]
   dtype = w.dtype
   s = jax.lax.rsqrt(graphs.degrees(w))
   u0 = _top_vector(w)
+  pad = None if valid is None else jnp.where(valid, 0.0, _PAD_MU).astype(dtype)[:, None]
 
-  def nmat(v):  # N v = D^-½ W D^-½ v
-    return s[:, None] * _dot(w, s[:, None] * v)
+  def nmat(v):  # N v = D^-½ W D^-½ v (− 2 v on padded nodes)
+    out = s[:, None] * _dot(w, s[:, None] * v)
+    return out if pad is None else out + pad * v
 
   nu0 = nmat(u0[:, None])[:, 0]
   mu0 = jnp.vdot(u0, nu0)
@@ -613,7 +651,7 @@ def _laplacian_lobpcg(w, tol, seed, max_iters, *, k: int, guard: int, krylov_blo
     return nmat(v) - shift * u0[:, None] * _dot(u0[None, :], v)
 
   bs = min(k - 1 + guard, n - 1)
-  x0 = _deflated_start(u0, n, bs, dtype, seed)
+  x0 = _deflated_start(u0, n, bs, dtype, seed, valid)
   res, _ = _lobpcg_core(jax.tree_util.Partial(deflated), None, None, x0, tol, True, max_iters,
                         k=k - 1, krylov_blocks=krylov_blocks)
   mu = jnp.concatenate([mu0[None], res.eigenvalues])
@@ -623,22 +661,26 @@ def _laplacian_lobpcg(w, tol, seed, max_iters, *, k: int, guard: int, krylov_blo
 
 @functools.partial(jax.jit,
                    static_argnames=("k", "method", "guard", "krylov_blocks"))
-def _laplacian_single(w, tol, seed, max_iters, *, k, method, guard, krylov_blocks):
+def _laplacian_single(w, tol, seed, max_iters, valid, *, k, method, guard, krylov_blocks):
+  if valid is not None:
+    w = jnp.where(valid[:, None] & valid[None, :], w, 0)
   if method == "eigh":
-    mu, u, s = _laplacian_eigh(w, k)
+    mu, u, s = _laplacian_eigh(w, k, valid)
     nu = s[:, None] * _dot(w, s[:, None] * u)
     res = _col_norms(nu - u * mu[None, :]) / (1.0 + jnp.abs(mu))
     info = LobpcgResult(mu, u, res, jnp.asarray(0, jnp.int32), jnp.ones((k,), bool))
   else:
     mu, u, s, res0, rest = _laplacian_lobpcg(w, tol, seed, max_iters, k=k, guard=guard,
-                                             krylov_blocks=krylov_blocks)
+                                             krylov_blocks=krylov_blocks, valid=valid)
     if rest is None:
       res, it = res0[None], jnp.asarray(0, jnp.int32)
     else:
       res, it = jnp.concatenate([res0[None], rest.residual_norms]), rest.iterations
     info = LobpcgResult(mu, u, res, it, res <= jnp.maximum(tol, 10 * jnp.finfo(w.dtype).eps))
   lam = 1.0 - mu
-  y = apply_sign_rule(s[:, None] * u)
+  if valid is not None:
+    u = jnp.where(valid[:, None], u, 0)
+  y = apply_sign_rule(s[:, None] * u, valid)
   return lam, y, info._replace(eigenvalues=lam, eigenvectors=y)
 
 
@@ -654,6 +696,7 @@ def laplacian_eigenvectors(
     seed: int = 0,
     return_info: bool = False,
     check_inputs: bool = True,
+    valid: jax.Array | None = None,
 ):
   """The k smallest eigenpairs of DSM's ``(D − W) y = λ D y`` (SPEC §3; DSM §3.1).
 
@@ -676,6 +719,11 @@ def laplacian_eigenvectors(
       iterations, converged flags) as a third output; for "eigh" iterations = 0 and
       converged = True (a direct method; ``tol`` is not used).
     check_inputs: validate concrete W (shape, k vs n, NaN/Inf, symmetry, negative entries).
+    valid: optional (n,) / (b, n) bool, the real nodes of a graph padded to a common size:
+      padded rows and columns of W are ignored, their entries of every eigenvector are 0, the
+      sign rule counts only real nodes, and LOBPCG starts from the rows an unpadded graph of the
+      real nodes would get, so the result equals the unpadded solve's (up to rounding). Needs
+      k below the number of real nodes.
 
   Returns:
     ``(eigenvalues, eigenvectors)``: (..., k) ascending λ and (..., n, k) eigenvectors with
@@ -702,11 +750,16 @@ def laplacian_eigenvectors(
   if check_inputs and not _is_tracer(W):
     _check_affinity(np.asarray(W))
   tol = default_tol(W.dtype) if tol is None else tol
+  if valid is not None:
+    valid = jnp.asarray(valid, bool)
+    if valid.shape != W.shape[:-1]:
+      raise ValueError(f"valid must have shape {W.shape[:-1]} (one flag per node); got "
+                       f"{valid.shape}.")
   fn = functools.partial(_laplacian_single, k=k, method=method, guard=max(int(guard), 0),
                          krylov_blocks=int(krylov_blocks))
   if W.ndim == 3:
-    fn = jax.vmap(fn, in_axes=(0, None, None, None))
-  lam, y, info = fn(W, tol, seed, max_iters)
+    fn = jax.vmap(fn, in_axes=(0, None, None, None, None if valid is None else 0))
+  lam, y, info = fn(W, tol, seed, max_iters, valid)
   if return_info:
     return lam, y, info
   if not _is_tracer(info.converged) and not bool(np.all(np.asarray(info.converged))):

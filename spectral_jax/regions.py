@@ -200,7 +200,8 @@ def binary_dilation(mask: jax.Array, iterations: int = 1) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_erode", "num_dilate"))
-def erode_then_dilate(mask: jax.Array, num_erode: int = 2, num_dilate: int = 5) -> jax.Array:
+def erode_then_dilate(mask: jax.Array, num_erode: int = 2, num_dilate: int = 5,
+                      valid: jax.Array | None = None) -> jax.Array:
   """DSM's crop mask: erode ``num_erode`` times, then dilate ``num_dilate`` times.
 
   As the reference's ``erode_or_dilate_mask``, an erosion step that would leave the mask empty
@@ -210,22 +211,46 @@ def erode_then_dilate(mask: jax.Array, num_erode: int = 2, num_dilate: int = 5) 
     mask: (..., h, w) bool segment masks at patch resolution.
     num_erode: erosion steps (DSM: 2).
     num_dilate: dilation steps (DSM: 5 in the paper's runs; the script's default is 3).
+    valid: optional (..., h, w) bool, the real cells of a padded map: padding counts as outside
+      the image (foreground for the erosion, background for the dilation).
   Returns:
     (..., h, w) bool.
   """
   m = _as_mask(mask)
+  inside = jnp.ones_like(m) if valid is None else jnp.broadcast_to(_as_mask(valid), m.shape)
+  m = m & inside
 
   def erode_step(_, x):
-    y = _morph(x, True)
+    y = _morph(x | ~inside, True) & inside
     keep = jnp.any(y, axis=(-2, -1), keepdims=True)
     return jnp.where(keep, y, x)
 
   m = jax.lax.fori_loop(0, num_erode, erode_step, m)
-  return jax.lax.fori_loop(0, num_dilate, lambda _, x: _morph(x, False), m)
+  return jax.lax.fori_loop(0, num_dilate, lambda _, x: _morph(x, False) & inside, m)
+
+
+def border_weights(valid: jax.Array) -> jax.Array:
+  """How often each cell counts as border: its image's four edges, corners twice.
+
+  Args:
+    valid: (..., h, w) bool, each True region a top-left rectangle (the real cells of a padded
+      map; all True for an unpadded one).
+  Returns:
+    (..., h, w) int32 in {0, 1, 2}.
+  """
+  v = _as_mask(valid)
+  h, w = v.shape[-2:]
+  rows = jnp.sum(v[..., :, 0], axis=-1)[..., None, None]   # real rows, real columns
+  cols = jnp.sum(v[..., 0, :], axis=-1)[..., None, None]
+  r = jnp.arange(h)[:, None]
+  c = jnp.arange(w)[None, :]
+  edges = [(c == 0), (c == cols - 1), (r == 0), (r == rows - 1)]
+  return sum((e & v).astype(jnp.int32) for e in edges)
 
 
 @functools.partial(jax.jit, static_argnames=("num_segments",))
-def border_majority(segmap: jax.Array, num_segments: int) -> jax.Array:
+def border_majority(segmap: jax.Array, num_segments: int,
+                    valid: jax.Array | None = None) -> jax.Array:
   """The segment id covering most of the image border (DSM's background rule).
 
   Border pixels are counted along the four edges, corners twice, as the reference's
@@ -234,28 +259,38 @@ def border_majority(segmap: jax.Array, num_segments: int) -> jax.Array:
   Args:
     segmap: (..., h, w) int segment ids in [0, num_segments).
     num_segments: number of segment ids (static).
+    valid: optional (..., h, w) bool real cells of a padded map (see :func:`border_weights`):
+      the border is then that of each map's real rectangle.
   Returns:
     (...) int32 id of the background segment.
   """
   s = jnp.asarray(segmap)
   if s.ndim < 2:
     raise ValueError(f"segment maps must have shape (..., h, w); got shape {s.shape}")
-  edges = jnp.concatenate([s[..., :, 0], s[..., :, -1], s[..., 0, :], s[..., -1, :]], axis=-1)
-  counts = jnp.sum(jax.nn.one_hot(edges, num_segments, dtype=jnp.int32), axis=-2)
+  if valid is None:
+    edges = jnp.concatenate([s[..., :, 0], s[..., :, -1], s[..., 0, :], s[..., -1, :]], axis=-1)
+    counts = jnp.sum(jax.nn.one_hot(edges, num_segments, dtype=jnp.int32), axis=-2)
+  else:
+    weight = border_weights(jnp.broadcast_to(valid, s.shape))
+    onehot = jax.nn.one_hot(s, num_segments, dtype=jnp.int32)
+    counts = jnp.sum(weight[..., None] * onehot, axis=(-3, -2))
   return jnp.argmax(counts, axis=-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("num_segments",))
-def background_to_zero(segmap: jax.Array, num_segments: int) -> jax.Array:
+def background_to_zero(segmap: jax.Array, num_segments: int,
+                       valid: jax.Array | None = None) -> jax.Array:
   """Swaps the border-majority segment with segment 0, so that 0 is the background.
 
   Args:
     segmap: (..., h, w) int segment ids in [0, num_segments).
     num_segments: number of segment ids (static).
+    valid: optional (..., h, w) bool real cells of a padded map; padding becomes 0.
   Returns:
     (..., h, w) int32 segment map, same segments, background relabelled 0 (and the old
     segment 0 takes the background's former id).
   """
   s = jnp.asarray(segmap).astype(jnp.int32)
-  bg = border_majority(s, num_segments)[..., None, None]
-  return jnp.where(s == bg, 0, jnp.where(s == 0, bg, s))
+  bg = border_majority(s, num_segments, valid)[..., None, None]
+  out = jnp.where(s == bg, 0, jnp.where(s == 0, bg, s))
+  return out if valid is None else jnp.where(valid, out, 0)

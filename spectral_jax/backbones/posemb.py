@@ -143,3 +143,62 @@ def interpolate_pos_embed(pos_embed: jnp.ndarray, grid_hw: Tuple[int, int],
   patch = resample_grid(pos_embed[0, num_prefix:].reshape(side, side, dim), grid_hw, mode,
                         offset=offset)
   return jnp.concatenate([pos_embed[:, :num_prefix], patch.reshape(1, -1, dim)], axis=1)
+
+
+def padded_resample_table(n_in: int, n_max: int, mode: str = "bicubic", *,
+                          offset: float = 0.1) -> np.ndarray:
+  """`resample_matrix` for every output length 1..n_max, zero-padded to n_max rows.
+
+  Returns:
+    float32 (n_max, n_max, n_in): entry ``[n − 1]`` is ``resample_matrix(n_in, n)`` in its first
+    n rows and 0 below, except ``[n_in − 1]``, the identity (the references' short cut when the
+    grid equals the checkpoint's; see `interpolate_pos_embed_padded` for when it applies).
+  """
+  table = np.zeros((n_max, n_max, n_in), np.float32)
+  for n in range(1, n_max + 1):
+    table[n - 1, :n] = resample_matrix(n_in, n, mode, offset=offset)
+  return table
+
+
+def interpolate_pos_embed_padded(pos_embed: jnp.ndarray, patch_valid: jnp.ndarray,
+                                 mode: str = "bicubic", *, num_prefix: int = 1,
+                                 offset: float = 0.1) -> jnp.ndarray:
+  """Per-image positional embeddings for images padded to one (h, w) patch grid.
+
+  Image b holds the top-left ``h_b × w_b`` patches of the grid (``patch_valid[b]``); its
+  embeddings are `interpolate_pos_embed` for ``(h_b, w_b)`` on those patches and 0 on the
+  padding. The (out, in) resampling matrices of every length are tabulated in NumPy with
+  `resample_matrix` (so they are the same numbers as the unpadded path) and picked by the
+  traced lengths, so one compiled program serves every size up to (h, w).
+
+  Args:
+    pos_embed: (1, num_prefix + M·M, C).
+    patch_valid: (B, h, w) bool; each True region a top-left rectangle.
+    mode, num_prefix, offset: see `interpolate_pos_embed`.
+  Returns:
+    (B, num_prefix + h·w, C) array of `pos_embed.dtype`.
+  """
+  chex.assert_rank(pos_embed, 3)
+  chex.assert_rank(patch_valid, 3)
+  b, h, w = patch_valid.shape
+  n_pos, dim = pos_embed.shape[1] - num_prefix, pos_embed.shape[2]
+  side = int(round(np.sqrt(n_pos)))
+  if side * side != n_pos:
+    raise ValueError(f"Positional embeddings hold {n_pos} patch positions, not a square grid.")
+  hb = jnp.sum(patch_valid[:, :, 0], axis=-1)  # (B,) rows of each image
+  wb = jnp.sum(patch_valid[:, 0, :], axis=-1)
+  same = (hb == side) & (wb == side)           # the references' short cut: no resampling
+  n_max = max(h, w, side)
+  table = jnp.asarray(padded_resample_table(side, n_max, mode, offset=offset))
+  eye = jnp.eye(n_max, side, dtype=table.dtype)
+
+  def axis_matrix(n, size):
+    m = jnp.where(same[:, None, None], eye[None], table[jnp.maximum(n, 1) - 1])
+    return m[:, :size]                          # (B, size, M)
+
+  compute = jnp.promote_types(pos_embed.dtype, jnp.float32)
+  grid = pos_embed[0, num_prefix:].reshape(side, side, dim).astype(compute)
+  patch = jnp.einsum("byi,ijc,bxj->byxc", axis_matrix(hb, h).astype(compute), grid,
+                     axis_matrix(wb, w).astype(compute))
+  prefix = jnp.broadcast_to(pos_embed[:, :num_prefix], (b, num_prefix, dim)).astype(compute)
+  return jnp.concatenate([prefix, patch.reshape(b, h * w, dim)], axis=1).astype(pos_embed.dtype)

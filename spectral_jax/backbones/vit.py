@@ -162,7 +162,7 @@ def _blockwise_max(x, block: int, max_slices: int = 128):
   return x.max(-1)
 
 
-def chunked_attention(q, k, v, *, max_logits: int = 1 << 22, block: int = 32):
+def chunked_attention(q, k, v, *, key_mask=None, max_logits: int = 1 << 22, block: int = 32):
   """softmax(q kᵀ / √D) v, one (image, head) pair at a time, in as few query blocks as fit.
 
   The same function as `jax.nn.dot_product_attention`, arranged for CPUs. A loop over the B·H
@@ -185,6 +185,8 @@ def chunked_attention(q, k, v, *, max_logits: int = 1 << 22, block: int = 32):
 
   Args:
     q, k, v: (B, T, H, D) arrays.
+    key_mask: optional (B, T) bool, False for keys that no query may attend to (padding); the
+      first key (CLS) must be True.
     max_logits: most logits per step (queries × padded keys); sets the query block.
     block: keys per step of the row maximum.
 
@@ -207,13 +209,19 @@ def chunked_attention(q, k, v, *, max_logits: int = 1 << 22, block: int = 32):
     # loop works in place, with no output buffer to allocate and zero.
     qi = jax.lax.dynamic_index_in_dim(out, i, keepdims=False)
     ki, vi = keys[i], values[i]
+    if key_mask is not None:  # masked keys: zero values and no share of the row sum
+      mi = jax.lax.dynamic_index_in_dim(key_mask, i // h, keepdims=False)
+      vi = jnp.where(mi[:, None], vi, 0)
     # Padding here, per pair, in cache (padding all pairs before the loop was 10% slower).
     ki = jnp.concatenate([ki, jnp.broadcast_to(ki[:1], (padded - t, d))], axis=0)
-    vi = jnp.concatenate([vi, jnp.ones((t, 1), vi.dtype)], axis=1)
+    ones = jnp.ones((t, 1), vi.dtype) if key_mask is None else mi[:, None].astype(vi.dtype)
+    vi = jnp.concatenate([vi, ones], axis=1)
     vi = jnp.concatenate([vi, jnp.zeros((padded - t, d + 1), vi.dtype)], axis=0)
     outputs = []
     for start in range(0, t, chunk):
       logits = jnp.einsum("qd,kd->qk", qi[start:start + chunk], ki, preferred_element_type=f32)
+      if key_mask is not None:  # a masked key must not set the row maximum either
+        logits = jnp.where(jnp.pad(mi, (0, padded - t), constant_values=True), logits, -jnp.inf)
       p = jnp.exp(logits - _blockwise_max(logits, block)[:, None])
       y = jnp.einsum("qk,kd->qd", p.astype(vi.dtype), vi, preferred_element_type=f32)
       outputs.append((y[:, :d] / y[:, d:]).astype(q.dtype))
@@ -238,7 +246,7 @@ class Attention(nn.Module):
   impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, key_mask=None):
     b, t, c = x.shape
     qkv = nn.Dense(3 * c, dtype=self.dtype, kernel_init=_init, name="qkv")(x)
     q, k, v = jnp.split(qkv, 3, axis=-1)
@@ -247,8 +255,12 @@ class Attention(nn.Module):
     if impl == "auto":
       impl = "chunked" if jax.default_backend() == "cpu" else "xla"
     # Both: scale 1/sqrt(head_dim) and a float32 softmax, as the references.
-    attend = chunked_attention if impl == "chunked" else jax.nn.dot_product_attention
-    y = attend(heads(q), heads(k), heads(v)).reshape(b, t, c)
+    if impl == "chunked":
+      y = chunked_attention(heads(q), heads(k), heads(v), key_mask=key_mask)
+    else:
+      mask = None if key_mask is None else key_mask[:, None, None, :]
+      y = jax.nn.dot_product_attention(heads(q), heads(k), heads(v), mask=mask)
+    y = y.reshape(b, t, c)
     y = nn.Dense(c, dtype=self.dtype, kernel_init=_init, name="proj")(y)
     return y, {"qkv": qkv, "q": q, "k": k, "v": v}
 
@@ -264,14 +276,14 @@ class Block(nn.Module):
   attention: str = "auto"
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, key_mask=None):
     width = x.shape[-1]
     norm = functools.partial(nn.LayerNorm, epsilon=self.ln_eps, dtype=self.dtype,
                              use_fast_variance=False)
     scale = lambda name: (self.param(name, nn.initializers.constant(1e-5), (width,))
                           .astype(self.dtype) if self.layer_scale else 1.0)
     y, out = Attention(self.num_heads, dtype=self.dtype, impl=self.attention,
-                       name="attn")(norm(name="norm1")(x))
+                       name="attn")(norm(name="norm1")(x), key_mask)
     x = out["+attn"] = x + scale("ls1") * y
     y = Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(norm(name="norm2")(x))
     x = x + scale("ls2") * y
@@ -279,15 +291,20 @@ class Block(nn.Module):
 
 
 def _scan_step(block, carry, _):
-  """One `nn.scan` step over the blocks: carries (tokens, last qkv), emits the tokens."""
-  x, out = block(carry[0])
-  return (x, out["qkv"]), x
+  """One `nn.scan` step over the blocks: carries (tokens, last qkv, key mask), emits the
+  tokens."""
+  x, out = block(carry[0], carry[2])
+  return (x, out["qkv"], carry[2]), x
 
 
 class ViT(nn.Module):
   """The ViT trunk (no classification head). Build with `ViT.from_config`.
 
-  ``__call__(images)`` takes (B, H, W, 3) RGB in [0, 1] and returns ``(encoded, out)``:
+  ``__call__(images, patch_valid=None)`` takes (B, H, W, 3) RGB in [0, 1] and returns
+  ``(encoded, out)``. ``patch_valid`` (B, h, w) bool marks, per image, the top-left rectangle of
+  patches that holds the image when images of different sizes are padded to one shape: each
+  image's positional embeddings are resampled for its own rectangle, and padded tokens are
+  masked out of every attention, so the valid tokens equal those of the unpadded image. Output:
   ``encoded`` (B, 1 + h·w, C) final normed tokens, CLS first; ``out`` holds ``grid`` (h, w),
   ``stem`` (B, h, w, C) patch embeddings, ``blocks`` (depth, B, 1 + h·w, C) every block's
   output, ``q``, ``k``, ``v`` (B, 1 + h·w, C) of the last block and ``encoded``.
@@ -317,7 +334,7 @@ class ViT(nn.Module):
                dtype=jnp.dtype(cfg.dtype), attention=cfg.attention)
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, patch_valid=None):
     out = {}
     p = self.patch_size
     h, w = images.shape[1] // p, images.shape[2] // p
@@ -330,8 +347,15 @@ class ViT(nn.Module):
     x = x.reshape(b, h * w, self.width)
     cls = self.param("cls_token", _init, (1, 1, self.width))
     pos = self.param("pos_embed", _init, (1, 1 + self.pos_grid**2, self.width))
-    pos = posemb.interpolate_pos_embed(pos, (h, w), self.pos_interp,
-                                       offset=self.pos_interp_offset)
+    if patch_valid is None:
+      pos = posemb.interpolate_pos_embed(pos, (h, w), self.pos_interp,
+                                         offset=self.pos_interp_offset)
+      key_mask = None
+    else:
+      chex.assert_shape(patch_valid, (b, h, w))
+      pos = posemb.interpolate_pos_embed_padded(pos, patch_valid, self.pos_interp,
+                                                offset=self.pos_interp_offset)
+      key_mask = jnp.concatenate([jnp.ones((b, 1), bool), patch_valid.reshape(b, h * w)], axis=1)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], axis=1)
     x = x + pos.astype(x.dtype)
     # The blocks run under nn.scan: one block is compiled whatever the depth (12-24 unrolled
@@ -342,7 +366,7 @@ class ViT(nn.Module):
     block = Block(self.num_heads, self.mlp_dim, self.layer_scale, self.ln_eps,
                   dtype=self.dtype, attention=self.attention, name="blocks")
     qkv = jnp.zeros((*x.shape[:-1], 3 * self.width), x.dtype)
-    (x, qkv), out["blocks"] = scan(block, (x, qkv), None)
+    (x, qkv, _), out["blocks"] = scan(block, (x, qkv, key_mask), None)
     out["q"], out["k"], out["v"] = jnp.split(qkv, 3, axis=-1)
     x = out["encoded"] = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype,
                                       use_fast_variance=False, name="norm")(x)
@@ -492,7 +516,7 @@ def compiler_options() -> Dict[str, str]:
 
 def extract_features(backbone: Backbone, images: jax.Array, *,
                      blocks: Optional[Sequence[int]] = None,
-                     dtype: Any = jnp.float32) -> Features:
+                     dtype: Any = jnp.float32, patch_valid: Optional[jax.Array] = None) -> Features:
   """Runs the backbone on images and returns the features the spectral methods use.
 
   Jitted (static: image shape, `blocks`, `dtype`) with `compiler_options`; also usable inside
@@ -506,6 +530,9 @@ def extract_features(backbone: Backbone, images: jax.Array, *,
     blocks: which blocks to stack in `Features.blocks` (negative indices count from the end);
       default all. NeuralEF's ψ uses ``(0, depth // 2, -1)``.
     dtype: dtype of the returned arrays (default float32, whatever the compute dtype).
+    patch_valid: optional (B, h, w) bool, each image's top-left rectangle of real patches when
+      images of several sizes are padded to one shape (see `ViT`); padded tokens' features are
+      finite but meaningless.
 
   Returns:
     `Features` with N = h·w patches and C = width.
@@ -514,7 +541,8 @@ def extract_features(backbone: Backbone, images: jax.Array, *,
   traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((backbone, images)))
   # JAX takes compiler options on top-level jits only: traced, the caller's jit decides.
   options = () if traced else tuple(sorted(compiler_options().items()))
-  return _jitted_extract(options)(backbone, images, blocks=blocks, dtype=dtype)
+  return _jitted_extract(options)(backbone, images, blocks=blocks, dtype=dtype,
+                                  patch_valid=patch_valid)
 
 
 @functools.lru_cache(maxsize=8)
@@ -524,13 +552,14 @@ def _jitted_extract(options: Tuple[Tuple[str, str], ...]):
 
 
 def _extract_features(backbone: Backbone, images: jax.Array, *,
-                      blocks: Optional[Tuple[int, ...]], dtype: Any) -> Features:
+                      blocks: Optional[Tuple[int, ...]], dtype: Any,
+                      patch_valid: Optional[jax.Array] = None) -> Features:
   _check_images(images, backbone.config.patch_size)
   depth = backbone.config.depth
   block_ids = tuple(range(depth)) if blocks is None else tuple(i % depth for i in blocks)
   if blocks is not None and any(not -depth <= i < depth for i in blocks):
     raise ValueError(f"block indices {blocks} out of range for depth {depth}.")
-  encoded, out = backbone.module.apply({"params": backbone.params}, images)
+  encoded, out = backbone.module.apply({"params": backbone.params}, images, patch_valid)
   patches = lambda z: z[:, 1:].astype(dtype)
   return Features(
       keys=patches(out["k"]), queries=patches(out["q"]), values=patches(out["v"]),

@@ -1,0 +1,144 @@
+"""dsm.make_pipeline: one jitted program per batch shape; padding changes no result; no host
+round trip inside; clear errors and flags for meaningless input.
+
+A 1-block random ViT (the segment command's "test" backbone) on the bundled chelsea photo:
+padded == unpadded holds whatever the weights, so random weights keep the test fast.
+"""
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from spectral_jax import backbones, clustering, dsm
+from spectral_jax.data import samples
+
+P = 14
+GRIDS = ((10, 13), (16, 9))  # two photos of different shapes, padded together to 16×16
+PAD = 16
+
+
+@pytest.fixture(scope="module")
+def backbone():
+  cfg = backbones.get_config("dinov2_vits14", depth=1, width=64, num_heads=2, mlp_dim=128)
+  return backbones.init_backbone(cfg, seed=0)
+
+
+@pytest.fixture(scope="module")
+def photos():
+  rgb = samples.skimage_photo("chelsea")
+  return [np.asarray(Image.fromarray(rgb).resize((w * P, h * P), Image.BILINEAR))
+          for h, w in GRIDS]
+
+
+def _padded_batch(photos):
+  images = np.zeros((len(photos), PAD * P, PAD * P, 3), np.uint8)
+  valid = np.zeros((len(photos), PAD, PAD), bool)
+  for i, (a, (h, w)) in enumerate(zip(photos, GRIDS)):
+    images[i, :a.shape[0], :a.shape[1]] = a
+    valid[i, :h, :w] = True
+  return images, valid
+
+
+CONFIGS = {
+    "eigh": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh", semantic=True,
+                               semantic_num_segments=3, crop_size=28),
+    "lobpcg_border_adaptive": dsm.PipelineConfig(num_eigenvectors=6, method="lobpcg",
+                                                 foreground="border", adaptive_segments=True,
+                                                 connectivity=8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_padded_batch_equals_each_photo_alone(backbone, photos, name):
+  segmenter = dsm.make_pipeline(backbone, CONFIGS[name])
+  keys = jax.random.split(jax.random.key(1), len(photos))
+  alone = [jax.device_get(segmenter(a[None], rngs=keys[i:i + 1])) for i, a in enumerate(photos)]
+  images, valid = _padded_batch(photos)
+  batch = jax.device_get(segmenter(images, valid, rngs=keys))
+  assert segmenter._run._cache_size() == 3  # two photo shapes + the padded batch
+  for i, ((h, w), one) in enumerate(zip(GRIDS, alone)):
+    got = jax.tree.map(lambda x, i=i: x[i], batch.patches)
+    ref = jax.tree.map(lambda x: x[0], one.patches)
+    np.testing.assert_array_equal(batch.grid[i], (h, w))
+    np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, atol=2e-5)
+    np.testing.assert_allclose(got.fiedler[:h, :w], ref.fiedler, atol=1e-4)
+    vectors = got.eigenvectors.reshape(PAD, PAD, -1)
+    assert not vectors[h:].any() and not vectors[:, w:].any()  # zero on padding
+    np.testing.assert_allclose(vectors[:h, :w].reshape(h * w, -1), ref.eigenvectors, atol=1e-4)
+    for field in ("foreground", "component", "segments"):
+      full = getattr(got, field)
+      np.testing.assert_array_equal(full[:h, :w], getattr(ref, field), err_msg=field)
+      assert not full[h:].any() and not full[:, w:].any(), field
+    np.testing.assert_array_equal(got.box, ref.box)
+    np.testing.assert_array_equal(got.num_segments, ref.num_segments)
+    if one.semantic_embeddings is not None:
+      np.testing.assert_array_equal(batch.semantic_segments[i][:h, :w], one.semantic_segments[0])
+      np.testing.assert_array_equal(batch.semantic_boxes[i], one.semantic_boxes[0])
+      np.testing.assert_array_equal(batch.semantic_valid[i], one.semantic_valid[0])
+      np.testing.assert_allclose(batch.semantic_embeddings[i], one.semantic_embeddings[0],
+                                 atol=1e-5)
+
+
+def test_adaptive_segments_use_the_eigengap_count(backbone, photos):
+  segmenter = dsm.make_pipeline(backbone, CONFIGS["lobpcg_border_adaptive"])
+  res = jax.device_get(segmenter(photos[0][None]))
+  counts = np.asarray(clustering.num_segments_from_eigengap(res.patches.eigenvalues))
+  np.testing.assert_array_equal(res.patches.num_segments, counts)
+  assert len(np.unique(res.patches.segments[0])) <= counts[0]
+
+
+def test_no_host_round_trip_inside_the_program(backbone, photos):
+  segmenter = dsm.make_pipeline(backbone, CONFIGS["eigh"])
+  images, valid = _padded_batch(photos)
+  args = jax.device_put((images, valid, jax.random.split(jax.random.key(0), 2)))
+  with jax.transfer_guard("disallow"):
+    out = jax.block_until_ready(segmenter(*args))  # compiles and runs under the guard
+    jax.block_until_ready(segmenter(*args))
+  assert out.patches.box.shape == (2, 4)
+
+
+def test_kmeans_with_fewer_active_clusters_equals_the_smaller_run():
+  x = np.random.default_rng(0).normal(size=(2, 60, 3)).astype(np.float32)
+  key = jax.random.key(3)
+  small = clustering.kmeans(key, x, 3, n_local_trials=3)
+  masked = clustering.kmeans(key, x, 6, n_local_trials=3, num_active=np.array([3, 3]))
+  np.testing.assert_array_equal(masked.labels, small.labels)
+  np.testing.assert_allclose(masked.inertia, small.inertia, rtol=1e-6)
+
+
+def test_bad_images_are_refused_or_flagged(backbone, photos):
+  segmenter = dsm.make_pipeline(backbone, CONFIGS["eigh"])
+  a = photos[0][None]
+  with pytest.raises(ValueError, match="divide by 255"):
+    segmenter(a.astype(np.float32))
+  with pytest.raises(ValueError, match="NaN"):
+    segmenter(np.full(a.shape, np.nan, np.float32))
+  with pytest.raises(ValueError, match="at least 7"):
+    segmenter(a[:, :2 * P, :3 * P])
+  with pytest.raises(TypeError, match="uint8"):
+    segmenter(a.astype(np.int32))
+  bad = np.zeros((1, 10, 13), bool)
+  bad[0, 1:, :] = True
+  with pytest.raises(ValueError, match="top-left rectangle"):
+    segmenter(a, bad)
+  grey = np.full(a.shape, 0.5, np.float32)
+  nan = grey.copy()
+  nan[0, 0, 0] = np.nan
+  flags = jax.device_get(segmenter(jax.device_put(np.concatenate([grey, nan, a / 255.0 * 300]))
+                                   .astype(np.float32)))
+  np.testing.assert_array_equal(flags.constant, [True, True, False])
+  np.testing.assert_array_equal(flags.nonfinite, [False, True, False])
+  np.testing.assert_array_equal(flags.out_of_range, [False, False, True])
+  assert np.all(np.isfinite(flags.patches.eigenvalues[:2]))  # NaN pixels were zeroed
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("num_eigenvectors", 1, "≥ 2"), ("features", "pixels", "features must be"),
+    ("image_weight", float("nan"), "finite"), ("connectivity", 6, "4 or 8"),
+    ("foreground", "left", "foreground must be"), ("num_segments", 1, "at least 2"),
+    ("segment_eigenvectors", 30, "segment_eigenvectors"), ("method", "qr", "method must be"),
+])
+def test_bad_config_names_the_field(backbone, field, value, fragment):
+  with pytest.raises(ValueError, match=fragment):
+    dsm.make_pipeline(backbone, dsm.PipelineConfig(**{field: value}))
