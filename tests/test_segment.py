@@ -24,6 +24,7 @@ from spectral_jax.data import samples
 ROOT = pathlib.Path(__file__).absolute().parents[1]
 LABELLED = samples.LABELLED_SAMPLES
 OUTPUTS = ("mask", "segments", "eigenvectors", "overlay")
+PHOTOS = segment.PHOTOS
 
 # Pinned quality of the default pipeline (K = 20, λ = 0, 448 px, nearest upsampling, no CRF,
 # 4-connectivity) on the labelled photos, measured with this repository's pipeline on the
@@ -56,14 +57,15 @@ def test_writes_every_output_at_the_photo_size(default_run):
   for name in LABELLED:
     rgb = samples.labelled_photo(name).rgb
     h, w = rgb.shape[:2]
-    mask = np.asarray(Image.open(out / f"{name}.mask.png"))
+    mask = np.asarray(Image.open(out / PHOTOS / f"{name}.mask.png"))
     assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
-    seg = viz.read_label_png(out / f"{name}.segments.png")
+    seg = viz.read_label_png(out / PHOTOS / f"{name}.segments.png")
     assert seg.shape == (h, w) and seg.max() < dsm.NUM_SEGMENTS and (seg == 0).any()
     for kind in ("eigenvectors", "overlay"):
-      with Image.open(out / f"{name}.{kind}.png") as img:
+      with Image.open(out / PHOTOS / f"{name}.{kind}.png") as img:
         assert img.size[0] > w // 2
-    rec = json.loads((out / f"{name}.json").read_text())
+    rec = json.loads((out / PHOTOS / f"{name}.json").read_text())
+    assert rec["warnings"] == []
     x0, y0, x1, y1 = rec["box"]
     assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
     lam = np.array(rec["eigenvalues"])
@@ -78,8 +80,8 @@ def test_summary_figures_recomputed_from_the_outputs(default_run):
   ious, hits, base_ious, base_hits = [], [], [], []
   for name in LABELLED:
     gt = samples.labelled_photo(name)
-    mask = np.asarray(Image.open(out / f"{name}.mask.png")) > 0
-    box = json.loads((out / f"{name}.json").read_text())["box"]
+    mask = np.asarray(Image.open(out / PHOTOS / f"{name}.mask.png")) > 0
+    box = json.loads((out / PHOTOS / f"{name}.json").read_text())["box"]
     ious.append(float(metrics.mask_iou(mask, gt.foreground)))
     hits.append(bool(np.asarray(metrics.box_iou(np.array([box]), gt.boxes)).max() >= 0.5))
     base = dsm.centred_box(gt.foreground.shape, 0.5)
@@ -154,9 +156,9 @@ def test_command_on_a_folder_with_bad_and_non_rgb_files(tmp_path):
   c = segment_config.get_config("test").semantic.num_clusters
   for name in inputs["ok"]:
     for kind in OUTPUTS + ("semantic",):
-      assert (out / f"{name}.{kind}.png").is_file()
-    assert np.asarray(Image.open(out / f"{name}.mask.png")).shape == inputs["size"]
-    sem = viz.read_label_png(out / f"{name}.semantic.png")
+      assert (out / PHOTOS / f"{name}.{kind}.png").is_file()
+    assert np.asarray(Image.open(out / PHOTOS / f"{name}.mask.png")).shape == inputs["size"]
+    sem = viz.read_label_png(out / PHOTOS / f"{name}.semantic.png")
     assert sem.shape == inputs["size"] and sem.max() <= c
   assert summary["semantic"]["num_crops"] == sum(summary["semantic"]["cluster_sizes"])
   assert "ground_truth" not in summary
@@ -164,8 +166,8 @@ def test_command_on_a_folder_with_bad_and_non_rgb_files(tmp_path):
 
 def test_command_exit_code_when_nothing_to_do(tmp_path):
   done = _run_command([f"--images={tmp_path}", f"--out={tmp_path / 'out'}"])
-  assert done.returncode == 1
-  assert "no image files" in done.stderr
+  assert done.returncode == 2
+  assert "no image files" in done.stderr and "Traceback" not in done.stderr
 
 
 def _test_config(tmp_path, **fields):
@@ -192,7 +194,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     segment.run(_test_config(tmp_path, samples="voc", backbone__name="dino_vitz99"))
   with pytest.raises(ValueError, match="connectivity"):
     segment.run(_test_config(tmp_path, samples="voc", dsm__connectivity=6))
-  with pytest.raises(ValueError, match="dsm.features must be one of"):
+  with pytest.raises(ValueError, match="features must be one of"):
     segment.run(_test_config(tmp_path, samples="voc", dsm__features="logits"))
 
 
@@ -203,5 +205,52 @@ def test_every_photo_failing_is_an_error_listing_reasons(tmp_path):
   with pytest.raises(RuntimeError, match="broken.png"):
     segment.run(_test_config(tmp_path, images=str(folder)))
   # K ≥ n: a 56-px photo has 4×3 = 12 or 4×4 = 16 patches of 14 px.
-  with pytest.raises(RuntimeError, match="smaller than the number of patches"):
-    segment.run(_test_config(tmp_path, samples="voc", dsm__num_eigenvectors=16))
+  with pytest.raises(RuntimeError, match="need at least 17"):
+    segment.run(_test_config(tmp_path, samples="voc", dsm__num_eigenvectors=16, overwrite=True))
+
+
+def test_output_names_keep_folders_and_never_collide(tmp_path):
+  """sub/x.png and sub_x.png, a.jpg and a.png, and a photo named summary: all kept apart."""
+  folder = tmp_path / "in"
+  (folder / "sub").mkdir(parents=True)
+  rgb = samples.labelled_photo("voc").rgb[:350:5, 100:350:5]
+  for rel in ("sub/x.png", "sub_x.png", "a.jpg", "a.png", "summary.jpg", "index.png"):
+    Image.fromarray(rgb).save(folder / rel)
+  out = folder / "results"  # --out inside --images: its files are never read as photos
+  cfg = _test_config(tmp_path, images=str(folder), recursive=True, out=str(out))
+  summary = segment.run(cfg)
+  names = sorted(summary["images"])
+  assert names == ["a.jpg", "a.png", "index", "sub/x", "sub_x", "summary"]
+  for name in names:
+    assert json.loads((out / PHOTOS / f"{name}.json").read_text())["name"] == name
+  assert json.loads((out / "summary.json").read_text())["num_ok"] == 6
+  with pytest.raises(ValueError, match="already holds files"):  # no silent overwrite
+    segment.run(cfg)
+  with pytest.raises(ValueError, match="must not be --out"):
+    segment.run(_test_config(tmp_path, images=str(folder), out=str(folder), overwrite=True))
+
+
+def test_meaningless_photos_are_skipped_or_warned(tmp_path):
+  folder = tmp_path / "in"
+  folder.mkdir()
+  Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(folder / "dot.png")
+  Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(folder / "tiny.png")
+  Image.fromarray(np.full((70, 50, 3), 128, np.uint8)).save(folder / "grey.png")
+  Image.fromarray(samples.labelled_photo("voc").rgb[:350:5, 100:350:5]).save(folder / "ok.png")
+  summary = segment.run(_test_config(tmp_path, images=str(folder)))
+  assert sorted(summary["images"]) == ["grey", "ok"]
+  assert sorted(pathlib.Path(f).name for f in summary["failures"]) == ["dot.png", "tiny.png"]
+  assert all("too small" in why for why in summary["failures"].values())
+  assert any("one colour" in w for w in summary["images"]["grey"]["warnings"])
+  assert not any("one colour" in w for w in summary["images"]["ok"]["warnings"])
+
+
+def test_patch_count_above_the_memory_budget_is_refused_up_front(tmp_path):
+  from spectral_jax.dsm import batching  # pylint: disable=import-outside-toplevel
+  rgb = samples.labelled_photo("voc").rgb
+  source = batching.Source("voc", "bundled:voc", lambda: rgb)
+  with pytest.raises(batching.PhotoError, match="image_size of at most about"):
+    batching.prepare(source, image_size=0, patch_size=14, min_patches=21,
+                     patch_budget=batching.max_patches(memory=1 << 20))
+  # n² · 16 bytes (float32 W, N, eigh workspace, logits) must fit: 64 GiB → 65 536 patches.
+  assert batching.max_patches(memory=64 << 30) == 65_536

@@ -26,8 +26,11 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.samples = ""             # with images == "": comma-separated subset of the bundled names
   c.recursive = False        # look into sub-folders of `images`
   c.out = ""                 # "" = ./segment_output
+  c.overwrite = False        # allow an --out that already holds files (replaces them)
   c.image_size = 448         # longer side after resizing; 0 = native size (DSM: no resize)
-  c.batch_size = 4           # images of the same size per jitted call
+  c.batch_size = 4           # photos per jitted call
+  c.bucket_step = 8          # patch grids padded up to multiples of this (few compiled shapes)
+  c.prefetch = 8             # photos decoded ahead of the running batch (bounded memory)
   c.seed = 0
   # Persistent XLA compilation cache (the command line only; compiles dominate a CPU run):
   # "default" = <backbones.cache_dir()>/xla, "" = off, else a folder.

@@ -1,0 +1,245 @@
+"""Photos to padded batches: bounded prefetch, a few grid buckets, the pipeline, per-photo
+results — the loop the segment command, the benchmark and dataset evaluation share.
+
+    for photo, result in dsm.batching.segment_photos(segmenter, sources, image_size=448):
+      ...  # write files for `photo` as soon as its batch is done
+
+Photos are decoded by a thread pool at most ``prefetch`` ahead of the batch being run, so peak
+memory does not grow with the number of photos. Each photo's patch grid is rounded up to a
+multiple of ``bucket_step`` patches (its bucket); a batch holds photos of one bucket, padded at
+the bottom/right with a validity mask (``dsm.pipeline``), so a folder of many aspect ratios
+compiles one program per bucket, not per size.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from PIL import Image
+
+BUCKET_STEP = 8      # patches: grids are padded up to multiples of this
+PREFETCH = 8         # photos decoded ahead of the running batch
+# Bytes per patch pair of the dense spectral stage per photo: W, N = D^-½ W D^-½, eigh's
+# workspace and the attention logits of one head in float32 (a measured upper bound would be
+# tighter; this errs on the side of refusing).
+BYTES_PER_PATCH_PAIR = 4 * 4
+
+
+class PhotoError(ValueError):
+  """A photo that cannot be processed (unreadable, too small, too large): skip it, say why."""
+
+
+@dataclasses.dataclass
+class Source:
+  """One input photo: a name for its outputs and a loader of (H, W, 3) uint8 RGB."""
+  name: str
+  origin: str                          # file path or "bundled:<name>"
+  load: Callable[[], np.ndarray]
+
+
+@dataclasses.dataclass
+class Photo:
+  """A decoded, resized photo ready for the backbone (its pixels are dropped after its batch)."""
+  source: Source
+  size: tuple[int, int]                # (H, W) of the photo
+  input_hw: tuple[int, int]            # (H', W') after resizing
+  grid: tuple[int, int]                # (h, w) patches
+  pixels: np.ndarray | None            # (h·P, w·P, 3) uint8, the resized photo cropped to P
+  original: np.ndarray | None = None   # (H, W, 3) uint8, kept only when asked (outputs)
+  image_grid: np.ndarray | None = None  # (h, w, 3) colours at the patch grid, for λ > 0
+  warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+def resize_longer_side(rgb: np.ndarray, image_size: int) -> np.ndarray:
+  """Resizes so that the longer side is ``image_size`` (PIL bilinear); 0 keeps the photo."""
+  if image_size <= 0:
+    return rgb
+  h, w = rgb.shape[:2]
+  s = image_size / max(h, w)
+  new = (max(1, round(w * s)), max(1, round(h * s)))
+  if new == (w, h):
+    return rgb
+  return np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR))
+
+
+def available_memory() -> int:
+  """Bytes of memory available to this process (MemAvailable; 8 GiB if unknown)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 8 << 30
+
+
+def max_patches(memory: int | None = None, batch_size: int = 1) -> int:
+  """The most patches per photo whose dense graph fits in ``memory`` (default: available)."""
+  memory = available_memory() if memory is None else memory
+  return int(np.sqrt(memory / (BYTES_PER_PATCH_PAIR * max(batch_size, 1))))
+
+
+def prepare(source: Source, *, image_size: int, patch_size: int, min_patches: int,
+            patch_budget: int, keep_original: bool = False, colour_grid: bool = False) -> Photo:
+  """Decodes and resizes one photo; raises PhotoError (or the reader's error) to skip it.
+
+  Refused: photos with fewer than ``min_patches`` patches at their own size (1×1, 10×10 px:
+  upscaling would invent every detail) or after resizing, and photos above ``patch_budget``
+  patches (the dense graph would not fit in memory: the message says which size would).
+  """
+  rgb = source.load()
+  size = rgb.shape[:2]
+  native = (size[0] // patch_size) * (size[1] // patch_size)
+  if native < min_patches:
+    raise PhotoError(f"the photo is {size[1]}×{size[0]} px: fewer than {min_patches} patches of "
+                     f"{patch_size} px at its own size, too small to segment (upscaling would "
+                     "invent the detail)")
+  resized = resize_longer_side(rgb, image_size)
+  grid = (resized.shape[0] // patch_size, resized.shape[1] // patch_size)
+  n = grid[0] * grid[1]
+  if n < min_patches:
+    raise PhotoError(f"after resizing to {resized.shape[1]}×{resized.shape[0]} px the photo has "
+                     f"{n} patches; need at least {min_patches}: raise image_size")
+  if n > patch_budget:
+    fits = int(np.sqrt(patch_budget * size[1] / size[0])) * patch_size if size[0] else 0
+    raise PhotoError(f"{grid[0]}×{grid[1]} = {n} patches would need "
+                     f"{BYTES_PER_PATCH_PAIR * n * n / 2**30:.1f} GiB for the dense graph, more "
+                     f"than the {patch_budget}-patch budget of this machine's free memory: use "
+                     f"image_size of at most about {max(fits, patch_size)}")
+  pixels = np.ascontiguousarray(resized[:grid[0] * patch_size, :grid[1] * patch_size])
+  colours = None
+  if colour_grid:  # the colour graph (λ > 0) reads the uncropped photo at the patch grid
+    from spectral_jax import graphs  # pylint: disable=g-import-not-at-top
+    colours = np.asarray(graphs.resize_to_grid(resized, grid))
+  return Photo(source, size, resized.shape[:2], grid, pixels, rgb if keep_original else None,
+               colours)
+
+
+def bucket(grid: tuple[int, int], step: int = BUCKET_STEP) -> tuple[int, int]:
+  """The padded grid of a photo: each side rounded up to a multiple of ``step`` patches."""
+  if step <= 1:
+    return tuple(grid)
+  return tuple(-(-g // step) * step for g in grid)
+
+
+@dataclasses.dataclass
+class Batch:
+  """Photos of one bucket, padded: images (B, Hb·P, Wb·P, 3) uint8, valid (B, Hb, Wb)."""
+  photos: list[Photo]
+  images: np.ndarray
+  valid: np.ndarray
+
+
+def pad_batch(photos: list[Photo], grid: tuple[int, int], patch_size: int,
+              batch_size: int) -> Batch:
+  """Stacks photos into a (batch_size, ...) padded batch; missing rows repeat the last photo."""
+  hb, wb = grid
+  images = np.zeros((batch_size, hb * patch_size, wb * patch_size, 3), np.uint8)
+  valid = np.zeros((batch_size, hb, wb), bool)
+  for i in range(batch_size):
+    p = photos[min(i, len(photos) - 1)]
+    h, w = p.grid
+    images[i, :h * patch_size, :w * patch_size] = p.pixels
+    valid[i, :h, :w] = True
+  return Batch(photos, images, valid)
+
+
+def batches(photos: Iterable[Photo], *, batch_size: int, patch_size: int,
+            bucket_step: int = BUCKET_STEP) -> Iterator[Batch]:
+  """Groups a stream of photos by bucket; yields each bucket's batch as soon as it is full,
+  and the partly filled ones at the end (padded to ``batch_size``: one shape per bucket)."""
+  open_buckets: dict[tuple[int, int], list[Photo]] = collections.OrderedDict()
+  for photo in photos:
+    key = bucket(photo.grid, bucket_step)
+    group = open_buckets.setdefault(key, [])
+    group.append(photo)
+    if len(group) == batch_size:
+      yield pad_batch(open_buckets.pop(key), key, patch_size, batch_size)
+  for key, group in open_buckets.items():
+    yield pad_batch(group, key, patch_size, batch_size)
+
+
+def prefetched(sources: Iterable[Source], prepare_fn: Callable[[Source], Photo], *,
+               prefetch: int = PREFETCH, workers: int | None = None,
+               on_error: Callable[[Source, Exception], None] | None = None) -> Iterator[Photo]:
+  """``prepare_fn`` over ``sources`` in a thread pool, in order, at most ``prefetch`` ahead.
+
+  Errors of the expected kinds (PhotoError, unreadable files) go to ``on_error`` and the photo
+  is skipped; others propagate.
+  """
+  from spectral_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
+  expected = (PhotoError, image_io.ImageReadError, FileNotFoundError, ValueError)
+  workers = workers or min(4, os.cpu_count() or 1)
+  pending: collections.deque = collections.deque()
+  it = iter(sources)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    def submit():
+      for s in it:
+        pending.append((s, pool.submit(prepare_fn, s)))
+        return True
+      return False
+
+    for _ in range(max(prefetch, 1)):
+      if not submit():
+        break
+    while pending:
+      source, future = pending.popleft()
+      submit()
+      try:
+        yield future.result()
+      except expected as e:
+        if on_error is None:
+          raise
+        on_error(source, e)
+
+
+def photo_key(seed: int, name: str) -> jax.Array:
+  """A PRNG key per photo from its name, so results do not depend on batching or order."""
+  import zlib  # pylint: disable=g-import-not-at-top
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+
+
+def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, batch_size: int,
+                   seed: int = 0, bucket_step: int = BUCKET_STEP, prefetch: int = PREFETCH,
+                   keep_original: bool = False, patch_budget: int | None = None,
+                   on_error: Callable[[Source, Exception], None] | None = None,
+                   ) -> Iterator[tuple[Photo, Any, dict]]:
+  """Runs ``segmenter`` (``dsm.make_pipeline``) over photos, streaming.
+
+  Yields ``(photo, result, timing)`` per photo as its batch finishes: ``result`` is the
+  photo's row of the batch's ``DSMResult`` as NumPy (patch maps still on the padded grid: crop
+  to ``photo.grid``), ``timing`` the batch's seconds per photo. Skipped photos go to
+  ``on_error``.
+  """
+  import time  # pylint: disable=g-import-not-at-top
+  p = segmenter.patch_size
+  budget = patch_budget or max_patches(batch_size=batch_size)
+  colour = segmenter.config.image_weight > 0
+  if colour:
+    bucket_step = 1  # the colour graph is not masked: λ > 0 runs each grid unpadded
+  prep = lambda s: prepare(s, image_size=image_size, patch_size=p,
+                           min_patches=segmenter.config.min_patches(), patch_budget=budget,
+                           keep_original=keep_original, colour_grid=colour)
+  photos = prefetched(sources, prep, prefetch=prefetch, on_error=on_error)
+  for batch in batches(photos, batch_size=batch_size, patch_size=p, bucket_step=bucket_step):
+    t0 = time.perf_counter()
+    rngs = jax.numpy.stack([photo_key(seed, ph.source.name) for ph in batch.photos]
+                           + [photo_key(seed, batch.photos[-1].source.name)]
+                           * (batch_size - len(batch.photos)))
+    grids = None
+    if colour:
+      grids = np.stack([ph.image_grid for ph in batch.photos]
+                       + [batch.photos[-1].image_grid] * (batch_size - len(batch.photos)))
+    result = jax.device_get(segmenter(batch.images, batch.valid, rngs, grids))
+    per_photo = (time.perf_counter() - t0) / len(batch.photos)
+    for i, photo in enumerate(batch.photos):
+      photo.pixels = None
+      yield photo, jax.tree.map(lambda a, i=i: a[i], result), {"pipeline": per_photo}
