@@ -45,6 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import sparse
 
+from spectral_jax._checks import all_finite, is_traced, value_range
+
 # Degrees below this are treated as 1 (isolated nodes), as the DSM reference does.
 MIN_DEGREE = 1e-12
 
@@ -62,28 +64,6 @@ _OUTPUTS = ("dense", "bcoo")
 # ----------------------------------------------------------------------------- validation
 
 
-def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
-
-
-@jax.jit
-def _finite_and_range(x):
-  return jnp.all(jnp.isfinite(x)), jnp.min(x), jnp.max(x)
-
-
-def _all_finite(x) -> bool:
-  if isinstance(x, np.ndarray):  # host data: check on the host, no transfer
-    return bool(np.isfinite(x).all())
-  return bool(_finite_and_range(x)[0])
-
-
-def _value_range(x) -> tuple[float, float]:
-  if isinstance(x, np.ndarray):
-    return float(x.min()), float(x.max())
-  _, lo, hi = _finite_and_range(x)
-  return float(lo), float(hi)
-
-
 def _check_array(x, name: str, rank: int | None = None, min_rank: int | None = None,
                  layout: str = "") -> None:
   """Rank and float-dtype checks (trace-time), NaN/Inf check (eager only)."""
@@ -95,14 +75,14 @@ def _check_array(x, name: str, rank: int | None = None, min_rank: int | None = N
   if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
     raise TypeError(f"{name} must be a float array; got dtype {jnp.result_type(x)}. "
                     "Cast it with .astype(jnp.float32).")
-  if _is_concrete(x) and not _all_finite(x):
+  if not is_traced(x) and not all_finite(x):
     raise ValueError(f"{name} contains NaN or Inf values; clean the input before building a graph")
 
 
 def _check_unit_range(image, name: str) -> None:
   """Colour values must lie in [0, 1] (eager only)."""
-  if _is_concrete(image) and np.size(image):
-    lo, hi = _value_range(image)
+  if not is_traced(image) and np.size(image):
+    lo, hi = value_range(image)
     if lo < -1e-6 or hi > 1 + 1e-6:
       raise ValueError(
           f"{name} must hold RGB values in [0, 1]; got range [{lo:.4g}, {hi:.4g}]. "
@@ -279,7 +259,7 @@ def resize_to_grid(image: jax.Array, grid_shape: tuple[int, int], *,
   is_uint8 = dtype == jnp.uint8
   if not is_uint8 and not jnp.issubdtype(dtype, jnp.floating):
     raise TypeError(f"image must be uint8 or float; got dtype {dtype}")
-  if not is_uint8 and _is_concrete(image) and not _all_finite(image):
+  if not is_uint8 and not is_traced(image) and not all_finite(image):
     raise ValueError("image contains NaN or Inf values")
   return _resize(image, (h, w), convention)
 
@@ -633,7 +613,7 @@ def dsm_affinity(features: jax.Array, image_grid: jax.Array | None = None, *,
   """
   _check_array(features, "features", min_rank=2, layout="(..., n, d)")
   w_feat = feature_affinity(features)
-  if _is_concrete(image_weight) and image_weight == 0:
+  if not is_traced(image_weight) and image_weight == 0:
     return w_feat
   if image_grid is None:
     raise ValueError(f"image_weight={image_weight} needs image_grid (the image resized to the "
