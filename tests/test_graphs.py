@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from spectral_jax import graphs
+from spectral_jax import testing
 
 GRID = (23, 31)  # the VOC photo (375×500) at a ViT-S/16 patch grid
 todense = jax.jit(lambda m: m.todense())  # one compile instead of many eager ops
@@ -49,9 +50,7 @@ def feats():
 
 def np_topk_cosine(f, k):
   """Reference A₀ rows: float64 cosine, clamp ≥ 0, self excluded, stable (lower index) top-k."""
-  f = f.astype(np.float64)
-  fn = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-  s = np.maximum(fn @ fn.T, 0)
+  s = testing.dsm_affinity_np(f.astype(np.float64))
   np.fill_diagonal(s, -np.inf)
   idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
   return np.take_along_axis(s, idx, 1), idx
@@ -288,8 +287,7 @@ def test_colour_knn_affinity_matches_reference_assembly(voc_grid):
 def test_dsm_affinity(voc_grid, rng):
   f = rng.normal(size=(GRID[0] * GRID[1], 16)).astype(np.float32)
   w_feat = np.asarray(graphs.feature_affinity(f))
-  fn = f / np.linalg.norm(f, axis=1, keepdims=True)
-  np.testing.assert_allclose(w_feat, np.maximum(fn @ fn.T, 0), atol=1e-6)
+  np.testing.assert_allclose(w_feat, testing.dsm_affinity_np(f), atol=1e-6)
   np.testing.assert_array_equal(graphs.dsm_affinity(f), w_feat)  # λ = 0: features only
   w = graphs.dsm_affinity(f, voc_grid, image_weight=0.5)
   np.testing.assert_allclose(w, w_feat + 0.5 * np.asarray(graphs.colour_knn_affinity(voc_grid)),
