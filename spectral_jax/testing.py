@@ -131,7 +131,8 @@ def box_np(mask: np.ndarray, patch_size: int, image_size: tuple[int, int] | None
   if not len(ys):
     return np.array([0, 0, img_w, img_h])
   return np.array([xs.min() * patch_size, ys.min() * patch_size,
-                   min((xs.max() + 1) * patch_size, img_w), min((ys.max() + 1) * patch_size, img_h)])
+                   min((xs.max() + 1) * patch_size, img_w),
+                   min((ys.max() + 1) * patch_size, img_h)])
 
 
 # ----------------------------------------------------------------------------- timing
