@@ -43,12 +43,12 @@ import jax
 from jax.experimental.sparse.linalg import lobpcg_standard
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import scipy.linalg
 
 from spectral_jax import backbones
 from spectral_jax import eigensolvers
 from spectral_jax import graphs
+from spectral_jax import image_ops
 from spectral_jax import testing
 from spectral_jax.data import samples
 
@@ -86,8 +86,8 @@ def photo_batch(n: int, batch: int, dim: int = 384, patch: int = 8) -> np.ndarra
     h, w = rgb.shape[:2]
     ch, cw = int(h * rng.uniform(0.7, 1.0)), int(w * rng.uniform(0.7, 1.0))
     y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = Image.fromarray(rgb[y0:y0 + ch, x0:x0 + cw])
-    img = np.asarray(crop.resize((side * patch, side * patch), Image.BILINEAR), np.float32)
+    img = image_ops.resize_to(rgb[y0:y0 + ch, x0:x0 + cw], (side * patch, side * patch))
+    img = img.astype(np.float32)
     x = (img / 255.0).reshape(side, patch, side, patch, 3).transpose(0, 2, 1, 3, 4)
     x = x.reshape(n, -1)
     x -= x.mean(axis=0)

@@ -9,7 +9,7 @@ import pytest
 import sklearn.decomposition
 import torch
 
-from spectral_jax import dsm, graphs, regions, testing
+from spectral_jax import dsm, graphs, image_ops, regions, testing
 
 # One patch grid for (almost) every test: each new shape is a new XLA compile of K-means.
 P, GRID = 4, (8, 10)
@@ -139,7 +139,7 @@ def test_localises_square_from_colour_graph_alone():
   (k = 20 of 80 nodes, w = 2) is mostly spatial and prefers a left/right cut.
   """
   img, obj = _scene(blob=False)
-  grid = graphs.resize_to_grid(jnp.asarray(img), GRID)
+  grid = image_ops.resize_to_grid(jnp.asarray(img), GRID)
   _, y = dsm.spectral_decomposition(jnp.ones((N, 8)), grid, num_eigenvectors=K,
                                     image_weight=1.0, n_neighbors=(10,),
                                     distance_weights=(0.1,))

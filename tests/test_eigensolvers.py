@@ -13,13 +13,13 @@ import jax
 from jax.experimental import sparse
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
 import scipy.linalg
 import scipy.sparse.linalg
 
 from spectral_jax import eigensolvers as es
 from spectral_jax import graphs
+from spectral_jax import image_ops
 from spectral_jax import testing
 
 K = 20  # DSM's default number of eigenpairs
@@ -31,8 +31,7 @@ K = 20  # DSM's default number of eigenpairs
 
 def photo_features(rgb, side, patch=8, dim=384, seed=0):
   """(side², dim) descriptors of the photo: centred RGB patches, random projection."""
-  img = Image.fromarray(rgb).resize((side * patch, side * patch), Image.BILINEAR)
-  x = np.asarray(img, np.float32) / 255.0
+  x = image_ops.resize_to(rgb, (side * patch, side * patch)).astype(np.float32) / 255.0
   x = x.reshape(side, patch, side, patch, 3).transpose(0, 2, 1, 3, 4).reshape(side * side, -1)
   x = x - x.mean(axis=0)
   proj = np.random.default_rng(seed).standard_normal((x.shape[1], dim)) / np.sqrt(dim)
@@ -139,8 +138,7 @@ def dinov2_keys(rgb, side):
     backbone = backbones.load_pretrained("dinov2_vits14")
   except FileNotFoundError as e:
     pytest.skip(f"offline DINOv2 weights unavailable: {e}")
-  img = Image.fromarray(rgb).resize((side * 14, side * 14), Image.BILINEAR)
-  x = jnp.asarray(np.asarray(img, np.float32)[None] / 255.0)
+  x = jnp.asarray(image_ops.resize_to(rgb, (side * 14, side * 14)).astype(np.float32)[None] / 255.0)
   return np.asarray(backbones.extract_features(backbone, x, blocks=(-1,)).keys[0])
 
 
