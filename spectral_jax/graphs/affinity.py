@@ -222,3 +222,9 @@ def dsm_affinity(features: jax.Array, image_grid: jax.Array | None = None, *,
   check_block_size(block_size)
   w_knn = _colour_knn_affinity(image_grid, passes=passes, block_size=block_size, output="dense")
   return w_feat + image_weight * w_knn
+
+
+__all__ = [
+    "l2_normalize", "feature_affinity", "degrees", "normalize_symmetric", "colour_knn_indices",
+    "colour_knn_affinity", "dsm_affinity",
+]

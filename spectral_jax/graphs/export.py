@@ -29,3 +29,6 @@ def to_graphs_tuple(graph: sparse.BCOO, nodes: jax.Array | None = None):
   return jraph.GraphsTuple(
       nodes=nodes, edges=graph.data, senders=graph.indices[:, 1], receivers=graph.indices[:, 0],
       n_node=jnp.array([n]), n_edge=jnp.array([nse]), globals=None)
+
+
+__all__ = ["to_graphs_tuple"]

@@ -123,3 +123,6 @@ def neuralef_kernel(features: jax.Array, image_grids: jax.Array, *, k: int = NEU
   check_block_size(block_size)
   return _neuralef_kernel(features, image_grids, alpha, min_degree, k=int(k), passes=passes,
                           block_size=block_size, output=output)
+
+
+__all__ = ["pixel_graph", "neuralef_kernel"]

@@ -159,3 +159,6 @@ def knn_feature_graph(features: jax.Array, k: int = NEURALEF_K, *,
   check_k(k, features.shape[-2], self_excluded=True)
   check_block_size(block_size)
   return _knn_feature_graph(features, k=int(k), block_size=block_size, output=output)
+
+
+__all__ = ["topk_cosine_rows", "knn_degrees", "knn_rows_matmul", "knn_feature_graph"]
