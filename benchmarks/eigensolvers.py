@@ -38,19 +38,18 @@ import argparse
 import math
 import os
 import statistics
-import time
 
 import jax
 from jax.experimental.sparse.linalg import lobpcg_standard
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import scipy.linalg
-import scipy.sparse.linalg
 
 from spectral_jax import backbones
 from spectral_jax import eigensolvers
 from spectral_jax import graphs
+from spectral_jax import image_ops
+from spectral_jax import testing
 from spectral_jax.data import samples
 
 
@@ -87,8 +86,8 @@ def photo_batch(n: int, batch: int, dim: int = 384, patch: int = 8) -> np.ndarra
     h, w = rgb.shape[:2]
     ch, cw = int(h * rng.uniform(0.7, 1.0)), int(w * rng.uniform(0.7, 1.0))
     y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    crop = Image.fromarray(rgb[y0:y0 + ch, x0:x0 + cw])
-    img = np.asarray(crop.resize((side * patch, side * patch), Image.BILINEAR), np.float32)
+    img = image_ops.resize_to(rgb[y0:y0 + ch, x0:x0 + cw], (side * patch, side * patch))
+    img = img.astype(np.float32)
     x = (img / 255.0).reshape(side, patch, side, patch, 3).transpose(0, 2, 1, 3, 4)
     x = x.reshape(n, -1)
     x -= x.mean(axis=0)
@@ -128,17 +127,9 @@ def make_graphs(kind: str, n: int, batch: int, dtype) -> jax.Array:
 # Solvers.
 
 
-def dsm_eigsh(w: np.ndarray, k: int, **kw):
-  """DSM's call (extract.py): D dense, the generalised shift-invert problem at sigma = 0."""
-  d = np.diag(w.sum(axis=1))
-  lam, y = scipy.sparse.linalg.eigsh(d - w, k=k, sigma=0, which="LM", M=d, **kw)
-  order = np.argsort(lam)
-  return lam[order], y[:, order]
-
-
 def reference(w: np.ndarray, k: int):
-  """float64 SciPy solution with k + 1 pairs."""
-  return dsm_eigsh(w.astype(np.float64), k + 1, tol=1e-12)
+  """float64 SciPy solution with k + 1 pairs (DSM's eigsh call on the float64 graph)."""
+  return testing.dsm_eigsh_reference(w.astype(np.float64), k + 1, tol=1e-12)
 
 
 def standard_solver(k: int, max_iters: int):
@@ -154,21 +145,16 @@ def standard_solver(k: int, max_iters: int):
 
 
 def timed(fn, *args, repeats: int):
-  """Median seconds of fn(*args) (compiled first), and its last output."""
+  """Median seconds of fn(*args) (compiled first), and its output."""
   out = jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times), out
+  return testing.median_time(lambda: fn(*args), repeats, warmup=0), out
 
 
 def accuracy(lam, y, w, ref, sep_gap=1e-3):
   """(max |λ − λ_ref|, angle(k), angle(sep), angle(y0,y1)) in degrees against the reference."""
   lam_ref, y_ref = ref
   k = len(lam)
-  d = np.sqrt(np.maximum(w.astype(np.float64).sum(1), graphs.MIN_DEGREE))[:, None]
+  d = np.sqrt(testing.degrees_np(w))[:, None]
   u, u_ref = d * np.asarray(y, np.float64), d * y_ref[:, :k]
   err = float(np.abs(np.asarray(lam, np.float64) - lam_ref[:k]).max())
 
@@ -205,9 +191,8 @@ def run(kind: str, n: int, args, dtype):
   m = b if args.eigsh_images is None else min(args.eigsh_images, b)
   times, accs = [], []
   for i in range(m):
-    t = time.perf_counter()
-    lam, y = dsm_eigsh(w_host[i], k)
-    times.append(time.perf_counter() - t)
+    (lam, y), t = testing.timed_call(lambda: testing.dsm_eigsh_reference(w_host[i], k))
+    times.append(t)
     accs.append(accuracy(lam, y, w_host[i], refs[i]))
   rows["dsm_eigsh"] = (statistics.median(times), worst(accs))
 

@@ -18,26 +18,15 @@ Run: PYTHONPATH=. python benchmarks/graphs.py [--images 16 --grid 24 --dim 384 -
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import graphs
+from spectral_jax import testing
 
 MIB = 2**20
-
-
-def median_time(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))  # warm-up (compile)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def memory(fn, *args) -> tuple[float, float]:
@@ -67,13 +56,7 @@ def torch_reference(features: np.ndarray, k: int, repeats: int) -> float | None:
     return (res + res.T) / 2
 
   with torch.no_grad():
-    run()
-    times = []
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      run()
-      times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+    return testing.median_time(run, repeats)
 
 
 def main():
@@ -110,7 +93,8 @@ def main():
   print(f"{'variant':48s} {'temp MiB':>10s} {'out MiB':>9s} {'median s':>9s}")
   for name, fn in variants.items():
     temp, out = memory(fn, x)
-    seconds = median_time(jax.jit(fn), x, repeats=args.repeats)
+    jitted = jax.jit(fn)
+    seconds = testing.median_time(lambda: jitted(x), args.repeats)
     results[name] = (temp, out, seconds)
     print(f"{name:48s} {temp:10.1f} {out:9.1f} {seconds:9.3f}")
 

@@ -26,14 +26,13 @@ Run: PYTHONPATH=. python benchmarks/neuralef.py [--images 16 --grid 24 --repeats
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import neuralef as configs
+from spectral_jax import testing
 from spectral_jax.neuralef import train as train_lib
 
 MIB = 2**20
@@ -59,16 +58,6 @@ def _inputs(args, seed=0):
   }
 
 
-def _median(fn, repeats: int) -> float:
-  fn()  # warm-up (compile)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
-
-
 def jax_step_time(args, batch) -> float:
   config = _config(args)
   step = train_lib.make_train_step(config)
@@ -80,7 +69,7 @@ def jax_step_time(args, batch) -> float:
     new, metrics = step(holder[0], batch)
     jax.block_until_ready(metrics["loss"])
     holder[0] = new
-  return _median(run, args.repeats)
+  return testing.median_time(run, args.repeats)
 
 
 def kernel_memory(args, batch, form: str, block_size) -> dict:
@@ -218,7 +207,7 @@ def main():
         f"{tokens / t_jax:10.0f} tokens/s")
   if not args.skip_torch:
     import torch  # pylint: disable=import-outside-toplevel
-    t_torch = _median(torch_step_fn(args, batch, args.torch_device), args.repeats)
+    t_torch = testing.median_time(torch_step_fn(args, batch, args.torch_device), args.repeats)
     print(f"torch step (reference, {args.torch_device}, {torch.get_num_threads()} threads): "
           f"{t_torch:8.3f} s  {tokens / t_torch:10.0f} tokens/s")
     print(f"speed-up JAX / torch: {t_torch / t_jax:.2f}×")

@@ -14,29 +14,17 @@ Times are medians after one warm-up call (JAX compile excluded and reported sepa
 from __future__ import annotations
 
 import argparse
-import time
+import functools
 
 import jax
 import numpy as np
-import scipy.ndimage as ndi
 
-from spectral_jax import clustering, crf, metrics, regions
+from spectral_jax import clustering, crf, metrics, regions, testing
 from spectral_jax.data import samples
 
-
-def _median_time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
-def _first_call(fn):
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn())
-  return out, time.perf_counter() - start
+# The first call (compilation) is timed apart by _first_call, so no further warm-up.
+_median_time = functools.partial(testing.median_time, warmup=0)
+_first_call = testing.timed_call
 
 
 def bench_crf(photo, repeats):
@@ -95,13 +83,7 @@ def bench_components(photo, repeats):
   _, first = _first_call(lambda: regions.largest_component(masks))
   t_ours = _median_time(lambda: regions.largest_component(masks), repeats)
 
-  def scipy_largest():
-    out = []
-    for m in masks:
-      lab, _ = ndi.label(m)
-      out.append(lab == np.argmax(np.bincount(lab.ravel())[1:]) + 1)
-    return np.stack(out)
-
+  scipy_largest = functools.partial(testing.largest_component_np, masks)
   t_ref = _median_time(scipy_largest, repeats)
   same = np.array_equal(np.asarray(regions.largest_component(masks)), scipy_largest())
   print(f"largest 4-connected component, 3 masks of {masks.shape[1]}x{masks.shape[2]}")

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
+from spectral_jax._checks import is_traced
+
 
 class KMeansResult(NamedTuple):
   """Output of :func:`kmeans`; ``...`` are the input's leading batch dimensions.
@@ -39,10 +41,6 @@ class KMeansResult(NamedTuple):
   labels: jax.Array
   inertia: jax.Array
   n_iter: jax.Array
-
-
-def _is_concrete(*xs) -> bool:
-  return not any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
 def _check_points(x: jax.Array, k: int, weights: jax.Array | None) -> tuple[jax.Array, jax.Array]:
@@ -65,7 +63,7 @@ def _check_points(x: jax.Array, k: int, weights: jax.Array | None) -> tuple[jax.
       raise ValueError(f"weights must have shape {x.shape[:-1]} (points without the feature "
                        f"axis); got {weights.shape}")
     weights = weights.astype(x.dtype)
-  if _is_concrete(x, weights):
+  if not is_traced(x, weights):
     if not bool(jnp.all(jnp.isfinite(x))):
       raise ValueError("points contain NaN or Inf: clean or mask them (weight 0 is not enough, "
                        "as NaN poisons the distances)")

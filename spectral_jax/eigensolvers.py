@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import graphs
+from spectral_jax._checks import is_traced
 
 # Matvec callables map an (n, m) block to an (n, m) block.
 Operator = Any  # jax.Array | np.ndarray | jsparse.BCOO | Callable[[jax.Array], jax.Array]
@@ -135,11 +136,6 @@ def _as_pytree_operator(op: Operator) -> Operator:
 # Input checks (on concrete values only).
 
 
-def _is_tracer(*xs) -> bool:
-  leaves = jax.tree_util.tree_leaves(xs)
-  return any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
-
-
 def _check_dtype(name: str, dtype) -> None:
   if dtype not in (jnp.float32, jnp.float64):
     raise TypeError(f"{name} must be float32 or float64 (float64 needs jax_enable_x64); "
@@ -167,7 +163,7 @@ def _check_operator(name: str, op: Operator, n: int, dtype, *, symmetric: bool,
       raise ValueError(
           f"{name} as a callable must map an (n, m) block to (n, m); for n={n}, m=2 it "
           f"returned shape {getattr(out, 'shape', None)}.")
-    if _is_tracer(out):
+    if is_traced(out):
       return
     out = np.asarray(out, np.float64)
     if not np.all(np.isfinite(out)):
@@ -192,7 +188,7 @@ def _check_operator(name: str, op: Operator, n: int, dtype, *, symmetric: bool,
     raise TypeError(f"{name} must have a floating dtype; got {op.dtype}.")
   if op.dtype != dtype:
     raise TypeError(f"{name} is {op.dtype} but X is {dtype}; pass both in one dtype.")
-  if not values or _is_tracer(op):
+  if not values or is_traced(op):
     return
   if isinstance(op, jsparse.BCOO):
     data = np.asarray(op.data)
@@ -543,13 +539,13 @@ def lobpcg(
                     values=check_inputs)
   if M is not None:
     _check_operator("M", M, n, X.dtype, symmetric=False, values=check_inputs)
-  if check_inputs and not _is_tracer(X) and not np.all(np.isfinite(np.asarray(X))):
+  if check_inputs and not is_traced(X) and not np.all(np.isfinite(np.asarray(X))):
     raise ValueError("X has NaN/Inf entries.")
   if tol is None:
     tol = default_tol(X.dtype)
   result, b_ok = _lobpcg_jit(A, B, M, X, tol, largest, max_iters, k=k,
                              krylov_blocks=int(krylov_blocks))
-  if B is not None and not _is_tracer(b_ok) and not bool(b_ok):
+  if B is not None and not is_traced(b_ok) and not bool(b_ok):
     raise ValueError("B is not positive definite: a B-Gram matrix of the search space had a "
                      "non-positive diagonal.")
   return result
@@ -747,7 +743,7 @@ def laplacian_eigenvectors(
     raise ValueError(f"krylov_blocks must be >= 1; got {krylov_blocks}.")
   if method == "lobpcg" and k == n:
     method = "eigh"  # the deflated space has n − 1 dimensions: nothing to iterate on
-  if check_inputs and not _is_tracer(W):
+  if check_inputs and not is_traced(W):
     _check_affinity(np.asarray(W))
   tol = default_tol(W.dtype) if tol is None else tol
   if valid is not None:
@@ -762,7 +758,7 @@ def laplacian_eigenvectors(
   lam, y, info = fn(W, tol, seed, max_iters, valid)
   if return_info:
     return lam, y, info
-  if not _is_tracer(info.converged) and not bool(np.all(np.asarray(info.converged))):
+  if not is_traced(info.converged) and not bool(np.all(np.asarray(info.converged))):
     warnings.warn(
         f"laplacian_eigenvectors: LOBPCG did not reach tol={tol:.3g} in {max_iters} "
         f"iterations (max relative residual {float(np.max(np.asarray(info.residual_norms))):.3g});"

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.linalg
 import sklearn.decomposition
 import torch
 
-from spectral_jax import dsm, graphs, regions
+from spectral_jax import dsm, graphs, image_ops, regions, testing
 
 # One patch grid for (almost) every test: each new shape is a new XLA compile of K-means.
 P, GRID = 4, (8, 10)
@@ -56,7 +55,7 @@ def test_spectral_decomposition_matches_scipy(image_weight):
   lam, y = dsm.spectral_decomposition(feats, grid, num_eigenvectors=K, image_weight=image_weight)
   w = np.asarray(graphs.dsm_affinity(feats, grid, image_weight=image_weight), np.float64)
   d = np.diag(w.sum(1))
-  ref = scipy.linalg.eigh(d - w, d, eigvals_only=True, subset_by_index=(0, K - 1))
+  ref, _ = testing.dsm_eigh_reference(w, K)
   np.testing.assert_allclose(np.asarray(lam), ref, atol=2e-4)
   y = np.asarray(y, np.float64)
   np.testing.assert_allclose(y.T @ d @ y, np.eye(K), atol=2e-3)
@@ -142,7 +141,7 @@ def test_localises_square_from_colour_graph_alone():
   (k = 20 of 80 nodes, w = 2) is mostly spatial and prefers a left/right cut.
   """
   img, obj = _scene(blob=False)
-  grid = graphs.resize_to_grid(jnp.asarray(img), GRID)
+  grid = image_ops.resize_to_grid(jnp.asarray(img), GRID)
   _, y = dsm.spectral_decomposition(jnp.ones((N, 8)), grid, num_eigenvectors=K,
                                     image_weight=1.0, n_neighbors=(10,),
                                     distance_weights=(0.1,))

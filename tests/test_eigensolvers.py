@@ -13,13 +13,14 @@ import jax
 from jax.experimental import sparse
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
 import scipy.linalg
 import scipy.sparse.linalg
 
 from spectral_jax import eigensolvers as es
 from spectral_jax import graphs
+from spectral_jax import image_ops
+from spectral_jax import testing
 
 K = 20  # DSM's default number of eigenpairs
 
@@ -30,8 +31,7 @@ K = 20  # DSM's default number of eigenpairs
 
 def photo_features(rgb, side, patch=8, dim=384, seed=0):
   """(side², dim) descriptors of the photo: centred RGB patches, random projection."""
-  img = Image.fromarray(rgb).resize((side * patch, side * patch), Image.BILINEAR)
-  x = np.asarray(img, np.float32) / 255.0
+  x = image_ops.resize_to(rgb, (side * patch, side * patch)).astype(np.float32) / 255.0
   x = x.reshape(side, patch, side, patch, 3).transpose(0, 2, 1, 3, 4).reshape(side * side, -1)
   x = x - x.mean(axis=0)
   proj = np.random.default_rng(seed).standard_normal((x.shape[1], dim)) / np.sqrt(dim)
@@ -47,12 +47,8 @@ def affinity(features):
 
 
 def reference(w):
-  """All generalised eigenpairs of (D − W) y = λ D y in float64 (scipy.linalg.eigh)."""
-  w = np.asarray(w, np.float64)
-  d = w.sum(1)
-  d[d < graphs.MIN_DEGREE] = 1.0
-  lam, y = scipy.linalg.eigh(np.diag(d) - w, np.diag(d))
-  return lam, y, d
+  """All generalised eigenpairs of (D − W) y = λ D y in float64 (scipy.linalg.eigh), and D."""
+  return (*testing.dsm_eigh_reference(w), testing.degrees_np(w))
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +122,11 @@ def test_laplacian_matches_scipy_eigh(dsm_graphs, kind, n, method):
 def test_laplacian_matches_dsm_eigsh(dsm_graphs):
   """DSM's own call: eigsh(D − W, k, sigma=0, which='LM', M=D) on the float32 graph."""
   w, *ref = dsm_graphs["photo", 196]
-  d = np.diag(w.sum(1))
-  lam_s, y_s = scipy.sparse.linalg.eigsh(d - w, k=K, sigma=0, which="LM", M=d)
+  lam_s, y_s = testing.dsm_eigsh_reference(w, K)
   lam, y = es.laplacian_eigenvectors(jnp.asarray(w), K, method="lobpcg")
-  np.testing.assert_allclose(np.asarray(lam), np.sort(lam_s), atol=2e-6)
-  order = np.argsort(lam_s)
+  np.testing.assert_allclose(np.asarray(lam), lam_s, atol=2e-6)
   lam_ref, _, dd = ref
-  for sin, delta, size in cluster_sines(np.asarray(y), y_s[:, order].astype(np.float64),
-                                        lam_ref, dd, K):
+  for sin, delta, size in cluster_sines(np.asarray(y), y_s.astype(np.float64), lam_ref, dd, K):
     assert sin <= min(1.0, 3 * np.sqrt(size) * 1.5e-5 / delta + 1e-3), (sin, delta, size)
 
 
@@ -145,8 +138,7 @@ def dinov2_keys(rgb, side):
     backbone = backbones.load_pretrained("dinov2_vits14")
   except FileNotFoundError as e:
     pytest.skip(f"offline DINOv2 weights unavailable: {e}")
-  img = Image.fromarray(rgb).resize((side * 14, side * 14), Image.BILINEAR)
-  x = jnp.asarray(np.asarray(img, np.float32)[None] / 255.0)
+  x = jnp.asarray(image_ops.resize_to(rgb, (side * 14, side * 14)).astype(np.float32)[None] / 255.0)
   return np.asarray(backbones.extract_features(backbone, x, blocks=(-1,)).keys[0])
 
 
@@ -156,15 +148,12 @@ def test_laplacian_n3600_matches_dsm_eigsh(voc_photo, kind):
            "random": lambda: random_features(3600),
            "keys": lambda: dinov2_keys(voc_photo.rgb, 60)}[kind]()
   w = affinity(feats)
-  w64 = w.astype(np.float64)
-  d = np.diag(w64.sum(1))
-  lam_s, y_s = scipy.sparse.linalg.eigsh(d - w64, k=K + 1, sigma=0, which="LM", M=d, tol=1e-12)
-  order = np.argsort(lam_s)
-  lam_ref, y_ref = lam_s[order], y_s[:, order]
+  lam_ref, y_ref = testing.dsm_eigsh_reference(w.astype(np.float64), K + 1, tol=1e-12)
   lam, y, info = es.laplacian_eigenvectors(jnp.asarray(w), K, return_info=True)
   assert bool(np.all(info.converged)) and int(info.iterations) > 0
   np.testing.assert_allclose(np.asarray(lam), lam_ref[:K], atol=2e-6)
-  for sin, delta, size in cluster_sines(np.asarray(y), y_ref[:, :K], lam_ref, np.diag(d), K):
+  for sin, delta, size in cluster_sines(np.asarray(y), y_ref[:, :K], lam_ref,
+                                        testing.degrees_np(w), K):
     assert sin <= min(1.0, 3 * np.sqrt(size) * es.default_tol(np.float32) / delta + 1e-4)
 
 

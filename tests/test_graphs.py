@@ -1,4 +1,4 @@
-"""Tests for spectral_jax.graphs against brute-force NumPy, SciPy cKDTree, PIL and PyTorch."""
+"""Tests for spectral_jax.graphs against brute-force NumPy, SciPy cKDTree and PyTorch."""
 
 import os
 import subprocess
@@ -12,10 +12,11 @@ import pytest
 import scipy.linalg
 import scipy.sparse
 from jax.experimental import sparse
-from PIL import Image
 from scipy.spatial import cKDTree
 
 from spectral_jax import graphs
+from spectral_jax import image_ops
+from spectral_jax import testing
 
 GRID = (23, 31)  # the VOC photo (375×500) at a ViT-S/16 patch grid
 todense = jax.jit(lambda m: m.todense())  # one compile instead of many eager ops
@@ -24,14 +25,14 @@ todense = jax.jit(lambda m: m.todense())  # one compile instead of many eager op
 @pytest.fixture(scope="module")
 def voc_grid(voc_photo):
   """(23, 31, 3) float32 RGB in [0, 1], DSM's PIL-bilinear resize of the real photo."""
-  return np.asarray(graphs.resize_to_grid(voc_photo.rgb, GRID))
+  return np.asarray(image_ops.resize_to_grid(voc_photo.rgb, GRID))
 
 
 @pytest.fixture(scope="module")
 def voc_grids(voc_photo):
   """Two small (6, 8, 3) grids from different crops of the photo (NeuralEF's torch resize)."""
   crops = np.stack([voc_photo.rgb[:300, :400], voc_photo.rgb[75:, 100:]])
-  return np.asarray(graphs.resize_to_grid(crops, (6, 8), convention="torch"))
+  return np.asarray(image_ops.resize_to_grid(crops, (6, 8), convention="torch"))
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,7 @@ def feats():
 
 def np_topk_cosine(f, k):
   """Reference A₀ rows: float64 cosine, clamp ≥ 0, self excluded, stable (lower index) top-k."""
-  f = f.astype(np.float64)
-  fn = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-  s = np.maximum(fn @ fn.T, 0)
+  s = testing.dsm_affinity_np(f.astype(np.float64))
   np.fill_diagonal(s, -np.inf)
   idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
   return np.take_along_axis(s, idx, 1), idx
@@ -91,45 +90,6 @@ def assert_valid_knn(indices, points, k, include_self):
   np.testing.assert_allclose(ours, ref_d, atol=2e-6)
   self_in = (indices == np.arange(len(points))[:, None]).any(1)
   assert self_in.all() if include_self else not self_in.any()
-
-
-# ----------------------------------------------------------------------------- resize
-
-
-@pytest.mark.parametrize("out_shape", [GRID, (37, 37)])
-def test_resize_pil_matches_pillow_bit_for_bit(voc_photo, out_shape):
-  h, w = out_shape
-  pil = np.asarray(Image.fromarray(voc_photo.rgb).resize((w, h), Image.BILINEAR))
-  ours = np.asarray(graphs.resize_to_grid(voc_photo.rgb, out_shape))
-  np.testing.assert_array_equal(np.round(ours * 255).astype(np.uint8), pil)
-
-
-def test_resize_pil_upsampling_and_float_path(rng):
-  small = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
-  pil = np.asarray(Image.fromarray(small).resize((13, 9), Image.BILINEAR))
-  ours = np.asarray(graphs.resize_to_grid(small, (9, 13)))
-  np.testing.assert_array_equal(np.round(ours * 255).astype(np.uint8), pil)
-  # Float input: no uint8 rounding; compare with PIL's float ('F') mode per channel.
-  x = rng.random((40, 50, 3)).astype(np.float32)
-  ref = np.stack([np.asarray(Image.fromarray(x[..., c], "F").resize((11, 9), Image.BILINEAR))
-                  for c in range(3)], -1)
-  np.testing.assert_allclose(graphs.resize_to_grid(x, (9, 11)), ref, atol=1e-5)
-
-
-def test_resize_torch_matches_interpolate(voc_photo):
-  torch = pytest.importorskip("torch")
-  img = voc_photo.rgb.astype(np.float32) / 255
-  t = torch.from_numpy(img).permute(2, 0, 1)[None]
-  ref = torch.nn.functional.interpolate(t, size=GRID, mode="bilinear", align_corners=False)
-  ref = ref[0].permute(1, 2, 0).numpy()
-  ours = graphs.resize_to_grid(img, GRID, convention="torch")
-  np.testing.assert_allclose(ours, ref, atol=1e-6)
-  # Batched == per item, and uint8 input is scaled to [0, 1] first.
-  both = graphs.resize_to_grid(np.stack([voc_photo.rgb, voc_photo.rgb[::-1]]), GRID,
-                               convention="torch")
-  np.testing.assert_allclose(both[0], ours, atol=1e-6)
-  np.testing.assert_allclose(both[1], graphs.resize_to_grid(img[::-1], GRID, convention="torch"),
-                             atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- feature k-NN
@@ -288,8 +248,7 @@ def test_colour_knn_affinity_matches_reference_assembly(voc_grid):
 def test_dsm_affinity(voc_grid, rng):
   f = rng.normal(size=(GRID[0] * GRID[1], 16)).astype(np.float32)
   w_feat = np.asarray(graphs.feature_affinity(f))
-  fn = f / np.linalg.norm(f, axis=1, keepdims=True)
-  np.testing.assert_allclose(w_feat, np.maximum(fn @ fn.T, 0), atol=1e-6)
+  np.testing.assert_allclose(w_feat, testing.dsm_affinity_np(f), atol=1e-6)
   np.testing.assert_array_equal(graphs.dsm_affinity(f), w_feat)  # λ = 0: features only
   w = graphs.dsm_affinity(f, voc_grid, image_weight=0.5)
   np.testing.assert_allclose(w, w_feat + 0.5 * np.asarray(graphs.colour_knn_affinity(voc_grid)),

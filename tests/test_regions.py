@@ -6,7 +6,7 @@ import pytest
 import scipy.ndimage as ndi
 import skimage.morphology
 
-from spectral_jax import regions
+from spectral_jax import regions, testing
 
 # One random-mask batch shape for every test: each shape is a new XLA compile.
 SHAPE = (6, 30, 40)
@@ -53,21 +53,14 @@ def test_label_components_on_photo_masks(photo_masks):
     np.testing.assert_array_equal(_rank(lab), ref)
 
 
-def _largest_ref(mask, connectivity=4):
-  ref, num = ndi.label(mask, _structure(connectivity))
-  if num == 0:
-    return np.zeros_like(mask)
-  return ref == np.argmax(np.bincount(ref.ravel())[1:]) + 1
-
-
 def test_largest_component_matches_scipy(random_masks, photo_masks):
   got = np.asarray(regions.largest_component(random_masks))
   for mask, g in zip(random_masks, got):
-    np.testing.assert_array_equal(g, _largest_ref(mask))
+    np.testing.assert_array_equal(g, testing.largest_component_np(mask))
   assert not got[5].any()  # empty in, empty out
   got = np.asarray(regions.largest_component(photo_masks))
   for mask, g in zip(photo_masks, got):
-    np.testing.assert_array_equal(g, _largest_ref(mask))
+    np.testing.assert_array_equal(g, testing.largest_component_np(mask))
 
 
 def _in_batch(*small):
@@ -113,10 +106,7 @@ def test_mask_to_box_by_hand():
 def test_mask_to_box_matches_nonzero_extent(random_masks):
   boxes = np.asarray(regions.mask_to_box(random_masks[:5], 8, image_size=(235, 310)))
   for mask, box in zip(random_masks[:5], boxes):
-    ys, xs = np.nonzero(mask)
-    want = [xs.min() * 8, ys.min() * 8, min((xs.max() + 1) * 8, 310),
-            min((ys.max() + 1) * 8, 235)]
-    np.testing.assert_array_equal(box, want)
+    np.testing.assert_array_equal(box, testing.box_np(mask, 8, image_size=(235, 310)))
 
 
 @pytest.mark.filterwarnings("ignore:`binary_(erosion|dilation)` is deprecated:FutureWarning")

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from flax import struct, traverse_util
 
+from spectral_jax._checks import is_traced
 from spectral_jax.backbones import posemb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -538,7 +539,7 @@ def extract_features(backbone: Backbone, images: jax.Array, *,
     `Features` with N = h·w patches and C = width.
   """
   blocks = None if blocks is None else tuple(int(i) for i in blocks)
-  traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((backbone, images)))
+  traced = is_traced(backbone, images)
   # JAX takes compiler options on top-level jits only: traced, the caller's jit decides.
   options = () if traced else tuple(sorted(compiler_options().items()))
   return _jitted_extract(options)(backbone, images, blocks=blocks, dtype=dtype,

@@ -100,16 +100,16 @@ def square_photos(size: int, count: int) -> np.ndarray:
   Each photo is resized (PIL bilinear) so that its shorter side is ``size``, then
   centre-cropped to a square: fixed-shape batches of real photos for benchmarks.
   """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from spectral_jax import image_ops  # pylint: disable=import-outside-toplevel
   if size < 1 or count < 1:
     raise ValueError(f"size and count must be >= 1; got size={size}, count={count}")
   photos = list(bundled_photos().values())
   out = []
   for i in range(count):
-    img = Image.fromarray(photos[i % len(photos)])
-    s = size / min(img.size)
-    img = img.resize((max(size, round(img.size[0] * s)), max(size, round(img.size[1] * s))),
-                     Image.BILINEAR)
-    x0, y0 = (img.size[0] - size) // 2, (img.size[1] - size) // 2
-    out.append(np.asarray(img.crop((x0, y0, x0 + size, y0 + size)), np.float32) / 255.0)
+    photo = photos[i % len(photos)]
+    h, w = photo.shape[:2]
+    s = size / min(h, w)
+    img = image_ops.resize_to(photo, (max(size, round(h * s)), max(size, round(w * s))))
+    y0, x0 = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+    out.append(img[y0:y0 + size, x0:x0 + size].astype(np.float32) / 255.0)
   return np.stack(out)

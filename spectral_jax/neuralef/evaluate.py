@@ -2,7 +2,7 @@
 
 Inference (paper §3.6): no Gumbel noise, no normalisation; ψ's logits divided by τ_min are
 bilinearly upsampled to the image (PyTorch ``F.interpolate(align_corners=False)``, via
-``graphs.resize_to_grid(convention="torch")``) and the argmax is the cluster id of every pixel.
+``image_ops.resize_to_grid(convention="torch")``) and the argmax is the cluster id of every pixel.
 
 Baselines (paper §4.2), scored by the same upsample-then-argmax rule on the negative squared
 distance to each centroid:
@@ -37,7 +37,7 @@ import scipy.optimize
 from PIL import Image
 
 from spectral_jax import clustering
-from spectral_jax import graphs
+from spectral_jax import image_ops
 from spectral_jax import metrics
 from spectral_jax.neuralef import features as features_lib
 from spectral_jax.neuralef import train as train_lib
@@ -102,7 +102,7 @@ def eval_resize(rgb: np.ndarray, short_side: int, patch_size: int) -> np.ndarray
   s = short_side / min(h, w)
   nh = max(patch_size, int(round(h * s / patch_size)) * patch_size)
   nw = max(patch_size, int(round(w * s / patch_size)) * patch_size)
-  return np.asarray(Image.fromarray(rgb).resize((nw, nh), Image.BILINEAR))
+  return image_ops.resize_to(rgb, (nh, nw))
 
 
 # ----------------------------------------------------------------------------- inference
@@ -130,7 +130,7 @@ def upsample_argmax(scores: jax.Array, size: tuple[int, int]) -> jax.Array:
   Returns:
     (..., H, W) int32 in [0, K).
   """
-  up = graphs.resize_to_grid(jnp.asarray(scores, jnp.float32), tuple(size), convention="torch")
+  up = image_ops.resize_to_grid(jnp.asarray(scores, jnp.float32), tuple(size), convention="torch")
   return jnp.argmax(up, axis=-1).astype(jnp.int32)
 
 
