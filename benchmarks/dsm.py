@@ -1,135 +1,133 @@
-"""DSM throughput: the whole segment pipeline, and the spectral stage against DSM's SciPy path.
+"""DSM on the user's path against the reference pipeline, per stage, in one run.
 
-In one run, on a batch of real photos (the bundled ones, resized so the shorter side is --size
-and centre-cropped to --size × --size, cycled to fill the batch):
+Ours: ``dsm.batching.segment_photos`` over the bundled photos (resized so the shorter side is
+--size and centre-cropped to --size², cycled to fill --batch) — the function the segment
+command runs: bounded prefetch, padded batch, one call of the jitted ``dsm.make_pipeline``
+program (backbone → graph → eigenvectors → mask, component, box, multi-region K-means), results
+back to the host. Its backbone share is timed as ``backbones.extract_features`` on the same
+batch; the spectral stage is the difference (by subtraction).
 
-* pipeline: backbone keys → affinity → K eigenpairs → Fiedler mask, largest component, box,
-  multi-region K-means, mask at image resolution: one jitted call per batch; images/s.
-* spectral stage alone (graph + eigenvectors): ``dsm.spectral_decomposition`` (jitted, batched)
-  vs the DSM reference's path on the same features: NumPy ``relu(F̂ F̂ᵀ)``, dense ``D``, then
-  ``scipy.sparse.linalg.eigsh(D − W, k, sigma=0, which='LM', M=D)`` image by image; with the
-  largest eigenvalue difference between the two as a check.
+Reference (DSM's own recipe): Hugging Face ``Dinov2Model`` on PyTorch (SDPA attention, same
+weights) for the last-block keys, then per image on the host: ``relu(F̂ F̂ᵀ)``, dense D,
+``scipy.sparse.linalg.eigsh(D − W, k, sigma=0, M=D)``, the NumPy sign rule, the positive side's
+largest ``scipy.ndimage.label`` component and its box, and scikit-learn ``KMeans`` (n_init=10)
+on y₁..y_{k−1} for the multi-region segments with the border-majority background.
 
-Usage: PYTHONPATH=. python benchmarks/dsm.py [--batch 4] [--size 448] [--repeats 5] [--k 20]
-  [--method auto] [--weights pretrained|random]
-Runs unchanged on a GPU (JAX picks the device; SciPy stays on the CPU). Times are medians after
-one warm-up call; the first call (compile) is reported separately.
+Usage: PYTHONPATH=. python benchmarks/dsm.py [--batch 4] [--size 448] [--repeats 3] [--k 20]
+  [--no-torch]
+Prints medians over --repeats after a warm-up (compiles) and the ratios reference / ours.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import os
+import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-import scipy.sparse.linalg
 
-from spectral_jax import backbones, dsm
+from spectral_jax import backbones, dsm, testing
+from spectral_jax.backbones import reference
 from spectral_jax.data import samples
+from spectral_jax.dsm import batching
 
 
-def _timings(fn, repeats):
-  """(output, seconds of the first call incl. compile, median seconds of ``repeats`` more)."""
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn())
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return out, first, float(np.median(times))
+def reference_spectral_stage(keys: np.ndarray, k: int, grid: tuple[int, int], patch_size: int,
+                             num_segments: int = dsm.NUM_SEGMENTS, seed: int = 0):
+  """DSM's host pipeline after the backbone for one image: (λ, box, segments)."""
+  from sklearn.cluster import KMeans  # pylint: disable=g-import-not-at-top
+  w = testing.dsm_affinity_np(keys)
+  lam, y = testing.dsm_eigsh_reference(w, k)
+  fg = (y[:, 1] > 0).reshape(grid)
+  component = testing.largest_component_np(fg)
+  box = testing.box_np(component, patch_size)
+  labels = KMeans(num_segments, n_init=10, random_state=seed).fit_predict(y[:, 1:]).reshape(grid)
+  border = np.concatenate([labels[:, 0], labels[:, -1], labels[0], labels[-1]])
+  background = np.bincount(border, minlength=num_segments).argmax()
+  segments = np.where(labels == background, 0, np.where(labels == 0, background, labels))
+  return lam, box, segments
 
 
-def _affinity_and_degree(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """DSM's dense graph for one image, in the features' dtype: W = max(0, f̂ f̂ᵀ) with unit-norm
-  rows f̂, and D = diag(W 1)."""
-  f = features / np.linalg.norm(features, axis=-1, keepdims=True)
-  w = f @ f.T
-  w = w * (w > 0)
-  return w, np.diag(w.sum(axis=1))
-
-
-def scipy_reference(features: np.ndarray, k: int) -> np.ndarray:
-  """DSM's spectral stage for one image: dense W and D, shift-invert eigsh (SPEC §3)."""
-  w, d = _affinity_and_degree(features)
-  try:
-    lam, _ = scipy.sparse.linalg.eigsh(d - w, k=k, sigma=0, which="LM", M=d)
-  except Exception:  # pylint: disable=broad-except  # the reference's fallback
-    lam, _ = scipy.sparse.linalg.eigsh(d - w, k=k, which="SM", M=d)
-  return np.sort(lam)
-
-
-def dense_float64_reference(features: np.ndarray, k: int) -> np.ndarray:
-  """The k smallest eigenvalues of (D − W) y = λ D y for one image, dense float64 LAPACK: the
-  yardstick for both solvers. eigsh's shift-invert at σ = 0 (D − W is singular) starts from a
-  random vector and its error varies from run to run: 7.5e-7, 2e-5 and 2.5e-4 in three runs
-  on the sample photos, while spectral_jax's stayed at 1.8e-7."""
-  w, d = _affinity_and_degree(features.astype(np.float64))
-  return scipy.linalg.eigh(d - w, d, eigvals_only=True, subset_by_index=[0, k - 1])
+def _median(fn, repeats: int) -> float:
+  return testing.median_time(fn, repeats, warmup=1)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--size", type=int, default=448)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--k", type=int, default=dsm.NUM_EIGENVECTORS)
-  parser.add_argument("--method", default="auto", help="eigensolver: auto, eigh, lobpcg")
-  parser.add_argument("--weights", default="pretrained", choices=("pretrained", "random"))
-  parser.add_argument("--scipy_images", type=int, default=0,
-                      help="images for the SciPy path (default: the whole batch)")
+  parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch backbone")
+  parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
   args = parser.parse_args()
 
-  name = "dinov2_vits14"
-  if args.weights == "pretrained":
-    backbone = backbones.load_pretrained(name)
-  else:
-    backbone = backbones.init_backbone(backbones.get_config(name))
+  backbone = backbones.load_pretrained("dinov2_vits14")
   p = backbone.config.patch_size
-  images = jnp.asarray(samples.square_photos(args.size, args.batch))
+  images = samples.square_photos(args.size, args.batch)  # (B, S, S, 3) float32 in [0, 1]
+  photos = np.round(images * 255).astype(np.uint8)        # as decoded files arrive
   grid = (args.size // p, args.size // p)
   n = grid[0] * grid[1]
-  keys = jax.random.split(jax.random.key(0), args.batch)
-  print(f"DSM benchmark on {jax.devices()[0].platform}: batch {args.batch} of {args.size}² px, "
-        f"{name} ({args.weights}), grid {grid[0]}×{grid[1]} = {n} patches, K = {args.k}, "
-        f"method {args.method}")
+  config = dsm.PipelineConfig(num_eigenvectors=args.k)
+  segmenter = dsm.make_pipeline(backbone, config)
+  sources = [batching.Source(f"photo{i}", f"bench:{i}", (lambda a=a: a))
+             for i, a in enumerate(photos)]
 
-  @functools.partial(jax.jit, compiler_options=backbones.compiler_options())
-  def pipeline(backbone, images, keys):  # parameters as an argument, not baked-in constants
-    feats = backbones.extract_features(backbone, images, blocks=(-1,))
-    res = dsm.analyse(feats.keys, grid, patch_size=p, rngs=keys, num_eigenvectors=args.k,
-                      method=args.method)
-    hw = images.shape[1:3]
-    mask = dsm.object_mask(res.fiedler, patch_size=p, input_hw=hw, output_hw=hw)
-    return res.box, mask, res.segments
+  def ours():
+    return list(batching.segment_photos(segmenter, sources, image_size=args.size,
+                                        batch_size=args.batch))
 
-  _, first, t_pipe = _timings(lambda: pipeline(backbone, images, keys), args.repeats)
-  print(f"whole pipeline : {t_pipe:.3f} s / batch = {args.batch / t_pipe:.2f} images/s "
-        f"(first call incl. compile {first:.1f} s)")
+  print(f"DSM on {jax.devices()[0].platform}: batch {args.batch} of {args.size}² px, grid "
+        f"{grid[0]}×{grid[1]} = {n} patches, K = {args.k}, {args.repeats} repeats (medians)")
+  t0 = time.perf_counter()
+  results = ours()
+  print(f"  first call (compiles) {time.perf_counter() - t0:.1f} s")
+  t_ours = _median(ours, args.repeats)
+  images = jax.device_put(photos.astype(np.float32) / 255.0)  # the pipeline's own pixels
+  backbone_only = lambda: jax.block_until_ready(
+      backbones.extract_features(backbone, images, blocks=(-1,)).keys)
+  t_backbone = _median(backbone_only, args.repeats)
+  t_spectral = max(t_ours - t_backbone, 1e-9)
 
-  feats = jax.block_until_ready(backbones.extract_features(backbone, images, blocks=(-1,)).keys)
-  spectral = jax.jit(functools.partial(dsm.spectral_decomposition, num_eigenvectors=args.k,
-                                       method=args.method))
-  (lam, _), first, t_jax = _timings(lambda: spectral(feats), args.repeats)
-  m = args.scipy_images or args.batch
-  host = np.asarray(feats[:m], np.float32)
-  ref, _, t_scipy = _timings(lambda: np.stack([scipy_reference(f, args.k) for f in host]),
-                            args.repeats)
-  t_scipy *= args.batch / m  # per batch of args.batch images
-  err = float(np.max(np.abs(np.asarray(lam[:m]) - ref)))
-  exact = np.stack([dense_float64_reference(f, args.k) for f in host])
-  err_jax, err_scipy = (float(np.max(np.abs(x - exact))) for x in (np.asarray(lam[:m]), ref))
-  print(f"spectral stage : spectral_jax {t_jax:.3f} s / batch ({args.batch / t_jax:.2f} img/s, "
-        f"first call {first:.1f} s); SciPy eigsh {t_scipy:.3f} s / batch "
-        f"({args.batch / t_scipy:.2f} img/s, timed on {m} image(s))")
-  print(f"  ratio SciPy / spectral_jax: {t_scipy / t_jax:.2f}×; max |Δλ| = {err:.2e}; against "
-        f"dense float64 eigh: spectral_jax {err_jax:.1e}, SciPy eigsh {err_scipy:.1e}")
-  print(f"  the spectral stage is {t_jax / t_pipe:.0%} of the pipeline time")
+  keys = np.asarray(backbone_only(), np.float32)
+  if args.no_torch:
+    t_torch = float("nan")
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(args.threads)
+    model = reference.hf_model(backbone.config, backbone.params, attn_implementation="sdpa")
+    pixels = reference.hf_pixels(photos.astype(np.float32) / 255.0, backbone.config)
+    torch_keys = lambda: reference.hf_features(model, pixels, backbone.config)["keys"]
+    t_torch = _median(torch_keys, args.repeats)
+    keys_diff = float(np.abs(torch_keys().numpy() - keys).max())
+  ref = lambda: [reference_spectral_stage(f, args.k, grid, p) for f in keys]
+  t_ref_spectral = _median(ref, args.repeats)
+  ref_out = ref()
+
+  lam = np.stack([r.patches.eigenvalues for _, r, _ in results])
+  boxes = np.stack([r.patches.box for _, r, _ in results])
+  exact = np.stack([testing.dsm_eigh_reference(testing.dsm_affinity_np(f), args.k)[0]
+                    for f in keys])
+  err_ours = float(np.abs(lam - exact).max())
+  err_ref = float(np.abs(np.stack([r[0] for r in ref_out]) - exact).max())
+  same_boxes = int(sum(np.array_equal(b, r[1]) for b, r in zip(boxes, ref_out)))
+
+  per = lambda t: f"{t / args.batch:.3f} s/img"
+  print(f"  ours (segment_photos)   whole {per(t_ours)}  {args.batch / t_ours:.2f} img/s; "
+        f"backbone {per(t_backbone)}, spectral stage {per(t_spectral)} (by subtraction)")
+  if not args.no_torch:
+    t_ref = t_torch + t_ref_spectral
+    print(f"  reference (HF + SciPy)  whole {per(t_ref)}  {args.batch / t_ref:.2f} img/s; "
+          f"backbone {per(t_torch)} (torch, {torch.get_num_threads()} threads), spectral "
+          f"stage {per(t_ref_spectral)}; |Δkeys| = {keys_diff:.1e}")
+    print(f"  ratio reference / ours: whole {t_ref / t_ours:.2f}×, backbone "
+          f"{t_torch / t_backbone:.2f}×, spectral stage {t_ref_spectral / t_spectral:.2f}×")
+  else:
+    print(f"  reference spectral stage {per(t_ref_spectral)}; ratio {t_ref_spectral / t_spectral:.2f}×")
+  print(f"  eigenvalues vs dense float64 eigh: ours {err_ours:.1e}, SciPy eigsh {err_ref:.1e}; "
+        f"boxes equal to the reference's on {same_boxes}/{args.batch} images")
 
 
 if __name__ == "__main__":

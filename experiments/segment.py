@@ -33,10 +33,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
-from PIL import Image
 from tqdm import tqdm
 
-from spectral_jax import _cli, backbones, crf, dsm, metrics, viz
+from spectral_jax import _cli, backbones, crf, dsm, image_ops, metrics, viz
 from spectral_jax.data import images as image_io
 from spectral_jax.data import samples
 from spectral_jax.dsm import batching
@@ -215,11 +214,8 @@ def write_photo(photo: batching.Photo, res, cfg, patch_size: int, out: pathlib.P
   image_io.write_png(f"{stem}.mask.png", np.where(mask, 255, 0).astype(np.uint8))
   viz.label_png(f"{stem}.segments.png", segments)
   image_io.write_png(f"{stem}.overlay.png",
-                     batching.resize_longer_side(viz.overlay(rgb, mask, segments, box), 1024)
-                     if max(photo.size) > 1024 else viz.overlay(rgb, mask, segments, box))
-  shown = np.asarray(Image.fromarray(rgb).resize(
-      (max(1, round(photo.size[1] * cfg.viz.panel_height / photo.size[0])),
-       cfg.viz.panel_height), Image.BILINEAR))
+                     image_ops.limit_side(viz.overlay(rgb, mask, segments, box), 1024))
+  shown = image_ops.resize_to_height(rgb, cfg.viz.panel_height)
   m = min(cfg.viz.num_eigenvectors, pr.eigenvectors.shape[-1] - 1)
   vectors = pr.eigenvectors.reshape(pr.fiedler.shape + (-1,))[:h, :w, 1:1 + m]
   ys = np.moveaxis(vectors, -1, 0).copy()

@@ -254,3 +254,66 @@ def test_patch_count_above_the_memory_budget_is_refused_up_front(tmp_path):
                      patch_budget=batching.max_patches(memory=1 << 20))
   # n² · 16 bytes (float32 W, N, eigh workspace, logits) must fit: 64 GiB → 65 536 patches.
   assert batching.max_patches(memory=64 << 30) == 65_536
+
+
+def _photo_folder(folder: pathlib.Path, count: int) -> set:
+  """``count`` photos cut from the bundled ones: random crops, flips and sizes (60–200 px)."""
+  folder.mkdir()
+  rng = np.random.default_rng(count)
+  bundled = list(samples.bundled_photos().values())
+  grids = set()
+  for i in range(count):
+    rgb = bundled[i % len(bundled)]
+    h, w = rgb.shape[:2]
+    ch, cw = rng.integers(h // 3, h + 1), rng.integers(w // 3, w + 1)
+    y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    crop = rgb[y:y + ch, x:x + cw][:, ::-1 if rng.random() < 0.5 else 1]
+    side = int(rng.integers(60, 201))
+    s = side / max(crop.shape[:2])
+    size = (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s)))
+    Image.fromarray(np.ascontiguousarray(crop)).resize(size).save(folder / f"p{i:03d}.jpg")
+    grids.add(tuple(round(v * 112 / max(size)) // 14 for v in size[::-1]))
+  return grids
+
+
+_RSS_WRAPPER = (
+    "import atexit, resource, runpy, sys\n"
+    "out = sys.argv[1]\n"
+    "atexit.register(lambda: open(out, 'w').write("
+    "str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))\n"
+    "sys.argv = ['segment'] + sys.argv[2:]\n"
+    "runpy.run_module('experiments.segment', run_name='__main__')\n")
+
+
+def _peak_rss_run(args, rss_file: pathlib.Path) -> tuple[int, str, int]:
+  """Runs the command in a child that records its own peak RSS (KB) at exit."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  proc = subprocess.Popen([sys.executable, "-c", _RSS_WRAPPER, str(rss_file), *args], cwd=ROOT,
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    _, stderr = proc.communicate(timeout=900)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  return proc.returncode, stderr, int(rss_file.read_text())
+
+
+def test_memory_does_not_grow_with_the_folder_and_compiles_stay_few(tmp_path):
+  """300 photos of many aspect ratios: peak RSS within 150 MB of a 30-photo run (streaming),
+  and at most 4 compiled programs (grids padded to multiples of 4 patches at 112 px)."""
+  runs = {}
+  for count in (30, 300):
+    grids = _photo_folder(tmp_path / f"in{count}", count)
+    code, stderr, peak = _peak_rss_run([
+        "--config=experiments/configs/segment.py:test", f"--images={tmp_path / f'in{count}'}",
+        f"--out={tmp_path / f'out{count}'}", "--config.image_size=112",
+        "--config.bucket_step=4", "--config.prefetch=4"], tmp_path / f"rss{count}")
+    assert code == 0, stderr[-2000:]
+    summary = json.loads((tmp_path / f"out{count}" / "summary.json").read_text())
+    assert summary["num_ok"] == count
+    runs[count] = (peak, len(grids), summary["compiled_programs"])
+  print(f"peak RSS: 30 photos {runs[30][0] / 1024:.0f} MB, 300 photos {runs[300][0] / 1024:.0f} "
+        f"MB; distinct grids {runs[300][1]}, compiled programs {runs[300][2]}")
+  assert runs[300][1] > 4 and runs[300][2] <= 4
+  assert runs[300][0] - runs[30][0] < 150 * 1024  # KB

@@ -22,7 +22,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from PIL import Image
+
+from spectral_jax import image_ops
 
 BUCKET_STEP = 8      # patches: grids are padded up to multiples of this
 PREFETCH = 8         # photos decoded ahead of the running batch
@@ -55,18 +56,6 @@ class Photo:
   original: np.ndarray | None = None   # (H, W, 3) uint8, kept only when asked (outputs)
   image_grid: np.ndarray | None = None  # (h, w, 3) colours at the patch grid, for λ > 0
   warnings: list[str] = dataclasses.field(default_factory=list)
-
-
-def resize_longer_side(rgb: np.ndarray, image_size: int) -> np.ndarray:
-  """Resizes so that the longer side is ``image_size`` (PIL bilinear); 0 keeps the photo."""
-  if image_size <= 0:
-    return rgb
-  h, w = rgb.shape[:2]
-  s = image_size / max(h, w)
-  new = (max(1, round(w * s)), max(1, round(h * s)))
-  if new == (w, h):
-    return rgb
-  return np.asarray(Image.fromarray(rgb).resize(new, Image.BILINEAR))
 
 
 def available_memory() -> int:
@@ -102,7 +91,7 @@ def prepare(source: Source, *, image_size: int, patch_size: int, min_patches: in
     raise PhotoError(f"the photo is {size[1]}×{size[0]} px: fewer than {min_patches} patches of "
                      f"{patch_size} px at its own size, too small to segment (upscaling would "
                      "invent the detail)")
-  resized = resize_longer_side(rgb, image_size)
+  resized = image_ops.resize_longer_side(rgb, image_size)
   grid = (resized.shape[0] // patch_size, resized.shape[1] // patch_size)
   n = grid[0] * grid[1]
   if n < min_patches:
@@ -117,8 +106,7 @@ def prepare(source: Source, *, image_size: int, patch_size: int, min_patches: in
   pixels = np.ascontiguousarray(resized[:grid[0] * patch_size, :grid[1] * patch_size])
   colours = None
   if colour_grid:  # the colour graph (λ > 0) reads the uncropped photo at the patch grid
-    from spectral_jax import graphs  # pylint: disable=g-import-not-at-top
-    colours = np.asarray(graphs.resize_to_grid(resized, grid))
+    colours = np.asarray(image_ops.resize_to_grid(resized, grid))
   return Photo(source, size, resized.shape[:2], grid, pixels, rgb if keep_original else None,
                colours)
 
