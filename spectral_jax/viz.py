@@ -165,7 +165,8 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 table.results {{ border-collapse: collapse; }}
 table.results td, table.results th {{ border: 1px solid #ccc; padding: 6px; vertical-align: top; }}
-td img {{ max-width: 640px; max-height: 220px; display: block; }}
+td img {{ max-width: 100%; max-height: 220px; display: block; }}
+.scroll {{ overflow-x: auto; max-width: 100%; }}
 td.meta {{ font-size: 0.85em; white-space: nowrap; }}
 pre {{ background: #f4f4f4; padding: 0.6em; }}
 .broken {{ outline: 4px solid red; }}
@@ -173,10 +174,10 @@ pre {{ background: #f4f4f4; padding: 0.6em; }}
 <body data-images-loaded="pending">
 <h1>{title}</h1>
 {intro}
-<table class="results">
+<div class="scroll"><table class="results">
 <tr><th>image</th>{headers}</tr>
 {rows}
-</table>
+</table></div>
 {failures}
 <script>
 window.addEventListener("load", function () {{
