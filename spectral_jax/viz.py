@@ -165,7 +165,7 @@ _PAGE = """<!DOCTYPE html>
 body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
 table.results {{ border-collapse: collapse; }}
 table.results td, table.results th {{ border: 1px solid #ccc; padding: 6px; vertical-align: top; }}
-td img {{ max-width: 100%; max-height: 220px; display: block; }}
+td img {{ max-width: min(640px, 19vw); max-height: 220px; display: block; }}
 .scroll {{ overflow-x: auto; max-width: 100%; }}
 td.meta {{ font-size: 0.85em; white-space: nowrap; }}
 pre {{ background: #f4f4f4; padding: 0.6em; }}
