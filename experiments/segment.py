@@ -35,10 +35,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from spectral_jax import _cli, backbones, crf, dsm, image_ops, metrics, viz
+from spectral_jax import _cli, backbones, crf, dsm, viz
 from spectral_jax.data import images as image_io
 from spectral_jax.data import samples
-from spectral_jax.dsm import batching
+from spectral_jax.dsm import batching, outputs
 
 DEFAULT_OUT = "segment_output"
 PHOTOS = "photos"  # OUT/photos/... holds the per-photo files; run-level files sit beside it
@@ -83,16 +83,6 @@ for _flag, (_field, _define, _help) in _SHORT_FLAGS.items():
 # ----------------------------------------------------------------------------- inputs
 
 
-def _output_names(paths: list[pathlib.Path], root: pathlib.Path) -> list[str]:
-  """Output stems that keep each photo's relative folder (``sub/x.png`` → ``sub/x``); within a
-  folder, photos sharing a stem keep their suffix (``a.jpg``, ``a.png``). Unique by
-  construction: two files never share a relative path."""
-  rel = [p.relative_to(root) for p in paths]
-  stems = [(r.parent, r.stem) for r in rel]
-  return [str(r.parent / (r.stem if stems.count((r.parent, r.stem)) == 1 else r.name))
-          for r in rel]
-
-
 def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict[str, str]]:
   """The photos to process, and {file: reason} for files skipped as non-images.
 
@@ -110,23 +100,16 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
       names = wanted
     return [batching.Source(n, f"bundled:{n}", _bundled_loader(n)) for n in names], {}
   root = pathlib.Path(cfg.images).expanduser().resolve()
-  out = out.resolve()
-  if out == root or root.is_relative_to(out):
-    raise _cli.UsageError(f"--images ({root}) must not be --out ({out}) or inside it: the run "
-                          "would read its own outputs; choose another --out")
-  paths = image_io.list_images(root, recursive=cfg.recursive)
-  paths = [p for p in paths if not p.resolve().is_relative_to(out)]  # earlier outputs
-  pattern = "**/*" if cfg.recursive else "*"
-  skipped = {str(p): f"not an image file (suffix not in {', '.join(image_io.IMAGE_SUFFIXES)})"
-             for p in sorted(root.glob(pattern))
-             if p.is_file() and p.suffix.lower() not in image_io.IMAGE_SUFFIXES
-             and not p.name.startswith(".") and not p.resolve().is_relative_to(out)}
+  if out.resolve() == root or root.is_relative_to(out.resolve()):
+    raise _cli.UsageError(f"--images ({root}) must not be --out ({out.resolve()}) or inside "
+                          "it: the run would read its own outputs; choose another --out")
+  paths, names, skipped = image_io.collect_images(root, recursive=cfg.recursive, exclude=out)
   if not paths:
     raise _cli.UsageError(f"no image files in {str(root)!r} (looked for "
                           f"{', '.join(image_io.IMAGE_SUFFIXES)}); point --images at a folder "
                           "of photos")
   sources = [batching.Source(n, str(p), (lambda p=p: image_io.read_image(p)))
-             for n, p in zip(_output_names(paths, root), paths)]
+             for n, p in zip(names, paths)]
   return sources, skipped
 
 
@@ -153,143 +136,7 @@ def load_backbone(cfg) -> backbones.Backbone:
   return backbones.load_pretrained(name, weights or None, dtype=cfg.backbone.dtype)
 
 
-# ----------------------------------------------------------------------------- outputs
-
-
-def evaluate(gt, mask: np.ndarray, box: np.ndarray, fraction: float) -> dict:
-  """Foreground IoU and CorLoc of one photo, and the centred-box baseline's (SPEC §4)."""
-  base_box = dsm.centred_box(gt.foreground.shape, fraction)
-  base_mask = dsm.box_mask(base_box, gt.foreground.shape)
-  box_ious = np.asarray(metrics.box_iou(np.asarray(box)[None], gt.boxes))[0]
-  base_ious = np.asarray(metrics.box_iou(base_box[None], gt.boxes))[0]
-  return {
-      "foreground_iou": float(metrics.mask_iou(mask, gt.foreground)),
-      "corloc_hit": bool(box_ious.max() >= 0.5),
-      "best_box_iou": float(box_ious.max()),
-      "baseline": {
-          "box": base_box.tolist(),
-          "foreground_iou": float(metrics.mask_iou(base_mask, gt.foreground)),
-          "corloc_hit": bool(base_ious.max() >= 0.5),
-          "best_box_iou": float(base_ious.max()),
-      },
-  }
-
-
-def photo_warnings(photo: batching.Photo, res, image_size: int) -> list[str]:
-  """Why a confident-looking answer for this photo may be meaningless."""
-  warnings = []
-  if res.nonfinite:
-    warnings.append("the photo has NaN/Inf pixels (set to 0): the result is meaningless")
-  if res.constant:
-    warnings.append("the photo is (nearly) one colour: there is no object to find; the mask "
-                    "and box are meaningless")
-  longer = max(photo.size)
-  if image_size and longer * 2 < image_size:
-    warnings.append(f"the photo ({photo.size[1]}×{photo.size[0]} px) was upscaled "
-                    f"{image_size / longer:.1f}×: detail is invented")
-  if not res.patches.converged:
-    warnings.append("the eigensolver did not reach its tolerance")
-  return warnings
-
-
-def write_photo(photo: batching.Photo, res, cfg, patch_size: int, out: pathlib.Path,
-                timings: dict) -> dict:
-  """Writes the photo's PNGs and NAME.json; returns the record."""
-  t0 = time.perf_counter()
-  h, w = photo.grid
-  pr = res.patches
-  fiedler = pr.fiedler[:h, :w]
-  rgb = photo.original
-  up = dict(patch_size=patch_size, input_hw=photo.input_hw, output_hw=photo.size)
-  mask = dsm.object_mask(fiedler, upsample=cfg.dsm.upsample, **up)
-  if cfg.crf.enabled:
-    params = crf.CRFParams(*(cfg.crf[f] for f in crf.CRFParams._fields))
-    mask = np.asarray(crf.refine_mask(rgb, mask, params, method=cfg.crf.method))
-  segments = dsm.upsample_patch_map(pr.segments[:h, :w], **up)
-  box = dsm.scale_boxes(pr.box, photo.input_hw, photo.size)
-  stem = out / photo.source.name
-  stem.parent.mkdir(parents=True, exist_ok=True)
-  rel = f"{PHOTOS}/{photo.source.name}"
-  files = {k: f"{rel}.{k}.png" for k in ("overlay", "eigenvectors", "mask", "segments")}
-  image_io.write_png(f"{stem}.mask.png", np.where(mask, 255, 0).astype(np.uint8))
-  viz.label_png(f"{stem}.segments.png", segments)
-  image_io.write_png(f"{stem}.overlay.png",
-                     image_ops.limit_side(viz.overlay(rgb, mask, segments, box), 1024))
-  shown = image_ops.resize_to_height(rgb, cfg.viz.panel_height)
-  m = min(cfg.viz.num_eigenvectors, pr.eigenvectors.shape[-1] - 1)
-  vectors = pr.eigenvectors.reshape(pr.fiedler.shape + (-1,))[:h, :w, 1:1 + m]
-  ys = np.moveaxis(vectors, -1, 0).copy()
-  ys[0] = fiedler  # y₁ as the mask sees it (the foreground rule may flip it)
-  maps = dsm.upsample_patch_map(ys, patch_size=patch_size, input_hw=photo.input_hw,
-                                output_hw=shown.shape[:2], method="bilinear")
-  image_io.write_png(f"{stem}.eigenvectors.png",
-                     viz.eigenvector_panel(shown, list(maps), pr.eigenvalues[1:1 + m]))
-  timings = dict(timings, outputs=time.perf_counter() - t0)
-  timings["total"] = sum(timings.values())
-  record = {
-      "name": photo.source.name, "source": photo.source.origin,
-      "width": photo.size[1], "height": photo.size[0],
-      "input_size": [photo.input_hw[1], photo.input_hw[0]], "grid": [h, w],
-      "patch_size": patch_size,
-      "box": [int(v) for v in box],
-      "box_format": "[x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive",
-      "foreground_fraction": float(mask.mean()),
-      "eigenvalues": [float(v) for v in pr.eigenvalues],
-      "eigensolver_converged": bool(pr.converged),
-      "num_segments": int(len(np.unique(pr.segments[:h, :w]))),
-      "warnings": photo_warnings(photo, res, cfg.image_size),
-      "files": files,
-      "timings_s": {k: round(v, 4) for k, v in timings.items()},
-  }
-  gt = ground_truth(photo.source)
-  if gt is not None:
-    record["ground_truth"] = evaluate(gt, mask, box, cfg.baseline_box_fraction)
-  pathlib.Path(f"{stem}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
-  photo.original = None
-  return record
-
-
-def write_semantic(kept: list, cfg, patch_size: int, out: pathlib.Path) -> dict:
-  """Dataset-level clusters of all segment crops → NAME.semantic.png (0 = background).
-
-  ``kept``: per photo (photo, segments (h, w), valid (S,), embeddings (S, C)).
-  """
-  s = cfg.semantic
-  embeddings = [e[v] for _, _, v, e in kept]
-  all_emb = np.concatenate(embeddings)
-  clusters = np.asarray(dsm.cluster_embeddings(jax.random.key(cfg.seed), all_emb,
-                                               s.num_clusters, pca_dim=s.pca_dim))
-  per_image = np.split(clusters, np.cumsum([len(e) for e in embeddings])[:-1])
-  for (photo, seg, valid, _), cl in zip(kept, per_image):
-    lookup = np.zeros(valid.shape, np.int32)
-    lookup[valid] = cl
-    labels = np.asarray(dsm.semantic_map(seg, lookup, valid))
-    labels = dsm.upsample_patch_map(labels, patch_size=patch_size, input_hw=photo.input_hw,
-                                    output_hw=photo.size)
-    viz.label_png(out / f"{photo.source.name}.semantic.png", labels)
-  return {"num_crops": int(len(all_emb)), "num_clusters": int(s.num_clusters),
-          "cluster_sizes": np.bincount(clusters, minlength=s.num_clusters).tolist(),
-          "labels": "0 = background, c + 1 = dataset cluster c"}
 # ----------------------------------------------------------------------------- summary
-
-
-def summarise_ground_truth(records: list[dict]) -> dict | None:
-  """Mean foreground IoU and CorLoc over the photos with ground truth, and the baseline's."""
-  rows = [r for r in records if "ground_truth" in r]
-  if not rows:
-    return None
-  g = [r["ground_truth"] for r in rows]
-  mean = lambda xs: float(np.mean(xs))
-  return {
-      "images": [r["name"] for r in rows],
-      "foreground_iou": mean([x["foreground_iou"] for x in g]),
-      "corloc": mean([x["corloc_hit"] for x in g]),
-      "baseline": {
-          "name": "centred box (sides × fraction), its box as the mask",
-          "foreground_iou": mean([x["baseline"]["foreground_iou"] for x in g]),
-          "corloc": mean([x["baseline"]["corloc_hit"] for x in g]),
-      },
-  }
 
 
 def _config_text(cfg, backbone) -> str:
@@ -432,11 +279,20 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
   print(f"DSM on {len(sources)} photos from {where} → {out}/\n{_config_text(cfg, backbone)}\n"
         f"weights: {backbone.config.weights_note}", flush=True)
   records, kept = [], []
+  render = outputs.RenderSettings(
+      upsample=cfg.dsm.upsample, crf_method=cfg.crf.method,
+      crf=crf.CRFParams(*(cfg.crf[f] for f in crf.CRFParams._fields)) if cfg.crf.enabled else None,
+      panel_height=cfg.viz.panel_height, panel_eigenvectors=cfg.viz.num_eigenvectors)
   stream = batching.segment_photos(
       segmenter, sources, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
       bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip)
   for photo, res, timing in tqdm(stream, total=len(sources), desc="segment", unit="photo"):
-    records.append(write_photo(photo, res, cfg, patch_size, photo_dir, timing))
+    name = photo.source.name
+    records.append(outputs.write_photo(
+        photo, res, stem=photo_dir / name, rel=f"{PHOTOS}/{name}", patch_size=patch_size,
+        settings=render, image_size=cfg.image_size, timings=timing,
+        ground_truth=ground_truth(photo.source)))
+    photo.original = None
     for w in records[-1]["warnings"]:
       tqdm.write(f"warning: {photo.source.origin}: {w}", file=sys.stderr)
     if cfg.semantic.enabled:
@@ -459,8 +315,10 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
       "batch_shapes": sorted(list(s) for s in segmenter.compiled_shapes),
   }
   if cfg.semantic.enabled:
-    summary["semantic"] = write_semantic(kept, cfg, patch_size, photo_dir)
-  gt = summarise_ground_truth(records)
+    summary["semantic"] = outputs.write_semantic(
+        kept, [photo_dir / p.source.name for p, *_ in kept], num_clusters=cfg.semantic.num_clusters,
+        pca_dim=cfg.semantic.pca_dim, patch_size=patch_size, seed=cfg.seed)
+  gt = outputs.summarise_ground_truth(records)
   if gt:
     summary["ground_truth"] = gt
   per_image = [r["timings_s"]["total"] for r in records]

@@ -87,6 +87,44 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[path
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def output_names(paths: list[pathlib.Path], root: pathlib.Path) -> list[str]:
+  """Output stems that keep each file's folder relative to ``root`` (``sub/x.png`` →
+  ``sub/x``); within a folder, files sharing a stem keep their suffix (``a.jpg``, ``a.png``).
+  Unique by construction: two files never share a relative path."""
+  rel = [pathlib.Path(p).relative_to(root) for p in paths]
+  stems = [(r.parent, r.stem) for r in rel]
+  return [str(r.parent / (r.stem if stems.count((r.parent, r.stem)) == 1 else r.name))
+          for r in rel]
+
+
+def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
+                   exclude: str | os.PathLike | None = None
+                   ) -> tuple[list[pathlib.Path], list[str], dict[str, str]]:
+  """The image files of a folder, their unique output names, and the other files skipped.
+
+  Args:
+    folder: where the photos are.
+    recursive: also look into sub-folders.
+    exclude: a folder whose files are never inputs (a run's own output folder inside
+      ``folder``).
+  Returns:
+    ``(paths, names, skipped)``: sorted image paths, `output_names` of them, and
+    ``{file: reason}`` for the files with other suffixes (dot files ignored).
+  Raises:
+    FileNotFoundError: ``folder`` is not a directory.
+  """
+  root = pathlib.Path(folder).expanduser().resolve()
+  out = None if exclude is None else pathlib.Path(exclude).expanduser().resolve()
+  keep = lambda p: out is None or not p.resolve().is_relative_to(out)
+  paths = [p for p in list_images(root, recursive=recursive) if keep(p)]
+  pattern = "**/*" if recursive else "*"
+  skipped = {str(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
+             for p in sorted(root.glob(pattern))
+             if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
+             and not p.name.startswith(".") and keep(p)}
+  return paths, output_names(paths, root), skipped
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
   """Writes an (H, W) or (H, W, 3|4) uint8 array as PNG."""
   array = np.asarray(array)

@@ -1,0 +1,207 @@
+"""Per-photo outputs of the DSM pipeline at the photo's own size: files, warnings, scores.
+
+Host NumPy at the output edge (``dsm.batching`` yields a photo and its row of the batch's
+``DSMResult``; everything here reads NumPy). Files for a photo with output stem ``STEM``:
+
+* ``STEM.mask.png`` object mask 255 / 0; ``STEM.segments.png`` multi-region labels (palette
+  PNG, 0 = background); ``STEM.overlay.png`` mask, segments and box over the photo (longer
+  side ≤ 1024); ``STEM.eigenvectors.png`` the photo and y₁..y_m as heat maps;
+* ``STEM.json`` the record returned by :func:`write_photo`;
+* ``STEM.semantic.png`` (:func:`write_semantic`) dataset clusters c + 1, 0 = background.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from spectral_jax import crf, image_ops, metrics, viz
+from spectral_jax.data import images as image_io
+from spectral_jax.dsm import localisation, masks, semantic
+
+KINDS = ("overlay", "eigenvectors", "mask", "segments")
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSettings:
+  """How the files look: mask upsampling, the optional CRF, the eigenvector panel."""
+  upsample: str = "nearest"
+  crf: crf.CRFParams | None = None       # None: no CRF
+  crf_method: str = "grid"
+  panel_height: int = 240
+  panel_eigenvectors: int = 4
+  overlay_max_side: int = 1024
+
+
+def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5) -> dict:
+  """Foreground IoU and CorLoc of one photo, and the centred-box baseline's (SPEC §4).
+
+  Args:
+    gt: a ``data.samples.LabelledPhoto`` (``foreground`` (H, W) bool, ``boxes`` (M, 4)).
+    mask: (H, W) bool predicted object mask.
+    box: (4,) predicted pixel box.
+    fraction: side fraction of the centred-box baseline.
+  """
+  base_box = localisation.centred_box(gt.foreground.shape, fraction)
+  base_mask = localisation.box_mask(base_box, gt.foreground.shape)
+  box_ious = np.asarray(metrics.box_iou(np.asarray(box)[None], gt.boxes))[0]
+  base_ious = np.asarray(metrics.box_iou(base_box[None], gt.boxes))[0]
+  return {
+      "foreground_iou": float(metrics.mask_iou(mask, gt.foreground)),
+      "corloc_hit": bool(box_ious.max() >= 0.5),
+      "best_box_iou": float(box_ious.max()),
+      "baseline": {
+          "box": base_box.tolist(),
+          "foreground_iou": float(metrics.mask_iou(base_mask, gt.foreground)),
+          "corloc_hit": bool(base_ious.max() >= 0.5),
+          "best_box_iou": float(base_ious.max()),
+      },
+  }
+
+
+def summarise_ground_truth(records: list[dict]) -> dict | None:
+  """Mean foreground IoU and CorLoc over the records with ``"ground_truth"``, and the
+  baseline's; None when there are none."""
+  rows = [r for r in records if "ground_truth" in r]
+  if not rows:
+    return None
+  g = [r["ground_truth"] for r in rows]
+  mean = lambda xs: float(np.mean(xs))
+  return {
+      "images": [r["name"] for r in rows],
+      "foreground_iou": mean([x["foreground_iou"] for x in g]),
+      "corloc": mean([x["corloc_hit"] for x in g]),
+      "baseline": {
+          "name": "centred box (sides × fraction), its box as the mask",
+          "foreground_iou": mean([x["baseline"]["foreground_iou"] for x in g]),
+          "corloc": mean([x["baseline"]["corloc_hit"] for x in g]),
+      },
+  }
+
+
+def photo_warnings(photo, res, image_size: int) -> list[str]:
+  """Why a confident-looking answer for this photo may be meaningless.
+
+  Args:
+    photo: a ``dsm.batching.Photo``.
+    res: its row of the ``DSMResult`` (NumPy).
+    image_size: the longer side the photo was resized to (0: native).
+  """
+  warnings = []
+  if res.nonfinite:
+    warnings.append("the photo has NaN/Inf pixels (set to 0): the result is meaningless")
+  if res.constant:
+    warnings.append("the photo is (nearly) one colour: there is no object to find; the mask "
+                    "and box are meaningless")
+  longer = max(photo.size)
+  if image_size and longer * 2 < image_size:
+    warnings.append(f"the photo ({photo.size[1]}×{photo.size[0]} px) was upscaled "
+                    f"{image_size / longer:.1f}×: detail is invented")
+  if not res.patches.converged:
+    warnings.append("the eigensolver did not reach its tolerance")
+  return warnings
+
+
+def photo_mask_and_box(photo, res, *, patch_size: int, settings: RenderSettings):
+  """(mask (H, W) bool, box (4,) int32, segments (H, W) int32) at the photo's size."""
+  h, w = photo.grid
+  up = dict(patch_size=patch_size, input_hw=photo.input_hw, output_hw=photo.size)
+  mask = masks.object_mask(res.patches.fiedler[:h, :w], upsample=settings.upsample, **up)
+  if settings.crf is not None:
+    mask = np.asarray(crf.refine_mask(photo.original, mask, settings.crf,
+                                      method=settings.crf_method))
+  segments = masks.upsample_patch_map(res.patches.segments[:h, :w], **up)
+  box = localisation.scale_boxes(res.patches.box, photo.input_hw, photo.size)
+  return mask, box, segments
+
+
+def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
+                settings: RenderSettings, image_size: int, timings: dict,
+                ground_truth=None) -> dict:
+  """Writes ``stem.{mask,segments,overlay,eigenvectors}.png`` and ``stem.json``.
+
+  Args:
+    photo: a ``dsm.batching.Photo`` with ``original`` kept.
+    res: its row of the ``DSMResult`` (NumPy).
+    stem: output path without suffixes (its folder is created).
+    rel: the same stem relative to the report page (for the record's links).
+    patch_size: P.
+    settings: :class:`RenderSettings`.
+    image_size: the resize setting (for the upscaling warning).
+    timings: seconds so far for this photo (the record adds "outputs" and "total").
+    ground_truth: optional ``LabelledPhoto``: adds IoU / CorLoc and the baseline's.
+  Returns:
+    The record written to ``stem.json``.
+  """
+  t0 = time.perf_counter()
+  h, w = photo.grid
+  pr, rgb = res.patches, photo.original
+  mask, box, segments = photo_mask_and_box(photo, res, patch_size=patch_size, settings=settings)
+  stem.parent.mkdir(parents=True, exist_ok=True)
+  image_io.write_png(f"{stem}.mask.png", np.where(mask, 255, 0).astype(np.uint8))
+  viz.label_png(f"{stem}.segments.png", segments)
+  image_io.write_png(f"{stem}.overlay.png", image_ops.limit_side(
+      viz.overlay(rgb, mask, segments, box), settings.overlay_max_side))
+  shown = image_ops.resize_to_height(rgb, settings.panel_height)
+  m = min(settings.panel_eigenvectors, pr.eigenvectors.shape[-1] - 1)
+  vectors = pr.eigenvectors.reshape(pr.fiedler.shape + (-1,))[:h, :w, 1:1 + m]
+  ys = np.moveaxis(vectors, -1, 0).copy()
+  ys[0] = pr.fiedler[:h, :w]  # y₁ as the mask sees it (the foreground rule may flip it)
+  maps = masks.upsample_patch_map(ys, patch_size=patch_size, input_hw=photo.input_hw,
+                                  output_hw=shown.shape[:2], method="bilinear")
+  image_io.write_png(f"{stem}.eigenvectors.png",
+                     viz.eigenvector_panel(shown, list(maps), pr.eigenvalues[1:1 + m]))
+  timings = dict(timings, outputs=time.perf_counter() - t0)
+  timings["total"] = sum(timings.values())
+  record = {
+      "name": photo.source.name, "source": photo.source.origin,
+      "width": photo.size[1], "height": photo.size[0],
+      "input_size": [photo.input_hw[1], photo.input_hw[0]], "grid": [h, w],
+      "patch_size": patch_size,
+      "box": [int(v) for v in box],
+      "box_format": "[x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive",
+      "foreground_fraction": float(mask.mean()),
+      "eigenvalues": [float(v) for v in pr.eigenvalues],
+      "eigensolver_converged": bool(pr.converged),
+      "num_segments": int(len(np.unique(pr.segments[:h, :w]))),
+      "warnings": photo_warnings(photo, res, image_size),
+      "files": {k: f"{rel}.{k}.png" for k in KINDS},
+      "timings_s": {k: round(v, 4) for k, v in timings.items()},
+  }
+  if ground_truth is not None:
+    record["ground_truth"] = ground_truth_scores(ground_truth, mask, box)
+  pathlib.Path(f"{stem}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
+  return record
+
+
+def write_semantic(kept: list, stems: list[pathlib.Path], *, num_clusters: int, pca_dim: int,
+                   patch_size: int, seed: int = 0) -> dict:
+  """Dataset-level clusters of all segment crops → ``stem.semantic.png`` (0 = background).
+
+  Args:
+    kept: per photo ``(photo, segments (h, w), valid (S,), embeddings (S, C))``.
+    stems: per photo its output stem.
+    num_clusters, pca_dim: see ``semantic.cluster_embeddings``.
+  Returns:
+    A summary: crops, clusters and their sizes.
+  """
+  embeddings = [e[v] for _, _, v, e in kept]
+  all_emb = np.concatenate(embeddings)
+  clusters = np.asarray(semantic.cluster_embeddings(jax.random.key(seed), all_emb, num_clusters,
+                                                    pca_dim=pca_dim))
+  per_image = np.split(clusters, np.cumsum([len(e) for e in embeddings])[:-1])
+  for (photo, seg, valid, _), cl, stem in zip(kept, per_image, stems):
+    lookup = np.zeros(valid.shape, np.int32)
+    lookup[valid] = cl
+    labels = np.asarray(semantic.semantic_map(seg, lookup, valid))
+    labels = masks.upsample_patch_map(labels, patch_size=patch_size, input_hw=photo.input_hw,
+                                      output_hw=photo.size)
+    viz.label_png(f"{stem}.semantic.png", labels)
+  return {"num_crops": int(len(all_emb)), "num_clusters": int(num_clusters),
+          "cluster_sizes": np.bincount(clusters, minlength=num_clusters).tolist(),
+          "labels": "0 = background, c + 1 = dataset cluster c"}
