@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import time
 from collections.abc import Callable, Sequence
@@ -100,8 +101,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   """Adam with a per-step cosine decay from ``learning_rate`` to ``final_learning_rate`` over
   ``train.num_steps`` steps; no weight decay, no warm-up (SPEC §5)."""
   lr, final = config.optim.learning_rate, config.optim.final_learning_rate
-  if not 0 < final <= lr:
-    raise ValueError(f"need 0 < final_learning_rate ≤ learning_rate; got {final}, {lr}")
+  if not (_positive(lr) and _positive(final) and final <= lr):
+    raise ValueError(f"need 0 < optim.final_learning_rate ≤ optim.learning_rate (finite); got "
+                     f"{final}, {lr}")
   return optax.adam(learning_rate_schedule(config))
 
 
@@ -119,15 +121,69 @@ def init_state(config: ml_collections.ConfigDict, input_dim: int) -> TrainState:
                     rng=jax.random.key_data(run_key), eig=loss_lib.ema_init(config.psi.k))
 
 
-def _check_config(config: ml_collections.ConfigDict, tokens: int | None = None) -> None:
-  if config.graph.form not in KERNEL_FORMS:
-    raise ValueError(f"graph.form must be one of {KERNEL_FORMS}; got {config.graph.form!r}")
-  if int(config.train.num_steps) < 1:
-    raise ValueError(f"train.num_steps must be ≥ 1; got {config.train.num_steps}")
+def _positive(value) -> bool:
+  try:
+    return math.isfinite(float(value)) and float(value) > 0
+  except (TypeError, ValueError):
+    return False
+
+
+def check_config(config: ml_collections.ConfigDict, *, patch_size: int | None = None,
+                 tokens: int | None = None, devices: int | None = None) -> None:
+  """Checks the values of a training config before anything is loaded or compiled.
+
+  Args:
+    config: the training config.
+    patch_size: the backbone's patch size: also checks the batch's token count
+      (``train.batch_size · (data.image_size // patch_size)²``) against ``graph.k`` and
+      ``psi.k``.
+    tokens: the batch's token count itself (when the features are known).
+    devices: the number of devices ``train.batch_size`` is split over.
+  Raises:
+    ValueError: naming the first bad field, its value and what it must be.
+  """
+  def need(ok: bool, field: str, rule: str, value: Any) -> None:
+    if not ok:
+      raise ValueError(f"{field} must be {rule}; got {value!r}")
+
+  t, o, g, lc = config.train, config.optim, config.graph, config.loss
+  need(int(t.batch_size) >= 1, "train.batch_size", "≥ 1 (images per global batch)",
+       t.batch_size)
+  need(int(t.num_steps) >= 1, "train.num_steps", "≥ 1", t.num_steps)
+  need(_positive(o.learning_rate), "optim.learning_rate", "a finite number > 0",
+       o.learning_rate)
+  need(_positive(o.final_learning_rate) and o.final_learning_rate <= o.learning_rate,
+       "optim.final_learning_rate", f"in (0, optim.learning_rate = {o.learning_rate}]",
+       o.final_learning_rate)
+  need(g.form in KERNEL_FORMS, "graph.form", f"one of {KERNEL_FORMS}", g.form)
+  need(int(g.k) >= 1, "graph.k", "≥ 1", g.k)
+  need(math.isfinite(float(g.alpha)) and g.alpha >= 0, "graph.alpha", "a finite number ≥ 0",
+       g.alpha)
+  need(g.block_size is None or int(g.block_size) >= 1, "graph.block_size", "None or ≥ 1",
+       g.block_size)
+  need(len(g.n_neighbors) == len(g.distance_weights) and all(int(n) >= 1 for n in g.n_neighbors),
+       "graph.n_neighbors", "≥ 1 each, as many as graph.distance_weights", g.n_neighbors)
+  for name in ("k", "num_blocks", "num_heads", "head_dim", "mlp_dim"):
+    need(int(config.psi[name]) >= 1, f"psi.{name}", "≥ 1", config.psi[name])
+  for name in ("beta_times_k", "t", "tau_max", "tau_min"):
+    need(_positive(lc[name]), f"loss.{name}", "a finite number > 0", lc[name])
+  need(lc.tau_min <= lc.tau_max, "loss.tau_min", f"≤ loss.tau_max = {lc.tau_max}", lc.tau_min)
+  need(0 <= lc.eig_momentum < 1, "loss.eig_momentum", "in [0, 1)", lc.eig_momentum)
+  for name in ("checkpoint.every", "checkpoint.keep", "log.every"):
+    section, field = name.split(".")
+    need(int(config[section][field]) >= 1, name, "≥ 1", config[section][field])
+  if devices is not None and int(t.batch_size) % devices:
+    raise ValueError(f"train.batch_size = {t.batch_size} must be a multiple of the {devices} "
+                     "devices (each device holds the same number of crops)")
+  if patch_size is not None:
+    side = int(config.data.image_size) // int(patch_size)
+    need(side >= 1, "data.image_size", f"≥ the backbone's {patch_size}-px patch",
+         config.data.image_size)
+    tokens = int(t.batch_size) * side * side
   if tokens is not None:
-    if config.graph.k > tokens - 1:
-      raise ValueError(f"graph.k = {config.graph.k} neighbours need more than the {tokens} tokens "
-                       "of a batch; lower graph.k or raise train.batch_size / data.image_size")
+    if g.k > tokens - 1:
+      raise ValueError(f"graph.k = {g.k} neighbours need more than the {tokens} tokens of a "
+                       "batch; lower graph.k or raise train.batch_size / data.image_size")
     if config.psi.k > tokens:
       raise ValueError(f"psi.k = {config.psi.k} eigenfunctions exceed the {tokens} tokens of a "
                        "batch; lower psi.k or raise train.batch_size / data.image_size")
@@ -267,7 +323,7 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
     A function of (``TrainState``, batch dict with `BATCH_KEYS`; other keys are ignored).
     ``aux`` has ``loss_eig``, ``loss_orth``, ``eigenvalues`` (K,), ``tau``.
   """
-  _check_config(config)
+  check_config(config)
   psi = psi_module(config)
   g, lc = config.graph, config.loss
   beta = loss_lib.beta_for(config.psi.k, lc.beta_times_k)
@@ -471,16 +527,33 @@ def checkpoint_manager(directory: str | pathlib.Path, config: ml_collections.Con
 
 
 def save_checkpoint(manager, state: TrainState, config: ml_collections.ConfigDict, *,
-                    force: bool = False) -> bool:
-  """Saves ``state`` at its step (if due, or ``force``), with the config as JSON beside it."""
+                    force: bool = False, step: int | None = None) -> bool:
+  """Saves ``state`` at its step (if due, or ``force``), with the config as JSON beside it.
+
+  ``step``: ``state.step`` as a host int, if the caller knows it. Then a step that is not due
+  returns False without touching ``state`` (no host-device sync, so the training loop keeps
+  dispatching ahead); without it, ``state.step`` is read from the device.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  step = int(jax.device_get(state.step))
+  if step is None:
+    step = int(jax.device_get(state.step))
   if force and step in manager.all_steps():
+    return False
+  if not force and not manager.should_save(step):
     return False
   return manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json(config))),
       force=force)
+
+
+def _check_same_config(saved: dict[str, Any], config: ml_collections.ConfigDict, step: int,
+                       directory) -> None:
+  diffs = config_differences(saved, config_json(config))
+  if diffs:
+    raise ConfigMismatchError(
+        f"the checkpoint at step {step} in {directory} was written with another config: "
+        + "; ".join(diffs) + ". Resume with the checkpoint's settings or use a new workdir.")
 
 
 def restore_checkpoint(manager, template: TrainState, config: ml_collections.ConfigDict,
@@ -488,26 +561,34 @@ def restore_checkpoint(manager, template: TrainState, config: ml_collections.Con
   """Restores the latest (or given) step into ``template``'s structure and shardings.
 
   Raises:
+    FileNotFoundError: no checkpoint in the manager's directory.
+    ValueError: ``step`` is not one of the saved steps (the message lists them).
     ConfigMismatchError: the checkpoint's config differs from ``config`` outside
       `RUNTIME_FIELDS`; the message lists every difference.
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+  step = _resolve_step(manager, step)
   saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  diffs = config_differences(saved, config_json(config))
-  if diffs:
-    raise ConfigMismatchError(
-        f"the checkpoint at step {step} in {manager.directory} was written with another config: "
-        + "; ".join(diffs) + ". Resume with the checkpoint's settings or use a new workdir.")
+  _check_same_config(saved, config, step, manager.directory)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
       template)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))["state"]
   return restored
+
+
+def _resolve_step(manager, step: int | None) -> int:
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"no checkpoints in {str(manager.directory)!r}; train first")
+  if step is None:
+    return steps[-1]
+  if int(step) not in steps:
+    raise ValueError(f"no checkpoint at step {step} in {str(manager.directory)!r}; saved steps: "
+                     + ", ".join(map(str, steps)))
+  return int(step)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -574,7 +655,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   Checkpoints (orbax) go to ``workdir/checkpoints`` every ``checkpoint.every`` steps, at the end,
   and when the run is interrupted (KeyboardInterrupt, e.g. Ctrl-C or a SIGTERM turned into one):
   the last completed step is saved before returning with ``interrupted=True``. Metrics go to
-  ``workdir/metrics.jsonl`` and ``workdir/tensorboard`` every ``log.every`` steps.
+  ``workdir/metrics.jsonl`` and ``workdir/tensorboard`` every ``log.every`` steps; a record's
+  ``seconds`` (TensorBoard ``train/seconds``) is the wall time per step averaged over the steps
+  since the previous record, the clock read after the logged step's result is ready (step 1's
+  includes compiling the step). Steps between records are dispatched without waiting, so only
+  logged steps (and due checkpoints) synchronise with the devices.
 
   Args:
     config: the training config (experiments/configs/neuralef.py).
@@ -594,11 +679,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = data_mesh() if mesh is None else mesh
   batch_size, total = int(config.train.batch_size), int(config.train.num_steps)
-  if batch_size % mesh.size:
-    raise ValueError(f"train.batch_size = {batch_size} must be a multiple of the {mesh.size} "
-                     "devices (each device holds the same number of crops)")
   num_views, num_tokens, input_dim = features.psi_inputs.shape
-  _check_config(config, batch_size * num_tokens)
+  check_config(config, tokens=batch_size * num_tokens, devices=mesh.size)
   steps_per_epoch(num_views, batch_size)
   stop = total if stop_at is None else min(int(stop_at), total)
   is_main = jax.process_index() == 0
@@ -616,15 +698,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   if is_main and config.log.progress and step < stop:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=stop, initial=step, desc="train", unit="step")
+  clock, clock_step = time.perf_counter(), step
   try:
     while step < stop:
-      t0 = time.perf_counter()
       indices = batch_indices(step, num_views, batch_size, int(config.seed))
       batch = device_batch(features.batch, indices, mesh)
       new_state, metrics = train_step(state, batch)
       state, step = new_state, step + 1
       if step % int(config.log.every) == 0 or step == stop or step == 1:
-        record = _record(step, metrics, time.perf_counter() - t0)
+        jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
+        now = time.perf_counter()
+        record = _record(step, metrics, (now - clock) / (step - clock_step))
+        clock, clock_step = now, step
         history.append(record)
         logger.write(record)
         if bar is not None:
@@ -633,7 +718,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
           callback(step, record)
       if bar is not None:
         bar.update(1)
-      save_checkpoint(manager, state, config, force=step == stop)
+      save_checkpoint(manager, state, config, force=step == stop, step=step)
   except KeyboardInterrupt:
     interrupted = True
     save_checkpoint(manager, state, config, force=True)
@@ -647,24 +732,66 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
                      resumed_from=resumed_from)
 
 
-def saved_config(workdir: str | pathlib.Path,
-                 step: int | None = None) -> ml_collections.ConfigDict:
-  """The config stored with ``workdir``'s latest (or given) checkpoint."""
+def _read_only_manager(workdir: str | pathlib.Path):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoints in {str(directory)!r}; train first")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  return ocp.CheckpointManager(directory, item_names=("state", "config"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def resolve_step(workdir: str | pathlib.Path, step: int | None = None) -> int:
+  """``step`` (default: the latest) if ``workdir`` holds a checkpoint of it.
+
+  Raises:
+    FileNotFoundError: no checkpoint in ``workdir``.
+    ValueError: ``step`` is not one of the saved steps (the message lists them).
+  """
+  manager = _read_only_manager(workdir)
   try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoints in {str(directory)!r}; train first")
+    return _resolve_step(manager, step)
+  finally:
+    manager.close()
+
+
+def saved_config(workdir: str | pathlib.Path,
+                 step: int | None = None) -> ml_collections.ConfigDict:
+  """The config stored with ``workdir``'s latest (or given) checkpoint (errors as
+  `resolve_step`)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  manager = _read_only_manager(workdir)
+  try:
+    step = _resolve_step(manager, step)
     data = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   finally:
     manager.close()
   return ml_collections.ConfigDict(data)
+
+
+def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+                            step: int | None = None) -> int | None:
+  """The checkpoint step of ``workdir`` that ``config`` is checked against (``step``, default
+  the latest, the one `train` resumes from; None: no checkpoint), without loading any state.
+
+  Raises:
+    ConfigMismatchError: that checkpoint was written with another config (as `train`).
+    ValueError: ``step`` is not one of the saved steps.
+  """
+  if step is None and not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    return None
+  manager = _read_only_manager(workdir)
+  try:
+    if step is None and not manager.all_steps():
+      return None
+    step = _resolve_step(manager, step)
+  finally:
+    manager.close()
+  _check_same_config(config_json(saved_config(workdir, step)), config, step,
+                     pathlib.Path(workdir).absolute() / "checkpoints")
+  return step
 
 
 def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
@@ -679,10 +806,10 @@ def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
 
 __all__ = [
     "AXIS", "BATCH_KEYS", "ConfigMismatchError", "TrainResult", "TrainState", "batch_indices",
-    "batch_kernel_matmul", "checkpoint_manager", "config_differences", "config_json",
-    "data_mesh", "device_batch", "init_state", "learning_rate_schedule", "load_trained",
-    "make_loss_and_grad", "make_optimizer", "make_train_step", "per_image_gumbel_softmax",
-    "process_rows", "psi_module", "replicate", "restore_checkpoint", "save_checkpoint",
-    "saved_config",
-    "steps_per_epoch", "train",
+    "batch_kernel_matmul", "check_config", "check_checkpoint_config", "checkpoint_manager",
+    "config_differences", "config_json", "data_mesh", "device_batch", "init_state",
+    "learning_rate_schedule", "load_trained", "make_loss_and_grad", "make_optimizer",
+    "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module", "replicate",
+    "resolve_step", "restore_checkpoint", "save_checkpoint", "saved_config", "steps_per_epoch",
+    "train",
 ]

@@ -1,0 +1,134 @@
+"""The error boundary of the command-line programs in experiments/.
+
+An expected error (a bad flag or config value, a missing or unreadable file, a refused
+checkpoint) ends a command with ONE line on stderr, ``error: <what was wrong and what to do>``,
+and exit status 2 for usage errors (`UsageError`, unparsable flags) or 1 for work that failed.
+A traceback is printed too only with ``--verbosity=1`` (or higher); any other exception type is
+a bug and propagates with its traceback.
+
+  from spectral_jax import _cli
+  def main(argv): ...          # raises _cli.UsageError for bad flags / config values
+  if __name__ == "__main__":
+    _cli.run(main)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pathlib
+import pickle
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+# Expected failures of the work itself (exit 1); UsageError (a ValueError) exits 2.
+EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError)
+
+
+class UsageError(ValueError):
+  """A bad flag or config value: the command prints it as one line and exits with status 2."""
+
+
+def one_line(message: str) -> str:
+  """``message`` on one line: the last line of an embedded traceback (the exception itself),
+  other line breaks folded into spaces."""
+  text = str(message).strip()
+  if "Traceback (most recent call last)" in text:
+    head = text.split("\n", 1)[0].rstrip(": \n")
+    text = f"{head}: {text.splitlines()[-1].strip()}"
+  return " ".join(text.split())
+
+
+def _verbose() -> bool:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return int(flags.FLAGS["verbosity"].value) >= 1
+  except (KeyError, flags.Error, TypeError, ValueError):
+    return False
+
+
+def report(error: BaseException | str) -> None:
+  """Prints ``error: <one line>`` on stderr (after the traceback with ``--verbosity=1``)."""
+  if isinstance(error, BaseException) and _verbose():
+    traceback.print_exception(error, file=sys.stderr)
+  print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+
+
+def error_boundary(fn: Callable[[Sequence[str]], int | None], argv: Sequence[str],
+                   expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS) -> int:
+  """Runs ``fn(argv)``; returns its status (None → 0), or reports an expected error as one line
+  and returns 2 (`UsageError`) or 1 (``expected``), or 130 after a KeyboardInterrupt. Other
+  exceptions propagate."""
+  try:
+    return int(fn(argv) or 0)
+  except UsageError as e:
+    report(e)
+    return EXIT_USAGE
+  except expected as e:  # pylint: disable=catching-non-exception
+    report(e)
+    return EXIT_FAILED
+  except KeyboardInterrupt:  # Ctrl-C, or a signal handler raising it, outside saved work
+    report("interrupted")
+    return EXIT_INTERRUPTED
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl ``flags_parser``: an unparsable flag (or --config file) is one line and exit 2."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(list(argv))
+  except (flags.Error, OSError) as e:  # OSError: a missing --config file, then an override
+    report(f"{one_line(e)} (see --help)")
+    sys.exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def usage_errors():
+  """Inside, a ValueError (a bad flag or config value being validated) becomes a `UsageError`."""
+  try:
+    yield
+  except UsageError:
+    raise
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+
+
+def config_from_flag(holder):
+  """The value of an ``ml_collections`` config flag; a config file that cannot be loaded (the
+  flag library defers that error to the first access) is a `UsageError`."""
+  try:
+    config = holder.value
+    if config is not None:
+      config.keys()
+    return config
+  except OSError as e:
+    raise UsageError(f"cannot load --{holder.name}: {one_line(e)}; pass a readable config "
+                     "file[:preset]") from e
+
+
+def directory_flag(name: str, value: str) -> pathlib.Path:
+  """``--name``'s folder; an existing path that is not a folder is a `UsageError`."""
+  path = pathlib.Path(value)
+  if path.exists() and not path.is_dir():
+    raise UsageError(f"--{name}={value} is a file, not a folder; pass a folder path")
+  return path
+
+
+def run(main: Callable[[Sequence[str]], int | None]) -> None:
+  """``absl.app.run`` of ``main`` inside `error_boundary`, flags parsed by `parse_flags`.
+
+  Library log lines (orbax, JAX) are shown from ERROR up unless ``--verbosity`` is given, so an
+  error is the one line on stderr.
+  """
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+
+  def boundary(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.ERROR)
+    return error_boundary(main, argv)
+  app.run(boundary, flags_parser=parse_flags)
