@@ -10,10 +10,12 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -201,7 +203,7 @@ _MULTIHOST_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_processes_match_one(tmp_path, config, features):
+def test_two_processes_match_one(tmp_path, config, features, spawn):
   """jax.distributed on 127.0.0.1: 2 processes × 2 CPU devices (gloo collectives), each feeding
   only its rows of the global batch, train like one process on one device."""
   with socket.socket() as s:
@@ -209,9 +211,9 @@ def test_two_processes_match_one(tmp_path, config, features):
     port = s.getsockname()[1]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, "-c", _MULTIHOST_SCRIPT, str(port), str(pid),
-                             str(tmp_path / "multi")], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
+  procs = [spawn([sys.executable, "-c", _MULTIHOST_SCRIPT, str(port), str(pid),
+                  str(tmp_path / "multi")], env=env, cwd=REPO, text=True,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -414,17 +416,22 @@ def test_augmented_views_are_seeded_crops():
     feats_lib.AugmentConfig(min_scale=0.5)
 
 
-def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
+def _ignore_sigint():
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("preexec", [None, _ignore_sigint], ids=["plain", "sigint_ignored"])
+def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path, spawn, preexec):
   """The training script under a real SIGINT: exit status 130 after saving the last completed
-  step; the same command resumes from it (real bundled photos, offline DINOv2 weights)."""
-  import signal
-  import time
+  step; the same command resumes from it (real bundled photos, offline DINOv2 weights). Also
+  when the process was started with SIGINT ignored (``cmd &`` in a script, nohup): the script
+  installs its own handler."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   cmd = [sys.executable, "-m", "experiments.train_neuralef",
          "--config", "experiments/configs/neuralef.py:test", "--workdir", str(tmp_path / "run"),
          f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.train.num_steps=100000"]
-  proc = subprocess.Popen(cmd, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
+  proc = spawn(cmd, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
+               stderr=subprocess.STDOUT, preexec_fn=preexec)
   for line in proc.stdout:
     if line.startswith("devices:"):
       break
@@ -434,7 +441,7 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
     assert time.time() < deadline and proc.poll() is None
     time.sleep(0.5)
   proc.send_signal(signal.SIGINT)
-  out = proc.communicate(timeout=300)[0]
+  out = proc.communicate(timeout=120)[0]
   assert proc.returncode == 130, out[-3000:]
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert saved >= 3 and (tmp_path / "run" / "checkpoints" / str(saved)).is_dir()
