@@ -76,13 +76,21 @@ def error_boundary(fn: Callable[[Sequence[str]], int | None], argv: Sequence[str
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl ``flags_parser``: an unparsable flag (or --config file) is one line and exit 2."""
+  """absl ``flags_parser``: an unparsable flag, or a config file (``--config``) that does not
+  load, is one line and exit 2. Flags and config files are the user's input, so any exception
+  while parsing them is a usage error; the line names the file and line it came from."""
   from absl import flags  # pylint: disable=import-outside-toplevel
   try:
     return flags.FLAGS(list(argv))
-  except (flags.Error, OSError) as e:  # OSError: a missing --config file, then an override
+  except flags.Error as e:
     report(f"{one_line(e)} (see --help)")
-    sys.exit(EXIT_USAGE)
+  except Exception as e:  # pylint: disable=broad-except
+    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    where = f" ({frame.filename}, line {frame.lineno})" if frame and frame.filename else ""
+    where = "" if isinstance(e, (SyntaxError, OSError)) else where  # these name the file
+    report(f"cannot parse the flags: {type(e).__name__}: {one_line(e)}{where}; fix the flag or "
+           "the --config file")
+  sys.exit(EXIT_USAGE)
 
 
 @contextlib.contextmanager
