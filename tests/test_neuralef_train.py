@@ -338,6 +338,78 @@ def test_bad_batch_size_is_rejected(tmp_path, config, features):
     train_lib.train(bad, tmp_path, features)
 
 
+class _Pending:
+  """A metric whose value becomes ready 0.2 s after it is waited for (a slow device step)."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def block_until_ready(self):
+    time.sleep(0.2)
+    return self
+
+  def __float__(self):
+    return float(self.value)
+
+
+def test_logged_seconds_time_the_step_not_its_dispatch(tmp_path, config, features, monkeypatch):
+  """``seconds`` (TensorBoard train/seconds) waits for the logged step's result: a step whose
+  result takes 0.2 s to be ready is logged as ≥ 0.2 s (dispatch alone took milliseconds)."""
+  real = train_lib.make_train_step
+
+  def slow_step(*args):
+    step = real(*args)
+
+    def run(state, batch):
+      new_state, metrics = step(state, batch)
+      return new_state, {**metrics, "loss": _Pending(metrics["loss"])}
+    return run
+  monkeypatch.setattr(train_lib, "make_train_step", slow_step)
+  short = config.copy_and_resolve_references()
+  short.train.num_steps = 4
+  history = train_lib.train(short, tmp_path, features).history
+  assert [r["step"] for r in history] == [1, 2, 3, 4]
+  for r in history:
+    assert r["seconds"] >= 0.2, history
+
+
+class _Untouchable:
+  """A state that fails the test if anything reads it (e.g. a device_get of its step)."""
+
+  def __getattr__(self, name):
+    raise AssertionError(f"the state's {name} was read")
+
+
+def test_save_checkpoint_does_not_sync_when_not_due(tmp_path, config):
+  manager = train_lib.checkpoint_manager(tmp_path, config)  # every 5 steps
+  try:
+    state = train_lib.init_state(config, D).replace(step=jnp.asarray(5, jnp.int32))
+    assert train_lib.save_checkpoint(manager, state, config, step=5)
+    for step in (6, 7, 9):  # orbax saves a run's first step, then multiples of 5
+      assert not train_lib.save_checkpoint(manager, _Untouchable(), config, step=step)
+    manager.wait_until_finished()
+    assert manager.all_steps() == [5]
+  finally:
+    manager.close()
+
+
+def test_unreadable_training_images_are_skipped(tmp_path):
+  from PIL import Image
+  rgb = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(tmp_path / "good.png")
+  (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+  skipped = []
+  images = feats_lib.training_images(str(tmp_path),
+                                     on_skip=lambda path, e: skipped.append((path, str(e))))
+  assert [im.name for im in images] == ["good"]
+  np.testing.assert_array_equal(images[0].rgb, rgb)
+  assert [path for path, _ in skipped] == [str(tmp_path / "bad.jpg")]
+  assert "cannot read" in skipped[0][1]
+  (tmp_path / "good.png").unlink()
+  with pytest.raises(FileNotFoundError, match="none of the 1 image files"):
+    feats_lib.training_images(str(tmp_path), on_skip=lambda path, e: None)
+
+
 # ----------------------------------------------------------------------------- feature cache
 
 
