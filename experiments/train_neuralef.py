@@ -81,12 +81,9 @@ def main(argv):
 
   config = validated_config(jax, workdir)
   images = features_lib.training_images(config.data.images, config.data.recursive)
-  views = len(images) * int(config.data.views_per_image)
-  if views < config.train.batch_size:
-    raise _cli.UsageError(
-        f"train.batch_size = {config.train.batch_size} needs at least that many training views; "
-        f"{len(images)} image(s) × data.views_per_image = {views}. Lower train.batch_size or "
-        "raise data.views_per_image.")
+  with _cli.usage_errors():  # enough views for one batch, before the backbone runs
+    train_lib.steps_per_epoch(len(images) * int(config.data.views_per_image),
+                              int(config.train.batch_size))
   backbone, feats, hit = features_lib.prepare_features(config, refresh=_REFRESH.value,
                                                        images=images)
   print(f"backbone {backbone.config.name}: {backbone.weights_note}")

@@ -66,7 +66,7 @@ CASES = [
                  id="train-resume-config-mismatch"),
     pytest.param(TRAIN, [TEST_CONFIG, "--config.train.batch_size=5", "--workdir={tmp}/w",
                          "--config.data.images={one_image}"], 2,
-                 "train.batch_size = 5 needs at least that many training views",
+                 "a batch of 5 needs at least that many training views; got 2",
                  id="train-batch-exceeds-views"),
     # train_neuralef: files (exit 1)
     pytest.param(TRAIN, [TEST_CONFIG, "--config.data.images={tmp}/nowhere", "--workdir={tmp}/w"],
