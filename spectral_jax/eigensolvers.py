@@ -136,6 +136,19 @@ def _as_pytree_operator(op: Operator) -> Operator:
 # Input checks (on concrete values only).
 
 
+def _check_iteration_args(tol, max_iters) -> None:
+  """tol (None for the default) a finite number >= 0, max_iters an integer >= 1 (when
+  concrete; traced values are not checked)."""
+  if tol is not None and not is_traced(tol):
+    t = np.asarray(tol)
+    if t.ndim or not np.issubdtype(t.dtype, np.number) or not np.isfinite(t) or t < 0:
+      raise ValueError(f"tol must be a finite number >= 0 (or None for the default); got {tol!r}.")
+  if not is_traced(max_iters):
+    m = np.asarray(max_iters)
+    if m.ndim or not np.issubdtype(m.dtype, np.integer) or m < 1:
+      raise ValueError(f"max_iters must be an integer >= 1; got {max_iters!r}.")
+
+
 def _check_dtype(name: str, dtype) -> None:
   if dtype not in (jnp.float32, jnp.float64):
     raise TypeError(f"{name} must be float32 or float64 (float64 needs jax_enable_x64); "
@@ -510,7 +523,7 @@ def lobpcg(
 
   Raises:
     ValueError/TypeError naming the problem: non-square or mismatched A/B/M, k < 1, k > m,
-    m > n, dtypes other than float32/float64 or mixed, NaN/Inf, a non-symmetric A or B, a B
+    m > n, tol < 0 or NaN/Inf, max_iters < 1, dtypes other than float32/float64 or mixed, NaN/Inf, a non-symmetric A or B, a B
     that is not positive definite (eagerly: also when the iteration discovers it).
 
   Dtypes: float32 or float64 (the latter with ``jax_enable_x64``); all products run at
@@ -528,6 +541,7 @@ def lobpcg(
     raise ValueError(f"k={k} eigenpairs need a block X of at least k columns; X has {m}.")
   if krylov_blocks < 1:
     raise ValueError(f"krylov_blocks must be >= 1; got {krylov_blocks}.")
+  _check_iteration_args(tol, max_iters)
   if m > n:
     raise ValueError(f"k too large for n: the block has m={m} columns but n={n} rows.")
   A, B, M = (_as_pytree_operator(op) for op in (A, B, M))
@@ -741,6 +755,7 @@ def laplacian_eigenvectors(
     raise ValueError(f"method must be 'auto', 'eigh' or 'lobpcg'; got {method!r}.")
   if krylov_blocks < 1:
     raise ValueError(f"krylov_blocks must be >= 1; got {krylov_blocks}.")
+  _check_iteration_args(tol, max_iters)
   if method == "lobpcg" and k == n:
     method = "eigh"  # the deflated space has n − 1 dimensions: nothing to iterate on
   if check_inputs and not is_traced(W):

@@ -409,6 +409,9 @@ def _good(n=30):
     ("nonsymmetric_callable", "not symmetric"),
     ("x_1d", r"\(n, m\) block"),
     ("krylov_blocks", "krylov_blocks"),
+    ("tol_negative", "tol must be"),
+    ("tol_nan", "tol must be"),
+    ("max_iters_0", "max_iters must be"),
 ])
 def test_lobpcg_errors(case, match):
   a, b, x = _good()
@@ -436,6 +439,12 @@ def test_lobpcg_errors(case, match):
     x = x[:, 0]
   elif case == "krylov_blocks":
     kw["krylov_blocks"] = 0
+  elif case == "tol_negative":
+    kw["tol"] = -1e-4
+  elif case == "tol_nan":
+    kw["tol"] = float("nan")
+  elif case == "max_iters_0":
+    kw["max_iters"] = 0
   with pytest.raises((ValueError, TypeError), match=match):
     es.lobpcg(a, x, **kw)
 
@@ -456,6 +465,9 @@ def test_lobpcg_indefinite_b_under_jit_reports_nonconvergence():
     ("nonsymmetric", "not symmetric"),
     ("method", "method must be"),
     ("int", "float32 or float64"),
+    ("tol_negative", "tol must be"),
+    ("tol_nan", "tol must be"),
+    ("max_iters_0", "max_iters must be"),
 ])
 def test_laplacian_errors(case, match):
   w = np.random.default_rng(20).random((12, 12)).astype(np.float32)
@@ -477,6 +489,12 @@ def test_laplacian_errors(case, match):
     kw["method"] = "arpack"
   elif case == "int":
     w = (w > 0.5).astype(np.int32)
+  elif case == "tol_negative":
+    kw.update(method="lobpcg", tol=-1.0)
+  elif case == "tol_nan":
+    kw.update(method="lobpcg", tol=float("nan"))
+  elif case == "max_iters_0":
+    kw.update(method="lobpcg", max_iters=0)
   with pytest.raises((ValueError, TypeError), match=match):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")

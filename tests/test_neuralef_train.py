@@ -10,10 +10,12 @@ import dataclasses
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -201,7 +203,7 @@ _MULTIHOST_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_two_processes_match_one(tmp_path, config, features):
+def test_two_processes_match_one(tmp_path, config, features, spawn):
   """jax.distributed on 127.0.0.1: 2 processes × 2 CPU devices (gloo collectives), each feeding
   only its rows of the global batch, train like one process on one device."""
   with socket.socket() as s:
@@ -209,9 +211,9 @@ def test_two_processes_match_one(tmp_path, config, features):
     port = s.getsockname()[1]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  procs = [subprocess.Popen([sys.executable, "-c", _MULTIHOST_SCRIPT, str(port), str(pid),
-                             str(tmp_path / "multi")], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
+  procs = [spawn([sys.executable, "-c", _MULTIHOST_SCRIPT, str(port), str(pid),
+                  str(tmp_path / "multi")], env=env, cwd=REPO, text=True,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -336,6 +338,78 @@ def test_bad_batch_size_is_rejected(tmp_path, config, features):
     train_lib.train(bad, tmp_path, features)
 
 
+class _Pending:
+  """A metric whose value becomes ready 0.2 s after it is waited for (a slow device step)."""
+
+  def __init__(self, value):
+    self.value = value
+
+  def block_until_ready(self):
+    time.sleep(0.2)
+    return self
+
+  def __float__(self):
+    return float(self.value)
+
+
+def test_logged_seconds_time_the_step_not_its_dispatch(tmp_path, config, features, monkeypatch):
+  """``seconds`` (TensorBoard train/seconds) waits for the logged step's result: a step whose
+  result takes 0.2 s to be ready is logged as ≥ 0.2 s (dispatch alone took milliseconds)."""
+  real = train_lib.make_train_step
+
+  def slow_step(*args):
+    step = real(*args)
+
+    def run(state, batch):
+      new_state, metrics = step(state, batch)
+      return new_state, {**metrics, "loss": _Pending(metrics["loss"])}
+    return run
+  monkeypatch.setattr(train_lib, "make_train_step", slow_step)
+  short = config.copy_and_resolve_references()
+  short.train.num_steps = 4
+  history = train_lib.train(short, tmp_path, features).history
+  assert [r["step"] for r in history] == [1, 2, 3, 4]
+  for r in history:
+    assert r["seconds"] >= 0.2, history
+
+
+class _Untouchable:
+  """A state that fails the test if anything reads it (e.g. a device_get of its step)."""
+
+  def __getattr__(self, name):
+    raise AssertionError(f"the state's {name} was read")
+
+
+def test_save_checkpoint_does_not_sync_when_not_due(tmp_path, config):
+  manager = train_lib.checkpoint_manager(tmp_path, config)  # every 5 steps
+  try:
+    state = train_lib.init_state(config, D).replace(step=jnp.asarray(5, jnp.int32))
+    assert train_lib.save_checkpoint(manager, state, config, step=5)
+    for step in (6, 7, 9):  # orbax saves a run's first step, then multiples of 5
+      assert not train_lib.save_checkpoint(manager, _Untouchable(), config, step=step)
+    manager.wait_until_finished()
+    assert manager.all_steps() == [5]
+  finally:
+    manager.close()
+
+
+def test_unreadable_training_images_are_skipped(tmp_path):
+  from PIL import Image
+  rgb = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(tmp_path / "good.png")
+  (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+  skipped = []
+  images = feats_lib.training_images(str(tmp_path),
+                                     on_skip=lambda path, e: skipped.append((path, str(e))))
+  assert [im.name for im in images] == ["good"]
+  np.testing.assert_array_equal(images[0].rgb, rgb)
+  assert [path for path, _ in skipped] == [str(tmp_path / "bad.jpg")]
+  assert "cannot read" in skipped[0][1]
+  (tmp_path / "good.png").unlink()
+  with pytest.raises(FileNotFoundError, match="none of the 1 image files"):
+    feats_lib.training_images(str(tmp_path), on_skip=lambda path, e: None)
+
+
 # ----------------------------------------------------------------------------- feature cache
 
 
@@ -414,17 +488,23 @@ def test_augmented_views_are_seeded_crops():
     feats_lib.AugmentConfig(min_scale=0.5)
 
 
-def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
+# Starts a command with SIGINT ignored, as `cmd &` in a script does (a shell, not preexec_fn:
+# forking the multithreaded pytest process to run Python code in the child can deadlock).
+_SIGINT_IGNORED = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
+
+
+@pytest.mark.parametrize("prefix", [[], _SIGINT_IGNORED], ids=["plain", "sigint_ignored"])
+def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path, spawn, prefix):
   """The training script under a real SIGINT: exit status 130 after saving the last completed
-  step; the same command resumes from it (real bundled photos, offline DINOv2 weights)."""
-  import signal
-  import time
+  step; the same command resumes from it (real bundled photos, offline DINOv2 weights). Also
+  when the process was started with SIGINT ignored (``cmd &`` in a script, nohup): the script
+  installs its own handler."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   cmd = [sys.executable, "-m", "experiments.train_neuralef",
          "--config", "experiments/configs/neuralef.py:test", "--workdir", str(tmp_path / "run"),
          f"--config.data.cache_dir={tmp_path / 'cache'}", "--config.train.num_steps=100000"]
-  proc = subprocess.Popen(cmd, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT)
+  proc = spawn(prefix + cmd, env=env, cwd=REPO, text=True, stdout=subprocess.PIPE,
+               stderr=subprocess.STDOUT)
   for line in proc.stdout:
     if line.startswith("devices:"):
       break
@@ -434,7 +514,7 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path):
     assert time.time() < deadline and proc.poll() is None
     time.sleep(0.5)
   proc.send_signal(signal.SIGINT)
-  out = proc.communicate(timeout=300)[0]
+  out = proc.communicate(timeout=120)[0]
   assert proc.returncode == 130, out[-3000:]
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert saved >= 3 and (tmp_path / "run" / "checkpoints" / str(saved)).is_dir()

@@ -11,7 +11,8 @@ The pieces users compose (a training step: ψ → Gumbel-softmax → L2 batch no
 
 Training and evaluation live in submodules (imported on demand, they pull in orbax, PIL and the
 backbones): ``neuralef.features`` (backbone features of augmented crops, cached on disk),
-``neuralef.train`` (state, the shard_map train step, data order, orbax checkpoints, the loop),
+``neuralef.train`` (the loop and data order; it re-exports ``neuralef.step``: state, the
+shard_map train step, and ``neuralef.checkpoint``: orbax checkpoints and config checks),
 ``neuralef.evaluate`` (argmax clusters, K-means baselines, matching, mIoU, overlays).
 """
 

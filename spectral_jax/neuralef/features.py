@@ -35,9 +35,10 @@ import json
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -403,25 +404,41 @@ def cached_feature_set(backbone, images: Sequence[NamedImage], aug: AugmentConfi
 # ----------------------------------------------------------------------------- from a config
 
 
-def training_images(folder: str = "", recursive: bool = False) -> list[NamedImage]:
-  """The training images: every image in ``folder``, or the bundled sample photos if empty."""
+def training_images(folder: str = "", recursive: bool = False, *,
+                    on_skip: Callable[[str, Exception], None] | None = None) -> list[NamedImage]:
+  """The training images: every readable image in ``folder``, or the bundled sample photos.
+
+  A file that cannot be read as an image is skipped: ``on_skip(path, error)`` is called (by
+  default ``skipping PATH: reason`` is printed on stderr).
+
+  Raises:
+    FileNotFoundError: ``folder`` is not a directory, or holds no readable image.
+  """
   from spectral_jax.data import images as images_lib  # pylint: disable=import-outside-toplevel
   from spectral_jax.data import samples  # pylint: disable=import-outside-toplevel
 
   if not folder:
     return [NamedImage(name, rgb) for name, rgb in samples.bundled_photos().items()]
+  if on_skip is None:
+    on_skip = lambda path, e: print(f"skipping {path}: {e}", file=sys.stderr, flush=True)
+  if not pathlib.Path(folder).is_dir():
+    raise FileNotFoundError(f"image folder {folder!r} does not exist or is not a folder; point "
+                            "data.images at a folder of images (\"\" for the bundled photos)")
   paths = images_lib.list_images(folder, recursive=recursive)
   if not paths:
-    raise FileNotFoundError(f"no images (suffixes {images_lib.IMAGE_SUFFIXES}) in {folder!r}")
-  return [NamedImage(str(p.relative_to(folder).with_suffix("")), images_lib.read_image(p))
-          for p in paths]
-
-
-def load_backbone(name: str, weights: str = ""):
-  """``backbones.load_pretrained(name, path=weights or None)``."""
-  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
-
-  return backbones.load_pretrained(name, path=weights or None)
+    raise FileNotFoundError(f"no images (suffixes {', '.join(images_lib.IMAGE_SUFFIXES)}) in "
+                            f"{folder!r}; point data.images at a folder of images")
+  images = []
+  for p in paths:
+    try:
+      images.append(NamedImage(str(p.relative_to(folder).with_suffix("")),
+                               images_lib.read_image(p)))
+    except (images_lib.ImageReadError, FileNotFoundError) as e:
+      on_skip(str(p), e)
+  if not images:
+    raise FileNotFoundError(f"none of the {len(paths)} image files in {folder!r} could be read "
+                            "(each is reported above); point data.images at readable images")
+  return images
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -440,17 +457,36 @@ def augment_config(data_config) -> AugmentConfig:
                        max_scale=float(data_config.max_scale), flip=bool(data_config.flip))
 
 
-def prepare_features(config, *, backbone=None, refresh: bool = False,
-                     progress: bool = True) -> tuple[Any, FeatureSet, bool]:
+def check_data_config(data_config) -> None:
+  """Checks a config's ``data`` section before anything is loaded.
+
+  Raises:
+    ValueError: naming the bad field.
+  """
+  augment_config(data_config)
+  if data_config.cache_dtype not in ("float32", "float16"):
+    raise ValueError(f"data.cache_dtype must be 'float32' or 'float16'; got "
+                     f"{data_config.cache_dtype!r}")
+  if int(data_config.extract_batch_size) < 1:
+    raise ValueError(f"data.extract_batch_size must be ≥ 1; got {data_config.extract_batch_size}")
+
+
+def prepare_features(config, *, backbone=None, refresh: bool = False, progress: bool = True,
+                     images: Sequence[NamedImage] | None = None) -> tuple[Any, FeatureSet, bool]:
   """Backbone and cached training features of a training config (``data``, ``backbone``).
+
+  The images are read (``images``, or `training_images` of ``config.data``) before the
+  backbone is loaded, so a folder without readable images fails fast.
 
   Returns:
     ``(backbone, features, cache_hit)``.
   """
-  if backbone is None:
-    backbone = load_backbone(config.backbone.name, config.backbone.weights)
   data = config.data
-  images = training_images(data.images, data.recursive)
+  if images is None:
+    images = training_images(data.images, data.recursive)
+  if backbone is None:
+    from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+    backbone = backbones.load(config.backbone.name, config.backbone.weights)
   cache_dir = data.cache_dir or default_cache_dir()
   feats, hit = cached_feature_set(backbone, images, augment_config(data), cache_dir,
                                   dtype=data.cache_dtype, batch_size=int(data.extract_batch_size),
@@ -459,8 +495,8 @@ def prepare_features(config, *, backbone=None, refresh: bool = False,
 
 
 __all__ = [
-    "AugmentConfig", "augment_config", "default_cache_dir", "load_backbone", "prepare_features",
-    "training_images", "FeatureCacheError", "FeatureSet", "augmented_views", "backbone_features",
+    "AugmentConfig", "augment_config", "check_data_config", "default_cache_dir", "load_backbone",
+    "prepare_features", "training_images", "FeatureCacheError", "FeatureSet", "augmented_views", "backbone_features",
     "backbone_identity", "cache_key", "cached_feature_set", "extract_feature_set",
     "high_level_features", "load_cached", "params_fingerprint", "save_cached",
 ]

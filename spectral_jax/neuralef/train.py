@@ -1,32 +1,14 @@
-"""Training the NeuralEF segmentor: state, the data-parallel train step, data order, checkpoints.
+"""Training the NeuralEF segmentor: the loop (data order, logging, checkpoints, resumption).
 
-One step (SPEC §2, §5; Deng & Luo eq. (4)-(7)) on a global batch of B crops with N patches:
-
-1. the batch kernel ``G = G₁ + α·G₂`` over all B·N tokens: G₁ from the top-k cosine graph of the
-   high-level features (edges across images), G₂ from the per-image pixel graph;
-2. ``logits = ψ(psi_inputs)``; a soft Gumbel-softmax sample at temperature τ(step) (cosine
-   from τ_max to τ_min); L2 batch normalisation of the K columns over all B·N tokens;
-3. ``neuralef_loss`` and its gradient; an Adam update with a cosine learning-rate decay.
-
-Data parallelism: `make_train_step(config, mesh)` builds the step with ``jax.shard_map`` over a
-1-D ``Mesh`` (axis ``'data'``): each device holds B/D crops and the replicated state. The feature
-graph is over the **global** batch: the graph features are all-gathered and each device computes
-its own rows of G₁ (``graphs.topk_cosine_rows`` with ``row_offset = axis_index·m``, degrees
-``psum``-ed by ``graphs.knn_degrees``); the pixel graph is block-diagonal, so each device builds
-its own images' blocks. The loss all-gathers ψ for the kernel's columns and ``psum``s ψᵀGψ.
-shard_map already sums the gradients of the replicated parameters over devices (DESIGN.md), so
-none is ``pmean``-ed. `make_loss_and_grad(config, axis_name=...)` is the same computation as a
-plain function, which also composes under ``jax.pmap`` (where the gradients are ``psum``-ed).
+The pieces live in ``neuralef.step`` (state, optimiser, batch kernel, loss, the data-parallel
+shard_map step and placement on the mesh; its docstring describes one step) and
+``neuralef.checkpoint`` (orbax save/restore, config checks); this module re-exports their
+public names, so ``neuralef.train`` is the one import for training.
 
 Randomness and data order are functions of the state, so a resumed run repeats an uninterrupted
-one exactly: step s uses the key ``fold_in(state.rng, s)``, image b of the global batch draws its
-Gumbel noise from ``fold_in(that key, b)`` (so every device, and a single device on the same
-global batch, draws the same noise for the same image), and the views of step s are
-`batch_indices(s, …)`: epoch ``s // steps_per_epoch`` is a permutation seeded by
+one exactly: step s draws its noise from ``fold_in(state.rng, s)`` (see ``neuralef.step``) and
+its views are `batch_indices(s, …)`: epoch ``s // steps_per_epoch`` is a permutation seeded by
 ``(seed, epoch)``.
-
-Labels never enter a step: the batch holds ψ's inputs, the graph features and the pixel grids
-only (SPEC §5, the reference's label leak).
 
 Multi-host: call ``jax.distributed.initialize`` first (``experiments.train_neuralef`` does it with
 ``--coordinator``; CPU processes also need ``jax_cpu_collectives_implementation="gloo"``); every
@@ -41,322 +23,42 @@ import dataclasses
 import json
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-import chex
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from jax.experimental import sparse
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from spectral_jax import graphs
-from spectral_jax.neuralef import loss as loss_lib
-from spectral_jax.neuralef import psi as psi_lib
-
-AXIS = "data"
-BATCH_KEYS = ("psi_inputs", "graph_features", "image_grids")
-KERNEL_FORMS = ("dense", "knn")
-# Config sections that may change between an interrupted run and its resumption.
-RUNTIME_FIELDS = ("checkpoint", "log", "eval", "data.cache_dir", "data.extract_batch_size")
-
-
-class ConfigMismatchError(ValueError):
-  """A checkpoint was written by a run with a different configuration."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a training run needs to continue exactly where it stopped.
-
-  Attributes:
-    step: int32 scalar, number of updates done.
-    params: ψ's parameters.
-    opt_state: Adam's state.
-    rng: (2,) uint32 raw key data of the run's base key (step keys are folded from it).
-    eig: EMA of the eigenvalue estimates ``diag(R)/t`` (K,) (``loss.EMAState``).
-  """
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array
-  eig: loss_lib.EMAState
-
-
-# ----------------------------------------------------------------------------- pieces
-
-
-def psi_module(config: ml_collections.ConfigDict) -> psi_lib.Psi:
-  """ψ built from ``config.psi`` (fields of ``psi.psi_config()``)."""
-  return psi_lib.Psi(**config.psi.to_dict())
-
-
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with a per-step cosine decay from ``learning_rate`` to ``final_learning_rate`` over
-  ``train.num_steps`` steps; no weight decay, no warm-up (SPEC §5)."""
-  lr, final = config.optim.learning_rate, config.optim.final_learning_rate
-  if not 0 < final <= lr:
-    raise ValueError(f"need 0 < final_learning_rate ≤ learning_rate; got {final}, {lr}")
-  return optax.adam(learning_rate_schedule(config))
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  lr, final = config.optim.learning_rate, config.optim.final_learning_rate
-  return optax.cosine_decay_schedule(lr, int(config.train.num_steps), alpha=final / lr)
-
-
-def init_state(config: ml_collections.ConfigDict, input_dim: int) -> TrainState:
-  """A fresh `TrainState` for ψ inputs of ``input_dim`` features, seeded by ``config.seed``."""
-  init_key, run_key = jax.random.split(jax.random.key(int(config.seed)))
-  params = psi_module(config).init(init_key, jnp.zeros((1, 4, input_dim), jnp.float32))["params"]
-  opt_state = make_optimizer(config).init(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                    rng=jax.random.key_data(run_key), eig=loss_lib.ema_init(config.psi.k))
-
-
-def _check_config(config: ml_collections.ConfigDict, tokens: int | None = None) -> None:
-  if config.graph.form not in KERNEL_FORMS:
-    raise ValueError(f"graph.form must be one of {KERNEL_FORMS}; got {config.graph.form!r}")
-  if int(config.train.num_steps) < 1:
-    raise ValueError(f"train.num_steps must be ≥ 1; got {config.train.num_steps}")
-  if tokens is not None:
-    if config.graph.k > tokens - 1:
-      raise ValueError(f"graph.k = {config.graph.k} neighbours need more than the {tokens} tokens "
-                       "of a batch; lower graph.k or raise train.batch_size / data.image_size")
-    if config.psi.k > tokens:
-      raise ValueError(f"psi.k = {config.psi.k} eigenfunctions exceed the {tokens} tokens of a "
-                       "batch; lower psi.k or raise train.batch_size / data.image_size")
-
-
-def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k: int,
-                        alpha: float, n_neighbors: Sequence[int] = graphs.NEURALEF_N_NEIGHBORS,
-                        distance_weights: Sequence[float] = graphs.NEURALEF_DISTANCE_WEIGHTS,
-                        block_size: int | None = None, form: str = "dense",
-                        axis_name: str | None = None,
-                        min_degree: float = graphs.MIN_DEGREE) -> Callable[[jax.Array], jax.Array]:
-  """This device's rows of the NeuralEF batch kernel, as ``p ↦ G_rows @ p`` (SPEC §2, eq. (4)).
-
-  ``G = D₁^-½ A D₁^-½ + α·D₂^-½ Ã D₂^-½`` over the n = D·m global tokens (token t = b·N + p is
-  patch p of global image b), with A = (A₀ + A₀ᵀ)/2 the symmetrised top-k cosine graph of the
-  global batch's graph features and Ã the block-diagonal pixel graph. Equal to the rows
-  ``[offset, offset + m)`` of ``graphs.neuralef_kernel`` on the global batch.
-
-  Args:
-    graph_features: (b, N, C) this device's crops' high-level features (all of them without
-      ``axis_name``).
-    image_grids: (b, h, w, 3) their RGB grids in [0, 1], h·w = N.
-    k: feature neighbours per token (reference 256).
-    alpha: pixel-graph weight α (reference 0.3).
-    n_neighbors, distance_weights: the pixel graph's passes.
-    block_size: query rows per top-k block (None: one (m, n) similarity).
-    form: "dense" materialises this device's (m, n) rows of G₁ (fast matmuls; O(m·n) memory);
-      "knn" keeps the (m, k) neighbour lists and multiplies by gathers and a ``psum_scatter``
-      (O(m·k + n·K) memory, gathers in blocks of rows).
-    axis_name: the mapped batch axis inside ``shard_map``/``pmap``, or None.
-    min_degree: zero-degree guard of both normalisations.
-  Returns:
-    ``kernel_matmul(p)``: (n, K) → (m, K), m = b·N; the form ``neuralef_loss`` accepts.
-  """
-  if form not in KERNEL_FORMS:
-    raise ValueError(f"form must be one of {KERNEL_FORMS}; got {form!r}")
-  chex.assert_rank([graph_features, image_grids], [3, 4])
-  b, n_tok, _ = graph_features.shape
-  m = b * n_tok
-  feats = graph_features.reshape(m, -1)
-  if axis_name is None:
-    all_feats, offset = feats, 0
-  else:
-    all_feats = jax.lax.all_gather(feats, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * m
-  n = all_feats.shape[0]
-  values, indices = graphs.topk_cosine_rows(feats, all_feats, k, row_offset=offset,
-                                            block_size=block_size)
-  scale = jax.lax.rsqrt(graphs.knn_degrees(values, indices, n, row_offset=offset,
-                                           axis_name=axis_name, min_degree=min_degree))
-  scale_rows = jax.lax.dynamic_slice_in_dim(scale, offset, m)
-  pixels = graphs.normalize_symmetric(
-      graphs.pixel_graph(image_grids, n_neighbors=n_neighbors, distance_weights=distance_weights,
-                         output="bcoo"), min_degree)
-
-  if form == "dense":
-    rows = jnp.zeros((m, n), values.dtype).at[jnp.arange(m)[:, None], indices].add(values)
-    # (A₀ᵀ)[r, c] = A₀[c, r]: every device's edges (c → r) whose target r is one of our rows.
-    all_values, all_indices = values, indices
-    if axis_name is not None:
-      all_values = jax.lax.all_gather(values, axis_name, tiled=True)
-      all_indices = jax.lax.all_gather(indices, axis_name, tiled=True)
-    target = all_indices.reshape(-1) - offset
-    target = jnp.where((target >= 0) & (target < m), target, m)  # m is out of range: dropped
-    source = jnp.repeat(jnp.arange(n), k)
-    rows = rows.at[target, source].add(all_values.reshape(-1), mode="drop")
-    g1_rows = scale_rows[:, None] * rows * (scale / 2)[None, :]
-    feature_part = lambda p: g1_rows @ p
-  else:
-    def feature_part(p):
-      q = scale[:, None] * p
-      q_rows = jax.lax.dynamic_slice_in_dim(q, offset, m)
-      out_edges, in_edges = _knn_products(values, indices, q, q_rows, block_size)
-      if axis_name is not None:                                              # (A₀ᵀ q)_rows
-        in_edges = jax.lax.psum_scatter(in_edges, axis_name, scatter_dimension=0, tiled=True)
-      return scale_rows[:, None] * (out_edges + in_edges) / 2
-
-  def kernel_matmul(p: jax.Array) -> jax.Array:
-    p_rows = jax.lax.dynamic_slice_in_dim(p, offset, m).reshape(b, n_tok, -1)
-    pix = sparse.bcoo_dot_general(pixels, p_rows.astype(pixels.dtype),
-                                  dimension_numbers=(([2], [1]), ([0], [0])))
-    return feature_part(p) + alpha * pix.reshape(m, -1).astype(p.dtype)
-
-  return kernel_matmul
-
-
-def _knn_products(values, indices, q, q_rows, block_size):
-  """``(A₀[rows] q, A₀[rows]ᵀ q_rows)`` from (m, k) neighbour lists, (n, c) q, (m, c) q_rows.
-
-  Both products touch (rows, k, c) gathered/scattered values; they are formed for a block of
-  rows at a time (a ``scan`` accumulating the (n, c) scatter), with as many rows as keep that
-  block the size of a top-k block (``block_size`` × n floats). ``block_size=None``: all rows.
-  """
-  m, k = values.shape
-  n, c = q.shape
-  rows = m if block_size is None else int(min(m, max(1, block_size * n // (k * c))))
-  pad = -m % rows
-  padded = lambda a: jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(
-      (m + pad) // rows, rows, *a.shape[1:])
-
-  def block(acc, blk):
-    v, i, qr = blk
-    out = graphs.knn_rows_matmul(v, i, q)
-    return acc.at[i].add(v[..., None].astype(q.dtype) * qr[:, None, :]), out
-
-  in_edges, out_edges = jax.lax.scan(block, jnp.zeros_like(q),
-                                     (padded(values), padded(indices), padded(q_rows)))
-  return out_edges.reshape(m + pad, c)[:m], in_edges
-
-
-def per_image_gumbel_softmax(key: jax.Array, logits: jax.Array, tau: jax.Array,
-                             image_offset: int | jax.Array = 0) -> jax.Array:
-  """Soft Gumbel-softmax of (b, N, K) logits; image i draws from ``fold_in(key, offset + i)``.
-
-  Keyed by the image's position in the *global* batch, so a device holding images
-  ``offset … offset + b − 1`` draws exactly the noise a single device would for them.
-  """
-  ids = image_offset + jnp.arange(logits.shape[0])
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-  return jax.vmap(lambda kk, x: loss_lib.gumbel_softmax(kk, x, tau))(keys, logits)
-
-
-def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | None = None,
-                       sum_grads: bool = False) -> Callable:
-  """``fn(state, batch) -> (loss, aux, grads)`` of one training step (no update).
-
-  The plain computation of a step on this device's part of the batch (steps 1-3 of the module
-  docstring). With ``axis_name`` it must run inside ``shard_map`` or ``pmap`` over that axis; the
-  loss and aux are then those of the global batch. ``sum_grads=True`` ``psum``s the gradients
-  (needed under ``pmap``; under ``shard_map`` they are already summed, see the module docstring).
-
-  Args:
-    config: the training config (``psi``, ``graph``, ``loss``, ``train.num_steps``).
-    axis_name: the batch axis, or None for one device.
-    sum_grads: ``psum`` the gradients over ``axis_name``.
-  Returns:
-    A function of (``TrainState``, batch dict with `BATCH_KEYS`; other keys are ignored).
-    ``aux`` has ``loss_eig``, ``loss_orth``, ``eigenvalues`` (K,), ``tau``.
-  """
-  _check_config(config)
-  psi = psi_module(config)
-  g, lc = config.graph, config.loss
-  beta = loss_lib.beta_for(config.psi.k, lc.beta_times_k)
-  tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), lc.tau_max, lc.tau_min)
-  kernel_args = dict(k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
-                     distance_weights=tuple(g.distance_weights), block_size=g.block_size,
-                     form=g.form, axis_name=axis_name)
-
-  def loss_and_grad(state: TrainState, batch: dict[str, jax.Array]):
-    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    tau = tau_fn(state.step)
-    b = batch["psi_inputs"].shape[0]
-    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
-    kernel = batch_kernel_matmul(batch["graph_features"], batch["image_grids"], **kernel_args)
-
-    def objective(params):
-      logits, _ = psi.apply({"params": params}, batch["psi_inputs"])
-      soft = per_image_gumbel_softmax(step_key, logits, tau, offset)
-      normed = loss_lib.l2_batch_normalize(soft, axis_name=axis_name)
-      return loss_lib.neuralef_loss(normed.reshape(-1, normed.shape[-1]), kernel, beta,
-                                    t=lc.t, axis_name=axis_name)
-
-    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    if sum_grads:
-      grads = jax.lax.psum(grads, axis_name)
-    aux = {"loss_eig": aux["loss_eig"], "loss_orth": aux["loss_orth"],
-           "eigenvalues": aux["eigenvalues"], "tau": tau}
-    return loss, aux, grads
-
-  return loss_and_grad
-
-
-def _apply_update(config, tx, state: TrainState, loss, aux, grads):
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  eig = loss_lib.ema_update(state.eig, aux["eigenvalues"], config.loss.eig_momentum)
-  metrics = {"loss": loss, "loss_eig": aux["loss_eig"], "loss_orth": aux["loss_orth"],
-             "tau": aux["tau"], "learning_rate": learning_rate_schedule(config)(state.step),
-             "grad_norm": optax.tree.norm(grads), "eigenvalues": aux["eigenvalues"]}
-  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, eig=eig)
-  return new, metrics
-
-
-def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all devices of all processes)."""
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
-
-
-_STEP_CACHE: dict[Any, Callable] = {}
-
-
-def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Callable:
-  """The jitted step ``(state, batch) -> (state, metrics)``.
-
-  Steps are cached by (config outside `RUNTIME_FIELDS`, mesh), so a resumed or repeated run in
-  the same process reuses the compiled step.
-
-  Args:
-    config: the training config.
-    mesh: a 1-D mesh with axis ``'data'``: the step is a ``shard_map`` over it (batch arrays
-      sharded along their leading axis, state replicated). None: one device, no collectives.
-  Returns:
-    The step; batch entries other than `BATCH_KEYS` (e.g. labels) are dropped before the
-    compiled function. ``metrics``: loss, loss_eig, loss_orth, tau, learning_rate, grad_norm
-    (scalars) and eigenvalues (K,) of this step's batch.
-  """
-  cache_key = (json.dumps(training_fields(config_json(config)), sort_keys=True), mesh)
-  if cache_key not in _STEP_CACHE:
-    _STEP_CACHE[cache_key] = _make_train_step(config, mesh)
-  return _STEP_CACHE[cache_key]
-
-
-def _make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Callable:
-  config = ml_collections.ConfigDict(config.to_dict())  # a private copy: later edits can't leak
-  tx = make_optimizer(config)
-  grad_fn = make_loss_and_grad(config, axis_name=None if mesh is None else AXIS)
-
-  def local_step(state, batch):
-    return _apply_update(config, tx, state, *grad_fn(state, batch))
-
-  if mesh is None:
-    compiled = jax.jit(local_step)
-  else:
-    compiled = jax.jit(jax.shard_map(local_step, mesh=mesh,
-                                     in_specs=(P(), {key: P(AXIS) for key in BATCH_KEYS}),
-                                     out_specs=(P(), P())))
-  # Only BATCH_KEYS reach the compiled step: anything else in a batch (labels) is dropped here.
-  return lambda state, batch: compiled(state, {key: batch[key] for key in BATCH_KEYS})
-
+from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
+from spectral_jax.neuralef.checkpoint import ConfigMismatchError
+from spectral_jax.neuralef.checkpoint import check_checkpoint_config
+from spectral_jax.neuralef.checkpoint import checkpoint_manager
+from spectral_jax.neuralef.checkpoint import config_differences
+from spectral_jax.neuralef.checkpoint import config_json
+from spectral_jax.neuralef.checkpoint import resolve_step
+from spectral_jax.neuralef.checkpoint import restore_checkpoint
+from spectral_jax.neuralef.checkpoint import save_checkpoint
+from spectral_jax.neuralef.checkpoint import saved_config
+from spectral_jax.neuralef.checkpoint import training_fields
+from spectral_jax.neuralef.step import AXIS
+from spectral_jax.neuralef.step import BATCH_KEYS
+from spectral_jax.neuralef.step import KERNEL_FORMS
+from spectral_jax.neuralef.step import TrainState
+from spectral_jax.neuralef.step import batch_kernel_matmul
+from spectral_jax.neuralef.step import check_config
+from spectral_jax.neuralef.step import data_mesh
+from spectral_jax.neuralef.step import device_batch
+from spectral_jax.neuralef.step import init_state
+from spectral_jax.neuralef.step import learning_rate_schedule
+from spectral_jax.neuralef.step import make_loss_and_grad
+from spectral_jax.neuralef.step import make_optimizer
+from spectral_jax.neuralef.step import make_train_step
+from spectral_jax.neuralef.step import per_image_gumbel_softmax
+from spectral_jax.neuralef.step import process_rows
+from spectral_jax.neuralef.step import psi_module
+from spectral_jax.neuralef.step import replicate
 
 # ----------------------------------------------------------------------------- data order
 
@@ -379,135 +81,6 @@ def batch_indices(step: int, num_views: int, batch_size: int, seed: int) -> np.n
   epoch, i = divmod(int(step), spe)
   perm = np.random.default_rng([int(seed), epoch]).permutation(num_views)
   return perm[i * batch_size:(i + 1) * batch_size]
-
-
-def process_rows(global_batch: int, sharding: NamedSharding) -> slice:
-  """The rows of a (global_batch, …) array that this process's devices hold under
-  ``sharding``: the process-local part of the batch to load (multi-host data loading).
-
-  Raises:
-    ValueError: the local rows are not one contiguous block (reorder the mesh's devices).
-  """
-  index_map = sharding.addressable_devices_indices_map((global_batch,))
-  rows = sorted({(idx[0].start or 0, global_batch if idx[0].stop is None else idx[0].stop)
-                 for idx in index_map.values()})
-  start, stop = rows[0][0], rows[-1][1]
-  if sum(b - a for a, b in rows) != stop - start:
-    raise ValueError(f"this process's devices hold rows {rows} of the batch, not one block; "
-                     "build the mesh with each process's devices next to each other")
-  return slice(start, stop)
-
-
-def device_batch(host_batch_fn: Callable[[np.ndarray], dict[str, np.ndarray]],
-                 indices: np.ndarray, mesh: Mesh | None) -> dict[str, jax.Array]:
-  """The global batch of ``indices`` as arrays sharded along 'data'; each process loads only its
-  own rows (``host_batch_fn(indices[rows])``)."""
-  if mesh is None:
-    return {k: jnp.asarray(v) for k, v in host_batch_fn(indices).items()}
-  sharding = NamedSharding(mesh, P(AXIS))
-  rows = process_rows(len(indices), sharding)
-  local = host_batch_fn(indices[rows])
-  return {k: jax.make_array_from_process_local_data(sharding, v, (len(indices), *v.shape[1:]))
-          for k, v in local.items()}
-
-
-def replicate(tree: Any, mesh: Mesh | None) -> Any:
-  """Puts a host-identical pytree on every device of ``mesh`` (all processes)."""
-  if mesh is None:
-    return tree
-  sharding = NamedSharding(mesh, P())
-
-  def put(x):
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-  return jax.tree.map(put, tree)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """``config`` as plain JSON data (tuples become lists)."""
-  return json.loads(json.dumps(config.to_dict(), default=list))
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in d.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out.update(_flatten(value, name + "."))
-    else:
-      out[name] = value
-  return out
-
-
-def training_fields(config_data: dict[str, Any],
-                    ignore: Sequence[str] = RUNTIME_FIELDS) -> dict[str, Any]:
-  """The flattened (``"a.b": value``) fields of a JSON config that define a training run."""
-  skip = lambda name: any(name == f or name.startswith(f + ".") for f in ignore)
-  return {name: v for name, v in _flatten(config_data).items() if not skip(name)}
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any],
-                       ignore: Sequence[str] = RUNTIME_FIELDS) -> list[str]:
-  """Human-readable differences between two JSON configs, ignoring runtime fields."""
-  a, b = training_fields(saved, ignore), training_fields(current, ignore)
-  missing = object()
-  show = lambda v: "(absent)" if v is missing else json.dumps(v)
-  return [f"{name}: checkpoint {show(a.get(name, missing))} vs now {show(b.get(name, missing))}"
-          for name in sorted(set(a) | set(b)) if a.get(name, missing) != b.get(name, missing)]
-
-
-def checkpoint_manager(directory: str | pathlib.Path, config: ml_collections.ConfigDict):
-  """An orbax ``CheckpointManager`` saving every ``checkpoint.every`` steps, keeping
-  ``checkpoint.keep``; items ``state`` (StandardSave) and ``config`` (JSON)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  options = ocp.CheckpointManagerOptions(save_interval_steps=int(config.checkpoint.every),
-                                         max_to_keep=int(config.checkpoint.keep), create=True)
-  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
-                               item_names=("state", "config"))
-
-
-def save_checkpoint(manager, state: TrainState, config: ml_collections.ConfigDict, *,
-                    force: bool = False) -> bool:
-  """Saves ``state`` at its step (if due, or ``force``), with the config as JSON beside it."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  step = int(jax.device_get(state.step))
-  if force and step in manager.all_steps():
-    return False
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json(config))),
-      force=force)
-
-
-def restore_checkpoint(manager, template: TrainState, config: ml_collections.ConfigDict,
-                       step: int | None = None) -> TrainState:
-  """Restores the latest (or given) step into ``template``'s structure and shardings.
-
-  Raises:
-    ConfigMismatchError: the checkpoint's config differs from ``config`` outside
-      `RUNTIME_FIELDS`; the message lists every difference.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  diffs = config_differences(saved, config_json(config))
-  if diffs:
-    raise ConfigMismatchError(
-        f"the checkpoint at step {step} in {manager.directory} was written with another config: "
-        + "; ".join(diffs) + ". Resume with the checkpoint's settings or use a new workdir.")
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-      template)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))["state"]
-  return restored
 
 
 # ----------------------------------------------------------------------------- loop
@@ -574,7 +147,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   Checkpoints (orbax) go to ``workdir/checkpoints`` every ``checkpoint.every`` steps, at the end,
   and when the run is interrupted (KeyboardInterrupt, e.g. Ctrl-C or a SIGTERM turned into one):
   the last completed step is saved before returning with ``interrupted=True``. Metrics go to
-  ``workdir/metrics.jsonl`` and ``workdir/tensorboard`` every ``log.every`` steps.
+  ``workdir/metrics.jsonl`` and ``workdir/tensorboard`` every ``log.every`` steps; a record's
+  ``seconds`` (TensorBoard ``train/seconds``) is the wall time per step averaged over the steps
+  since the previous record, the clock read after the logged step's result is ready (step 1's
+  includes compiling the step). Steps between records are dispatched without waiting, so only
+  logged steps (and due checkpoints) synchronise with the devices.
 
   Args:
     config: the training config (experiments/configs/neuralef.py).
@@ -594,11 +171,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = data_mesh() if mesh is None else mesh
   batch_size, total = int(config.train.batch_size), int(config.train.num_steps)
-  if batch_size % mesh.size:
-    raise ValueError(f"train.batch_size = {batch_size} must be a multiple of the {mesh.size} "
-                     "devices (each device holds the same number of crops)")
   num_views, num_tokens, input_dim = features.psi_inputs.shape
-  _check_config(config, batch_size * num_tokens)
+  check_config(config, tokens=batch_size * num_tokens, devices=mesh.size)
   steps_per_epoch(num_views, batch_size)
   stop = total if stop_at is None else min(int(stop_at), total)
   is_main = jax.process_index() == 0
@@ -616,15 +190,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   if is_main and config.log.progress and step < stop:
     from tqdm import tqdm  # pylint: disable=import-outside-toplevel
     bar = tqdm(total=stop, initial=step, desc="train", unit="step")
+  clock, clock_step = time.perf_counter(), step
   try:
     while step < stop:
-      t0 = time.perf_counter()
       indices = batch_indices(step, num_views, batch_size, int(config.seed))
       batch = device_batch(features.batch, indices, mesh)
       new_state, metrics = train_step(state, batch)
       state, step = new_state, step + 1
       if step % int(config.log.every) == 0 or step == stop or step == 1:
-        record = _record(step, metrics, time.perf_counter() - t0)
+        jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
+        now = time.perf_counter()
+        record = _record(step, metrics, (now - clock) / (step - clock_step))
+        clock, clock_step = now, step
         history.append(record)
         logger.write(record)
         if bar is not None:
@@ -633,7 +210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
           callback(step, record)
       if bar is not None:
         bar.update(1)
-      save_checkpoint(manager, state, config, force=step == stop)
+      save_checkpoint(manager, state, config, force=step == stop, step=step)
   except KeyboardInterrupt:
     interrupted = True
     save_checkpoint(manager, state, config, force=True)
@@ -647,26 +224,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
                      resumed_from=resumed_from)
 
 
-def saved_config(workdir: str | pathlib.Path,
-                 step: int | None = None) -> ml_collections.ConfigDict:
-  """The config stored with ``workdir``'s latest (or given) checkpoint."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-
-  directory = pathlib.Path(workdir).absolute() / "checkpoints"
-  if not directory.is_dir():
-    raise FileNotFoundError(f"no checkpoints in {str(directory)!r}; train first")
-  manager = ocp.CheckpointManager(directory, item_names=("state", "config"),
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoints in {str(directory)!r}; train first")
-    data = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  finally:
-    manager.close()
-  return ml_collections.ConfigDict(data)
-
-
 def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
                  input_dim: int, step: int | None = None) -> TrainState:
   """The state saved in ``workdir/checkpoints`` (latest step by default), on one device."""
@@ -678,11 +235,11 @@ def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
 
 
 __all__ = [
-    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "TrainResult", "TrainState", "batch_indices",
-    "batch_kernel_matmul", "checkpoint_manager", "config_differences", "config_json",
-    "data_mesh", "device_batch", "init_state", "learning_rate_schedule", "load_trained",
-    "make_loss_and_grad", "make_optimizer", "make_train_step", "per_image_gumbel_softmax",
-    "process_rows", "psi_module", "replicate", "restore_checkpoint", "save_checkpoint",
-    "saved_config",
-    "steps_per_epoch", "train",
+    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "KERNEL_FORMS", "RUNTIME_FIELDS", "TrainResult",
+    "TrainState", "batch_indices", "batch_kernel_matmul", "check_checkpoint_config",
+    "check_config", "checkpoint_manager", "config_differences", "config_json", "data_mesh",
+    "device_batch", "init_state", "learning_rate_schedule", "load_trained", "make_loss_and_grad",
+    "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
+    "replicate", "resolve_step", "restore_checkpoint", "save_checkpoint", "saved_config",
+    "steps_per_epoch", "train", "training_fields",
 ]

@@ -1,0 +1,196 @@
+"""NeuralEF checkpoints: orbax save/restore of the training state with its config beside it.
+
+A checkpoint (``<workdir>/checkpoints/<step>``) holds two items: ``state`` (the `TrainState`,
+StandardSave) and ``config`` (the run's config as JSON). Restoring compares the stored config
+with the current one outside `RUNTIME_FIELDS` and refuses a different one
+(`ConfigMismatchError`, listing every differing field), so a resumed run is the run it continues.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from flax import traverse_util
+
+# Config sections that may change between an interrupted run and its resumption.
+RUNTIME_FIELDS = ("checkpoint", "log", "eval", "data.cache_dir", "data.extract_batch_size")
+
+
+class ConfigMismatchError(ValueError):
+  """A checkpoint was written by a run with a different configuration."""
+
+
+# ----------------------------------------------------------------------------- config as data
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``config`` as plain JSON data (tuples become lists)."""
+  return json.loads(json.dumps(config.to_dict(), default=list))
+
+
+def training_fields(config_data: dict[str, Any],
+                    ignore: Sequence[str] = RUNTIME_FIELDS) -> dict[str, Any]:
+  """The flattened (``"a.b": value``) fields of a JSON config that define a training run."""
+  skip = lambda name: any(name == f or name.startswith(f + ".") for f in ignore)
+  flat = traverse_util.flatten_dict(config_data, sep=".")
+  return {name: v for name, v in flat.items() if not skip(name)}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any],
+                       ignore: Sequence[str] = RUNTIME_FIELDS) -> list[str]:
+  """Human-readable differences between two JSON configs, ignoring runtime fields."""
+  a, b = training_fields(saved, ignore), training_fields(current, ignore)
+  missing = object()
+  show = lambda v: "(absent)" if v is missing else json.dumps(v)
+  return [f"{name}: checkpoint {show(a.get(name, missing))} vs now {show(b.get(name, missing))}"
+          for name in sorted(set(a) | set(b)) if a.get(name, missing) != b.get(name, missing)]
+
+
+def checkpoint_manager(directory: str | pathlib.Path, config: ml_collections.ConfigDict):
+  """An orbax ``CheckpointManager`` saving every ``checkpoint.every`` steps, keeping
+  ``checkpoint.keep``; items ``state`` (StandardSave) and ``config`` (JSON)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  options = ocp.CheckpointManagerOptions(save_interval_steps=int(config.checkpoint.every),
+                                         max_to_keep=int(config.checkpoint.keep), create=True)
+  return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
+                               item_names=("state", "config"))
+
+
+def save_checkpoint(manager, state, config: ml_collections.ConfigDict, *,
+                    force: bool = False, step: int | None = None) -> bool:
+  """Saves ``state`` at its step (if due, or ``force``), with the config as JSON beside it.
+
+  ``step``: ``state.step`` as a host int, if the caller knows it. Then a step that is not due
+  returns False without touching ``state`` (no host-device sync, so the training loop keeps
+  dispatching ahead); without it, ``state.step`` is read from the device.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  if step is None:
+    step = int(jax.device_get(state.step))
+  if force and step in manager.all_steps():
+    return False
+  if not force and not manager.should_save(step):
+    return False
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json(config))),
+      force=force)
+
+
+def _check_same_config(saved: dict[str, Any], config: ml_collections.ConfigDict, step: int,
+                       directory) -> None:
+  diffs = config_differences(saved, config_json(config))
+  if diffs:
+    raise ConfigMismatchError(
+        f"the checkpoint at step {step} in {directory} was written with another config: "
+        + "; ".join(diffs) + ". Resume with the checkpoint's settings or use a new workdir.")
+
+
+def restore_checkpoint(manager, template, config: ml_collections.ConfigDict,
+                       step: int | None = None):
+  """Restores the latest (or given) step into ``template``'s structure and shardings.
+
+  Raises:
+    FileNotFoundError: no checkpoint in the manager's directory.
+    ValueError: ``step`` is not one of the saved steps (the message lists them).
+    ConfigMismatchError: the checkpoint's config differs from ``config`` outside
+      `RUNTIME_FIELDS`; the message lists every difference.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  step = _resolve_step(manager, step)
+  saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  _check_same_config(saved, config, step, manager.directory)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      template)
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))["state"]
+  return restored
+
+
+def _resolve_step(manager, step: int | None) -> int:
+  steps = sorted(manager.all_steps())
+  if not steps:
+    raise FileNotFoundError(f"no checkpoints in {str(manager.directory)!r}; train first")
+  if step is None:
+    return steps[-1]
+  if int(step) not in steps:
+    raise ValueError(f"no checkpoint at step {step} in {str(manager.directory)!r}; saved steps: "
+                     + ", ".join(map(str, steps)))
+  return int(step)
+
+
+def _read_only_manager(workdir: str | pathlib.Path):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  if not directory.is_dir():
+    raise FileNotFoundError(f"no checkpoints in {str(directory)!r}; train first")
+  return ocp.CheckpointManager(directory, item_names=("state", "config"),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
+
+
+def resolve_step(workdir: str | pathlib.Path, step: int | None = None) -> int:
+  """``step`` (default: the latest) if ``workdir`` holds a checkpoint of it.
+
+  Raises:
+    FileNotFoundError: no checkpoint in ``workdir``.
+    ValueError: ``step`` is not one of the saved steps (the message lists them).
+  """
+  manager = _read_only_manager(workdir)
+  try:
+    return _resolve_step(manager, step)
+  finally:
+    manager.close()
+
+
+def saved_config(workdir: str | pathlib.Path,
+                 step: int | None = None) -> ml_collections.ConfigDict:
+  """The config stored with ``workdir``'s latest (or given) checkpoint (errors as
+  `resolve_step`)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  manager = _read_only_manager(workdir)
+  try:
+    step = _resolve_step(manager, step)
+    data = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  finally:
+    manager.close()
+  return ml_collections.ConfigDict(data)
+
+
+def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+                            step: int | None = None) -> int | None:
+  """The checkpoint step of ``workdir`` that ``config`` is checked against (``step``, default
+  the latest, the one `train` resumes from; None: no checkpoint), without loading any state.
+
+  Raises:
+    ConfigMismatchError: that checkpoint was written with another config (as `train`).
+    ValueError: ``step`` is not one of the saved steps.
+  """
+  if step is None and not (pathlib.Path(workdir) / "checkpoints").is_dir():
+    return None
+  manager = _read_only_manager(workdir)
+  try:
+    if step is None and not manager.all_steps():
+      return None
+    step = _resolve_step(manager, step)
+  finally:
+    manager.close()
+  _check_same_config(config_json(saved_config(workdir, step)), config, step,
+                     pathlib.Path(workdir).absolute() / "checkpoints")
+  return step
+
+
+__all__ = [
+    "ConfigMismatchError", "RUNTIME_FIELDS", "check_checkpoint_config", "checkpoint_manager",
+    "config_differences", "config_json", "resolve_step", "restore_checkpoint", "save_checkpoint",
+    "saved_config", "training_fields",
+]

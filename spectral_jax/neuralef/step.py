@@ -1,0 +1,457 @@
+"""The NeuralEF train step: state, optimiser, batch kernel, loss and its data-parallel form.
+
+One step (SPEC §2, §5; Deng & Luo eq. (4)-(7)) on a global batch of B crops with N patches:
+
+1. the batch kernel ``G = G₁ + α·G₂`` over all B·N tokens: G₁ from the top-k cosine graph of the
+   high-level features (edges across images), G₂ from the per-image pixel graph;
+2. ``logits = ψ(psi_inputs)``; a soft Gumbel-softmax sample at temperature τ(step) (cosine
+   from τ_max to τ_min); L2 batch normalisation of the K columns over all B·N tokens;
+3. ``neuralef_loss`` and its gradient; an Adam update with a cosine learning-rate decay.
+
+Data parallelism: `make_train_step(config, mesh)` builds the step with ``jax.shard_map`` over a
+1-D ``Mesh`` (axis ``'data'``): each device holds B/D crops and the replicated state. The feature
+graph is over the **global** batch: the graph features are all-gathered and each device computes
+its own rows of G₁ (``graphs.topk_cosine_rows`` with ``row_offset = axis_index·m``, degrees
+``psum``-ed by ``graphs.knn_degrees``); the pixel graph is block-diagonal, so each device builds
+its own images' blocks. The loss all-gathers ψ for the kernel's columns and ``psum``s ψᵀGψ.
+shard_map already sums the gradients of the replicated parameters over devices (DESIGN.md), so
+none is ``pmean``-ed. `make_loss_and_grad(config, axis_name=...)` is the same computation as a
+plain function, which also composes under ``jax.pmap`` (where the gradients are ``psum``-ed).
+`device_batch`, `replicate` and `process_rows` place a batch and the state on the mesh (each
+process feeding only its own rows of the global batch).
+
+Randomness is a function of the state: step s uses the key ``fold_in(state.rng, s)`` and image b
+of the global batch draws its Gumbel noise from ``fold_in(that key, b)`` (so every device, and a
+single device on the same global batch, draws the same noise for the same image). Labels never
+enter a step: only `BATCH_KEYS` reach the compiled function (SPEC §5, the reference's label leak).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import sparse
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from spectral_jax import graphs
+from spectral_jax.neuralef import loss as loss_lib
+from spectral_jax.neuralef import psi as psi_lib
+from spectral_jax.neuralef.checkpoint import config_json
+from spectral_jax.neuralef.checkpoint import training_fields
+
+# graphs' edge-list helpers: the dense kernel rows hold the edges graphs.neuralef_kernel builds.
+from spectral_jax.graphs._edges import both_directions as _both_directions  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spectral_jax.graphs._edges import flat_rows as _flat_rows  # pylint: disable=g-import-not-at-top,wrong-import-position
+from spectral_jax.graphs._edges import row_ids as _row_ids  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+AXIS = "data"
+BATCH_KEYS = ("psi_inputs", "graph_features", "image_grids")
+KERNEL_FORMS = ("dense", "knn")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run needs to continue exactly where it stopped.
+
+  Attributes:
+    step: int32 scalar, number of updates done.
+    params: ψ's parameters.
+    opt_state: Adam's state.
+    rng: (2,) uint32 raw key data of the run's base key (step keys are folded from it).
+    eig: EMA of the eigenvalue estimates ``diag(R)/t`` (K,) (``loss.EMAState``).
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+  eig: loss_lib.EMAState
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def psi_module(config: ml_collections.ConfigDict) -> psi_lib.Psi:
+  """ψ built from ``config.psi`` (fields of ``psi.psi_config()``)."""
+  return psi_lib.Psi(**config.psi.to_dict())
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with a per-step cosine decay from ``learning_rate`` to ``final_learning_rate`` over
+  ``train.num_steps`` steps; no weight decay, no warm-up (SPEC §5)."""
+  lr, final = config.optim.learning_rate, config.optim.final_learning_rate
+  if not (_positive(lr) and _positive(final) and final <= lr):
+    raise ValueError(f"need 0 < optim.final_learning_rate ≤ optim.learning_rate (finite); got "
+                     f"{final}, {lr}")
+  return optax.adam(learning_rate_schedule(config))
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  lr, final = config.optim.learning_rate, config.optim.final_learning_rate
+  return optax.cosine_decay_schedule(lr, int(config.train.num_steps), alpha=final / lr)
+
+
+def init_state(config: ml_collections.ConfigDict, input_dim: int) -> TrainState:
+  """A fresh `TrainState` for ψ inputs of ``input_dim`` features, seeded by ``config.seed``."""
+  init_key, run_key = jax.random.split(jax.random.key(int(config.seed)))
+  params = psi_module(config).init(init_key, jnp.zeros((1, 4, input_dim), jnp.float32))["params"]
+  opt_state = make_optimizer(config).init(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                    rng=jax.random.key_data(run_key), eig=loss_lib.ema_init(config.psi.k))
+
+
+def _positive(value) -> bool:
+  try:
+    return math.isfinite(float(value)) and float(value) > 0
+  except (TypeError, ValueError):
+    return False
+
+
+def check_config(config: ml_collections.ConfigDict, *, patch_size: int | None = None,
+                 tokens: int | None = None, devices: int | None = None) -> None:
+  """Checks the values of a training config before anything is loaded or compiled.
+
+  Args:
+    config: the training config.
+    patch_size: the backbone's patch size: also checks the batch's token count
+      (``train.batch_size · (data.image_size // patch_size)²``) against ``graph.k`` and
+      ``psi.k``.
+    tokens: the batch's token count itself (when the features are known).
+    devices: the number of devices ``train.batch_size`` is split over.
+  Raises:
+    ValueError: naming the first bad field, its value and what it must be.
+  """
+  def need(ok: bool, field: str, rule: str, value: Any) -> None:
+    if not ok:
+      raise ValueError(f"{field} must be {rule}; got {value!r}")
+
+  t, o, g, lc = config.train, config.optim, config.graph, config.loss
+  need(int(t.batch_size) >= 1, "train.batch_size", "≥ 1 (images per global batch)",
+       t.batch_size)
+  need(int(t.num_steps) >= 1, "train.num_steps", "≥ 1", t.num_steps)
+  need(_positive(o.learning_rate), "optim.learning_rate", "a finite number > 0",
+       o.learning_rate)
+  need(_positive(o.final_learning_rate) and o.final_learning_rate <= o.learning_rate,
+       "optim.final_learning_rate", f"in (0, optim.learning_rate = {o.learning_rate}]",
+       o.final_learning_rate)
+  need(g.form in KERNEL_FORMS, "graph.form", f"one of {KERNEL_FORMS}", g.form)
+  need(int(g.k) >= 1, "graph.k", "≥ 1", g.k)
+  need(math.isfinite(float(g.alpha)) and g.alpha >= 0, "graph.alpha", "a finite number ≥ 0",
+       g.alpha)
+  need(g.block_size is None or int(g.block_size) >= 1, "graph.block_size", "None or ≥ 1",
+       g.block_size)
+  need(len(g.n_neighbors) == len(g.distance_weights) and all(int(n) >= 1 for n in g.n_neighbors),
+       "graph.n_neighbors", "≥ 1 each, as many as graph.distance_weights", g.n_neighbors)
+  for name in ("k", "num_blocks", "num_heads", "head_dim", "mlp_dim"):
+    need(int(config.psi[name]) >= 1, f"psi.{name}", "≥ 1", config.psi[name])
+  for name in ("beta_times_k", "t", "tau_max", "tau_min"):
+    need(_positive(lc[name]), f"loss.{name}", "a finite number > 0", lc[name])
+  need(lc.tau_min <= lc.tau_max, "loss.tau_min", f"≤ loss.tau_max = {lc.tau_max}", lc.tau_min)
+  need(0 <= lc.eig_momentum < 1, "loss.eig_momentum", "in [0, 1)", lc.eig_momentum)
+  for name in ("checkpoint.every", "checkpoint.keep", "log.every"):
+    section, field = name.split(".")
+    need(int(config[section][field]) >= 1, name, "≥ 1", config[section][field])
+  if devices is not None and int(t.batch_size) % devices:
+    raise ValueError(f"train.batch_size = {t.batch_size} must be a multiple of the {devices} "
+                     "devices (each device holds the same number of crops)")
+  if patch_size is not None:
+    side = int(config.data.image_size) // int(patch_size)
+    need(side >= 1, "data.image_size", f"≥ the backbone's {patch_size}-px patch",
+         config.data.image_size)
+    tokens = int(t.batch_size) * side * side
+  if tokens is not None:
+    if g.k > tokens - 1:
+      raise ValueError(f"graph.k = {g.k} neighbours need more than the {tokens} tokens of a "
+                       "batch; lower graph.k or raise train.batch_size / data.image_size")
+    if config.psi.k > tokens:
+      raise ValueError(f"psi.k = {config.psi.k} eigenfunctions exceed the {tokens} tokens of a "
+                       "batch; lower psi.k or raise train.batch_size / data.image_size")
+
+
+def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k: int,
+                        alpha: float, n_neighbors: Sequence[int] = graphs.NEURALEF_N_NEIGHBORS,
+                        distance_weights: Sequence[float] = graphs.NEURALEF_DISTANCE_WEIGHTS,
+                        block_size: int | None = None, form: str = "dense",
+                        axis_name: str | None = None,
+                        min_degree: float = graphs.MIN_DEGREE) -> Callable[[jax.Array], jax.Array]:
+  """This device's rows of the NeuralEF batch kernel, as ``p ↦ G_rows @ p`` (SPEC §2, eq. (4)).
+
+  ``G = D₁^-½ A D₁^-½ + α·D₂^-½ Ã D₂^-½`` over the n = D·m global tokens (token t = b·N + p is
+  patch p of global image b), with A = (A₀ + A₀ᵀ)/2 the symmetrised top-k cosine graph of the
+  global batch's graph features and Ã the block-diagonal pixel graph. Equal to the rows
+  ``[offset, offset + m)`` of ``graphs.neuralef_kernel`` on the global batch.
+
+  Args:
+    graph_features: (b, N, C) this device's crops' high-level features (all of them without
+      ``axis_name``).
+    image_grids: (b, h, w, 3) their RGB grids in [0, 1], h·w = N.
+    k: feature neighbours per token (reference 256).
+    alpha: pixel-graph weight α (reference 0.3).
+    n_neighbors, distance_weights: the pixel graph's passes.
+    block_size: query rows per top-k block (None: one (m, n) similarity).
+    form: "dense" materialises this device's (m, n) rows of G₁ (fast matmuls; O(m·n) memory);
+      "knn" keeps the (m, k) neighbour lists and multiplies by gathers and a ``psum_scatter``
+      (O(m·k + n·K) memory, gathers in blocks of rows).
+    axis_name: the mapped batch axis inside ``shard_map``/``pmap``, or None.
+    min_degree: zero-degree guard of both normalisations.
+  Returns:
+    ``kernel_matmul(p)``: (n, K) → (m, K), m = b·N; the form ``neuralef_loss`` accepts.
+  """
+  if form not in KERNEL_FORMS:
+    raise ValueError(f"form must be one of {KERNEL_FORMS}; got {form!r}")
+  chex.assert_rank([graph_features, image_grids], [3, 4])
+  b, n_tok, _ = graph_features.shape
+  m = b * n_tok
+  feats = graph_features.reshape(m, -1)
+  if axis_name is None:
+    all_feats, offset = feats, 0
+  else:
+    all_feats = jax.lax.all_gather(feats, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * m
+  n = all_feats.shape[0]
+  values, indices = graphs.topk_cosine_rows(feats, all_feats, k, row_offset=offset,
+                                            block_size=block_size)
+  scale = jax.lax.rsqrt(graphs.knn_degrees(values, indices, n, row_offset=offset,
+                                           axis_name=axis_name, min_degree=min_degree))
+  scale_rows = jax.lax.dynamic_slice_in_dim(scale, offset, m)
+  pixels = graphs.normalize_symmetric(
+      graphs.pixel_graph(image_grids, n_neighbors=n_neighbors, distance_weights=distance_weights,
+                         output="bcoo"), min_degree)
+
+  if form == "dense":
+    # A's edges as graphs.knn_feature_graph forms them (A₀'s edges of every device, both
+    # directions, halved), kept where the row is one of ours: this device's (m, n) rows of A.
+    all_values, all_indices = values, indices
+    if axis_name is not None:
+      all_values = jax.lax.all_gather(values, axis_name, tiled=True)
+      all_indices = jax.lax.all_gather(indices, axis_name, tiled=True)
+    rows, cols, data = _both_directions(_row_ids(all_values.shape), _flat_rows(all_indices),
+                                        _flat_rows(all_values) / 2)
+    rows = rows - offset
+    rows = jnp.where((rows >= 0) & (rows < m), rows, m)  # m is out of range: dropped
+    a_rows = jnp.zeros((m, n), values.dtype).at[rows, cols].add(data, mode="drop")
+    g1_rows = scale_rows[:, None] * a_rows * scale[None, :]
+    feature_part = lambda p: g1_rows @ p
+  else:
+    def feature_part(p):
+      q = scale[:, None] * p
+      q_rows = jax.lax.dynamic_slice_in_dim(q, offset, m)
+      out_edges, in_edges = _knn_products(values, indices, q, q_rows, block_size)
+      if axis_name is not None:                                              # (A₀ᵀ q)_rows
+        in_edges = jax.lax.psum_scatter(in_edges, axis_name, scatter_dimension=0, tiled=True)
+      return scale_rows[:, None] * (out_edges + in_edges) / 2
+
+  def kernel_matmul(p: jax.Array) -> jax.Array:
+    p_rows = jax.lax.dynamic_slice_in_dim(p, offset, m).reshape(b, n_tok, -1)
+    pix = sparse.bcoo_dot_general(pixels, p_rows.astype(pixels.dtype),
+                                  dimension_numbers=(([2], [1]), ([0], [0])))
+    return feature_part(p) + alpha * pix.reshape(m, -1).astype(p.dtype)
+
+  return kernel_matmul
+
+
+def _knn_products(values, indices, q, q_rows, block_size):
+  """``(A₀[rows] q, A₀[rows]ᵀ q_rows)`` from (m, k) neighbour lists, (n, c) q, (m, c) q_rows.
+
+  Both products touch (rows, k, c) gathered/scattered values; they are formed for a block of
+  rows at a time (a ``scan`` accumulating the (n, c) scatter), with as many rows as keep that
+  block the size of a top-k block (``block_size`` × n floats). ``block_size=None``: all rows.
+  """
+  m, k = values.shape
+  n, c = q.shape
+  rows = m if block_size is None else int(min(m, max(1, block_size * n // (k * c))))
+  pad = -m % rows
+  padded = lambda a: jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(
+      (m + pad) // rows, rows, *a.shape[1:])
+
+  def block(acc, blk):
+    v, i, qr = blk
+    out = graphs.knn_rows_matmul(v, i, q)
+    return acc.at[i].add(v[..., None].astype(q.dtype) * qr[:, None, :]), out
+
+  in_edges, out_edges = jax.lax.scan(block, jnp.zeros_like(q),
+                                     (padded(values), padded(indices), padded(q_rows)))
+  return out_edges.reshape(m + pad, c)[:m], in_edges
+
+
+def per_image_gumbel_softmax(key: jax.Array, logits: jax.Array, tau: jax.Array,
+                             image_offset: int | jax.Array = 0) -> jax.Array:
+  """Soft Gumbel-softmax of (b, N, K) logits; image i draws from ``fold_in(key, offset + i)``.
+
+  Keyed by the image's position in the *global* batch, so a device holding images
+  ``offset … offset + b − 1`` draws exactly the noise a single device would for them.
+  """
+  ids = image_offset + jnp.arange(logits.shape[0])
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
+  return jax.vmap(lambda kk, x: loss_lib.gumbel_softmax(kk, x, tau))(keys, logits)
+
+
+def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | None = None,
+                       sum_grads: bool = False) -> Callable:
+  """``fn(state, batch) -> (loss, aux, grads)`` of one training step (no update).
+
+  The plain computation of a step on this device's part of the batch (steps 1-3 of the module
+  docstring). With ``axis_name`` it must run inside ``shard_map`` or ``pmap`` over that axis; the
+  loss and aux are then those of the global batch. ``sum_grads=True`` ``psum``s the gradients
+  (needed under ``pmap``; under ``shard_map`` they are already summed, see the module docstring).
+
+  Args:
+    config: the training config (``psi``, ``graph``, ``loss``, ``train.num_steps``).
+    axis_name: the batch axis, or None for one device.
+    sum_grads: ``psum`` the gradients over ``axis_name``.
+  Returns:
+    A function of (``TrainState``, batch dict with `BATCH_KEYS`; other keys are ignored).
+    ``aux`` has ``loss_eig``, ``loss_orth``, ``eigenvalues`` (K,), ``tau``.
+  """
+  check_config(config)
+  psi = psi_module(config)
+  g, lc = config.graph, config.loss
+  beta = loss_lib.beta_for(config.psi.k, lc.beta_times_k)
+  tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), lc.tau_max, lc.tau_min)
+  kernel_args = dict(k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
+                     distance_weights=tuple(g.distance_weights), block_size=g.block_size,
+                     form=g.form, axis_name=axis_name)
+
+  def loss_and_grad(state: TrainState, batch: dict[str, jax.Array]):
+    step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    tau = tau_fn(state.step)
+    b = batch["psi_inputs"].shape[0]
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
+    kernel = batch_kernel_matmul(batch["graph_features"], batch["image_grids"], **kernel_args)
+
+    def objective(params):
+      logits, _ = psi.apply({"params": params}, batch["psi_inputs"])
+      soft = per_image_gumbel_softmax(step_key, logits, tau, offset)
+      normed = loss_lib.l2_batch_normalize(soft, axis_name=axis_name)
+      return loss_lib.neuralef_loss(normed.reshape(-1, normed.shape[-1]), kernel, beta,
+                                    t=lc.t, axis_name=axis_name)
+
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    if sum_grads:
+      grads = jax.lax.psum(grads, axis_name)
+    aux = {"loss_eig": aux["loss_eig"], "loss_orth": aux["loss_orth"],
+           "eigenvalues": aux["eigenvalues"], "tau": tau}
+    return loss, aux, grads
+
+  return loss_and_grad
+
+
+def _apply_update(config, tx, state: TrainState, loss, aux, grads):
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  eig = loss_lib.ema_update(state.eig, aux["eigenvalues"], config.loss.eig_momentum)
+  metrics = {"loss": loss, "loss_eig": aux["loss_eig"], "loss_orth": aux["loss_orth"],
+             "tau": aux["tau"], "learning_rate": learning_rate_schedule(config)(state.step),
+             "grad_norm": optax.tree.norm(grads), "eigenvalues": aux["eigenvalues"]}
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, eig=eig)
+  return new, metrics
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all devices of all processes)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
+
+
+_STEP_CACHE: dict[Any, Callable] = {}
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Callable:
+  """The jitted step ``(state, batch) -> (state, metrics)``.
+
+  Steps are cached by (config outside `RUNTIME_FIELDS`, mesh), so a resumed or repeated run in
+  the same process reuses the compiled step.
+
+  Args:
+    config: the training config.
+    mesh: a 1-D mesh with axis ``'data'``: the step is a ``shard_map`` over it (batch arrays
+      sharded along their leading axis, state replicated). None: one device, no collectives.
+  Returns:
+    The step; batch entries other than `BATCH_KEYS` (e.g. labels) are dropped before the
+    compiled function. ``metrics``: loss, loss_eig, loss_orth, tau, learning_rate, grad_norm
+    (scalars) and eigenvalues (K,) of this step's batch.
+  """
+  cache_key = (json.dumps(training_fields(config_json(config)), sort_keys=True), mesh)
+  if cache_key not in _STEP_CACHE:
+    _STEP_CACHE[cache_key] = _make_train_step(config, mesh)
+  return _STEP_CACHE[cache_key]
+
+
+def _make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Callable:
+  config = ml_collections.ConfigDict(config.to_dict())  # a private copy: later edits can't leak
+  tx = make_optimizer(config)
+  grad_fn = make_loss_and_grad(config, axis_name=None if mesh is None else AXIS)
+
+  def local_step(state, batch):
+    return _apply_update(config, tx, state, *grad_fn(state, batch))
+
+  if mesh is None:
+    compiled = jax.jit(local_step)
+  else:
+    compiled = jax.jit(jax.shard_map(local_step, mesh=mesh,
+                                     in_specs=(P(), {key: P(AXIS) for key in BATCH_KEYS}),
+                                     out_specs=(P(), P())))
+  # Only BATCH_KEYS reach the compiled step: anything else in a batch (labels) is dropped here.
+  return lambda state, batch: compiled(state, {key: batch[key] for key in BATCH_KEYS})
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def process_rows(global_batch: int, sharding: NamedSharding) -> slice:
+  """The rows of a (global_batch, …) array that this process's devices hold under
+  ``sharding``: the process-local part of the batch to load (multi-host data loading).
+
+  Raises:
+    ValueError: the local rows are not one contiguous block (reorder the mesh's devices).
+  """
+  index_map = sharding.addressable_devices_indices_map((global_batch,))
+  rows = sorted({(idx[0].start or 0, global_batch if idx[0].stop is None else idx[0].stop)
+                 for idx in index_map.values()})
+  start, stop = rows[0][0], rows[-1][1]
+  if sum(b - a for a, b in rows) != stop - start:
+    raise ValueError(f"this process's devices hold rows {rows} of the batch, not one block; "
+                     "build the mesh with each process's devices next to each other")
+  return slice(start, stop)
+
+
+def device_batch(host_batch_fn: Callable[[np.ndarray], dict[str, np.ndarray]],
+                 indices: np.ndarray, mesh: Mesh | None) -> dict[str, jax.Array]:
+  """The global batch of ``indices`` as arrays sharded along 'data'; each process loads only its
+  own rows (``host_batch_fn(indices[rows])``)."""
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in host_batch_fn(indices).items()}
+  sharding = NamedSharding(mesh, P(AXIS))
+  rows = process_rows(len(indices), sharding)
+  local = host_batch_fn(indices[rows])
+  return {k: jax.make_array_from_process_local_data(sharding, v, (len(indices), *v.shape[1:]))
+          for k, v in local.items()}
+
+
+def replicate(tree: Any, mesh: Mesh | None) -> Any:
+  """Puts a host-identical pytree on every device of ``mesh`` (all processes)."""
+  if mesh is None:
+    return tree
+  sharding = NamedSharding(mesh, P())
+
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(put, tree)
+
+
+__all__ = [
+    "AXIS", "BATCH_KEYS", "KERNEL_FORMS", "TrainState", "batch_kernel_matmul", "check_config",
+    "data_mesh", "device_batch", "init_state", "learning_rate_schedule", "make_loss_and_grad",
+    "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
+    "replicate",
+]

@@ -1,0 +1,209 @@
+"""Bad inputs to the commands: each is ONE ``error: ...`` line on stderr, no traceback, and
+exit status 2 (bad flag / config value) or 1 (the work failed: files, refused checkpoints).
+
+Every row runs the command as a subprocess (``python -m <command> <args>`` with cwd = the repo
+and PYTHONPATH = the repo). Rows are cheap: the errors they provoke come before any backbone
+features are computed, so a row costs the Python start-up (~2-4 s). To add a command, add rows
+to `CASES`: ``pytest.param(command, args, exit_code, message_fragment, id=...)``; ``{name}``
+in an argument is replaced by the path of `paths`' entry ``name``.
+"""
+
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import child_processes
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = "experiments.train_neuralef"
+EVAL = "experiments.evaluate_neuralef"
+TEST_CONFIG = "--config={repo}/experiments/configs/neuralef.py:test"
+# The checkpointed run of the `paths` fixture: the test preset, 2 steps, a checkpoint each.
+RUN = (TEST_CONFIG, "--config.train.num_steps=2")
+
+CASES = [
+    # train_neuralef: flags and config values (exit 2)
+    pytest.param(TRAIN, ["--stop_at=abc"], 2, "--stop_at=abc", id="train-flag-not-int"),
+    pytest.param(TRAIN, ["--no_such_flag=1"], 2, "no_such_flag", id="train-unknown-flag"),
+    pytest.param(TRAIN, ["positional"], 2, "unexpected arguments", id="train-positional"),
+    pytest.param(TRAIN, ["--stop_at=0", "--workdir={tmp}/w"], 2, "--stop_at must be ≥ 1",
+                 id="train-stop-at-0"),
+    pytest.param(TRAIN, ["--config={tmp}/missing.py"], 2, "cannot load --config",
+                 id="train-config-missing"),
+    pytest.param(TRAIN, ["--config={syntax_error}"], 2, "SyntaxError", id="train-config-syntax"),
+    pytest.param(TRAIN, ["--config={raises}"], 2, "ZeroDivisionError", id="train-config-raises"),
+    pytest.param(TRAIN, [TEST_CONFIG.replace(":test", ":bogus")], 2, "unknown preset 'bogus'",
+                 id="train-config-preset"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.train.batch_size=abc"], 2,
+                 "--config.train.batch_size=abc", id="train-config-not-int"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.train.nope=1"], 2, "nope",
+                 id="train-config-unknown-field"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.train.batch_size=0", "--workdir={tmp}/w"], 2,
+                 "train.batch_size must be ≥ 1", id="train-batch-size-0"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.optim.learning_rate=-1", "--workdir={tmp}/w"],
+                 2, "optim.learning_rate must be a finite number > 0; got -1.0",
+                 id="train-lr-negative"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.optim.learning_rate=nan", "--workdir={tmp}/w"],
+                 2, "optim.learning_rate must be a finite number > 0; got nan", id="train-lr-nan"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.graph.form=sparse", "--workdir={tmp}/w"], 2,
+                 "graph.form must be one of", id="train-graph-form"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.graph.k=1000", "--workdir={tmp}/w"], 2,
+                 "graph.k = 1000 neighbours need more than the 128 tokens", id="train-graph-k"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.data.cache_dtype=int8", "--workdir={tmp}/w"], 2,
+                 "data.cache_dtype", id="train-cache-dtype"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.backbone.name=resnet", "--workdir={tmp}/w"], 2,
+                 "Unknown backbone 'resnet'", id="train-backbone-name"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--workdir={a_file}"], 2, "is a file, not a folder",
+                 id="train-workdir-is-file"),
+    pytest.param(TRAIN, [*RUN, "--config.psi.k=4", "--workdir={run}"], 2,
+                 "was written with another config: psi.k: checkpoint 8 vs now 4",
+                 id="train-resume-config-mismatch"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.train.batch_size=5", "--workdir={tmp}/w",
+                         "--config.data.images={one_image}"], 2,
+                 "a batch of 5 needs at least that many training views; got 2",
+                 id="train-batch-exceeds-views"),
+    # train_neuralef: files (exit 1)
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.data.images={tmp}/nowhere", "--workdir={tmp}/w"],
+                 1, "does not exist or is not a folder", id="train-images-missing"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.data.images={empty}", "--workdir={tmp}/w"], 1,
+                 "no images", id="train-images-empty"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.data.images={unreadable}", "--workdir={tmp}/w"],
+                 1, "none of the 1 image files", id="train-images-unreadable"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.data.images={one_image}", "--workdir={tmp}/w",
+                         "--config.train.batch_size=2", "--config.backbone.weights={evil}"], 1,
+                 "Refusing to load posix.system", id="train-unsafe-weights"),
+    # evaluate_neuralef
+    pytest.param(EVAL, ["--step=abc"], 2, "--step=abc", id="eval-flag-not-int"),
+    pytest.param(EVAL, ["positional"], 2, "unexpected arguments", id="eval-positional"),
+    pytest.param(EVAL, ["--workdir={tmp}/nowhere"], 1, "no checkpoints in", id="eval-no-workdir"),
+    pytest.param(EVAL, ["--workdir={a_file}"], 2, "is a file, not a folder",
+                 id="eval-workdir-is-file"),
+    pytest.param(EVAL, ["--workdir={run}", "--output_dir={a_file}"], 2,
+                 "--output_dir=", id="eval-output-is-file"),
+    pytest.param(EVAL, ["--workdir={run}", "--step=7"], 2,
+                 "no checkpoint at step 7", id="eval-step-missing"),
+    pytest.param(EVAL, ["--workdir={run}", "--config={tmp}/missing.py"], 2,
+                 "cannot load --config", id="eval-config-missing"),
+    pytest.param(EVAL, ["--workdir={run}", *RUN, "--config.psi.k=4"], 2,
+                 "was written with another config: psi.k: checkpoint 8 vs now 4",
+                 id="eval-config-mismatch"),
+    pytest.param(EVAL, ["--workdir={run}", *RUN, "--config.optim.learning_rate=nan"], 2,
+                 "optim.learning_rate must be a finite number > 0", id="eval-config-value"),
+]
+
+
+class _Evil:
+  """Pickles to a call of os.system: weights that would run code when unpickled."""
+
+  def __init__(self, target):
+    self.target = target
+
+  def __reduce__(self):
+    return (os.system, (f"touch {self.target}",))
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+  """The files and folders the rows name (see the module docstring)."""
+  from PIL import Image
+
+  from experiments.configs import neuralef as configs
+  from spectral_jax.neuralef import train as train_lib
+
+  tmp = tmp_path_factory.mktemp("bad_inputs")
+  p = {"repo": REPO, "tmp": tmp, "a_file": tmp / "a_file", "empty": tmp / "empty",
+       "unreadable": tmp / "unreadable", "one_image": tmp / "one_image", "evil": tmp / "evil.pth",
+       "syntax_error": tmp / "syntax_error.py", "raises": tmp / "raises.py", "run": tmp / "run"}
+  p["a_file"].write_text("not a folder\n")
+  for name in ("empty", "unreadable", "one_image"):
+    p[name].mkdir()
+  (p["unreadable"] / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+  rgb = np.random.default_rng(0).integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(p["one_image"] / "photo.png")
+  with zipfile.ZipFile(p["evil"], "w") as archive:  # laid out like torch.save's zip
+    archive.writestr("evil/data.pkl", pickle.dumps({"x": _Evil(tmp / "pwned")}, protocol=2))
+    archive.writestr("evil/version", "3\n")
+  p["syntax_error"].write_text("def get_config(:\n")
+  p["raises"].write_text("def get_config():\n  return 1 / 0\n")
+  config = configs.get_config("test")
+  config.train.num_steps = 2
+  config.checkpoint.every = 1
+  train_lib.train(config, p["run"], _random_features())
+  return p
+
+
+def _random_features():
+  from spectral_jax.neuralef import features as feats_lib
+  rng = np.random.default_rng(0)
+  return feats_lib.FeatureSet(
+      psi_inputs=rng.normal(size=(8, 16, 12)).astype(np.float32),
+      graph_features=rng.normal(size=(8, 16, 4)).astype(np.float32),
+      image_grids=rng.uniform(size=(8, 4, 4, 3)).astype(np.float32),
+      image_index=np.arange(8, dtype=np.int32), view_index=np.zeros(8, np.int32), grid=(4, 4),
+      names=tuple(f"im{i}" for i in range(8)), key="random")
+
+
+def run_command(command, args, cwd=REPO, timeout=120):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", command, *args], cwd=cwd, env=env, text=True,
+                        capture_output=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command, args, code, fragment", CASES)
+def test_bad_input_is_one_line(paths, command, args, code, fragment):
+  proc = run_command(command, [a.format(**paths) for a in args])
+  err = proc.stderr
+  assert proc.returncode == code, (proc.returncode, err[-2000:])
+  assert "Traceback" not in err, err[-2000:]
+  lines = [line for line in err.splitlines() if line.strip()]
+  errors = [line for line in lines if line.startswith("error: ")]
+  assert len(errors) == 1 and errors[0] == lines[-1], err[-2000:]
+  assert fragment in errors[0], errors[0]
+  # besides the error, only the images skipped on the way (training reports each one)
+  assert all(line.startswith("skipping ") for line in lines[:-1]), err[-2000:]
+  assert not (paths["tmp"] / "pwned").exists()  # the hostile pickle never ran
+
+
+def test_unreadable_images_are_skipped_by_name(paths):
+  proc = run_command(TRAIN, [TEST_CONFIG.format(**paths), f"--workdir={paths['tmp']}/w",
+                             f"--config.data.images={paths['unreadable']}"])
+  assert proc.stderr.splitlines()[0].startswith(
+      f"skipping {paths['unreadable'] / 'broken.png'}: cannot read"), proc.stderr
+
+
+def test_traceback_only_with_verbosity(paths):
+  args = [TEST_CONFIG.format(**paths), "--config.train.batch_size=0",
+          f"--workdir={paths['tmp']}/w"]
+  proc = run_command(TRAIN, args + ["--verbosity=1"])
+  assert proc.returncode == 2
+  assert "Traceback" in proc.stderr
+  # (--verbosity=1 also shows the libraries' log lines)
+  assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
+      "error: train.batch_size must be ≥ 1 (images per global batch); got 0"]
+
+
+def test_default_config_is_found_from_another_directory(paths, tmp_path):
+  """The default --config is the package's file, not ./experiments/configs (cwd elsewhere)."""
+  proc = run_command(TRAIN, ["--config.train.batch_size=0", f"--workdir={tmp_path}/w"],
+                     cwd=tmp_path)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip() == (
+      "error: train.batch_size must be ≥ 1 (images per global batch); got 0")
+
+
+def test_leftover_children_are_detected():
+  """The /proc reading behind conftest's no-leftover-processes check sees a live child, and
+  no longer sees it once it is killed and waited for."""
+  proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    assert proc.pid in child_processes()
+  finally:
+    proc.kill()
+    proc.wait()
+  assert proc.pid not in child_processes()
