@@ -88,7 +88,7 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
 
   Raises:
     FileNotFoundError: the folder does not exist.
-    _cli.UsageError: no photo to process, unknown sample names, --out and --images overlap.
+    _cli.UsageError: no photo to process, unknown sample names.
   """
   if not cfg.images:
     names = list(samples.LABELLED_SAMPLES + samples.SKIMAGE_PHOTOS)
@@ -100,9 +100,6 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
       names = wanted
     return [batching.Source(n, f"bundled:{n}", _bundled_loader(n)) for n in names], {}
   root = pathlib.Path(cfg.images).expanduser().resolve()
-  if out.resolve() == root or root.is_relative_to(out.resolve()):
-    raise _cli.UsageError(f"--images ({root}) must not be --out ({out.resolve()}) or inside "
-                          "it: the run would read its own outputs; choose another --out")
   paths, names, skipped = image_io.collect_images(root, recursive=cfg.recursive, exclude=out)
   if not paths:
     raise _cli.UsageError(f"no image files in {str(root)!r} (looked for "
@@ -238,9 +235,14 @@ def check_config(cfg) -> dsm.PipelineConfig:
 
 
 def prepare_out(cfg) -> pathlib.Path:
-  """The output folder, created; refuses a file, or a folder holding files (unless
-  ``overwrite``), so that no run silently replaces another's outputs."""
+  """The output folder; refuses --images equal to or inside it, a file, or a folder holding
+  files (unless ``overwrite``), so that no run silently replaces another's outputs."""
   out = pathlib.Path(cfg.out or DEFAULT_OUT).expanduser()
+  if cfg.images:
+    root, resolved = pathlib.Path(cfg.images).expanduser().resolve(), out.resolve()
+    if resolved == root or root.is_relative_to(resolved):
+      raise _cli.UsageError(f"--images ({root}) must not be --out ({resolved}) or inside it: "
+                            "the run would read its own outputs; choose another --out")
   for parent in [out, *out.parents]:
     if parent.exists() and not parent.is_dir():
       raise _cli.UsageError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
@@ -283,7 +285,8 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
   stream = batching.segment_photos(
       segmenter, sources, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
       bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip)
-  for photo, res, timing in tqdm(stream, total=len(sources), desc="segment", unit="photo"):
+  for photo, res, timing in tqdm(stream, total=len(sources), desc="segment", unit="photo",
+                                   disable=None):
     name = photo.source.name
     records.append(outputs.write_photo(
         photo, res, stem=photo_dir / name, rel=f"{PHOTOS}/{name}", patch_size=patch_size,

@@ -25,8 +25,6 @@ from collections.abc import Callable, Sequence
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-# Expected failures of the work itself (exit 1); UsageError (a ValueError) exits 2.
-EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError, WorkError)
 
 
 class UsageError(ValueError):
@@ -36,6 +34,10 @@ class UsageError(ValueError):
 class WorkError(RuntimeError):
   """The command was right but its work failed as a whole (e.g. no input could be
   processed): one line, exit status 1."""
+
+
+# Expected failures of the work itself (exit 1); UsageError (a ValueError) exits 2.
+EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError, WorkError)
 
 
 def parse_overrides(text: str) -> dict:

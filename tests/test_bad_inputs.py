@@ -23,6 +23,8 @@ from conftest import child_processes
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = "experiments.train_neuralef"
 EVAL = "experiments.evaluate_neuralef"
+SEG = "experiments.segment"
+SEG_TEST = "--config={repo}/experiments/configs/segment.py:test"
 TEST_CONFIG = "--config={repo}/experiments/configs/neuralef.py:test"
 # The checkpointed run of the `paths` fixture: the test preset, 2 steps, a checkpoint each.
 RUN = (TEST_CONFIG, "--config.train.num_steps=2")
@@ -95,6 +97,53 @@ CASES = [
                  id="eval-config-mismatch"),
     pytest.param(EVAL, ["--workdir={run}", *RUN, "--config.optim.learning_rate=nan"], 2,
                  "optim.learning_rate must be a finite number > 0", id="eval-config-value"),
+    # segment: flags and config values (exit 2), checked before the backbone loads
+    pytest.param(SEG, [SEG_TEST, "positional"], 2, "unexpected arguments", id="seg-positional"),
+    pytest.param(SEG, [SEG_TEST, "--config.dsm.nope=1"], 2, "nope", id="seg-unknown-field"),
+    pytest.param(SEG, [SEG_TEST.replace(":test", ":bogus")], 2, "unknown preset 'bogus'",
+                 id="seg-unknown-preset"),
+    pytest.param(SEG, [SEG_TEST, "--upsample=cubic"], 2, "upsample", id="seg-bad-enum"),
+    pytest.param(SEG, [SEG_TEST, "--k=1", "--out={tmp}/s"], 2, "num_eigenvectors must be ≥ 2",
+                 id="seg-k-1"),
+    pytest.param(SEG, [SEG_TEST, "--image_weight=nan", "--out={tmp}/s"], 2,
+                 "image_weight (λ) must be a finite number", id="seg-lambda-nan"),
+    pytest.param(SEG, [SEG_TEST, "--connectivity=6", "--out={tmp}/s"], 2, "4 or 8",
+                 id="seg-connectivity"),
+    pytest.param(SEG, [SEG_TEST, "--batch_size=0", "--out={tmp}/s"], 2, "batch_size",
+                 id="seg-batch-size-0"),
+    pytest.param(SEG, [SEG_TEST, "--image_size=-1", "--out={tmp}/s"], 2, "image_size",
+                 id="seg-image-size"),
+    pytest.param(SEG, [SEG_TEST, "--samples=nope", "--out={tmp}/s"], 2, "unknown bundled photos",
+                 id="seg-unknown-sample"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--images={one_image}", "--out={tmp}/s"], 2,
+                 "cannot be combined", id="seg-images-and-samples"),
+    pytest.param(SEG, [SEG_TEST, "--backbone_overrides=depth", "--out={tmp}/s"], 2,
+                 "is not key=value", id="seg-overrides-syntax"),
+    pytest.param(SEG, [SEG_TEST, "--backbone_overrides=nope=3", "--out={tmp}/s"], 2,
+                 "bad backbone settings", id="seg-overrides-field"),
+    pytest.param(SEG, [SEG_TEST, "--backbone=resnet", "--out={tmp}/s"], 2, "unknown backbone",
+                 id="seg-backbone-name"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--out={a_file}"], 2, "is a file, not a folder",
+                 id="seg-out-is-file"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--out={a_file}/sub"], 2, "is a file",
+                 id="seg-out-under-file"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--out={run}"], 2, "already holds files",
+                 id="seg-out-not-empty"),
+    pytest.param(SEG, [SEG_TEST, "--images={one_image}", "--out={one_image}"], 2,
+                 "must not be --out", id="seg-out-is-images"),
+    pytest.param(SEG, [SEG_TEST, "--images={one_image}", "--out={tmp}",
+                       "--config.overwrite=True"], 2, "must not be --out",
+                 id="seg-images-inside-out"),
+    pytest.param(SEG, [SEG_TEST, "--images={empty}", "--out={tmp}/s"], 2, "no image files",
+                 id="seg-images-empty"),
+    # segment: files and work (exit 1)
+    pytest.param(SEG, [SEG_TEST, "--images={tmp}/nowhere", "--out={tmp}/s"], 1,
+                 "does not exist", id="seg-images-missing"),
+    pytest.param(SEG, [SEG_TEST, "--images={unreadable}", "--out={tmp}/s_unreadable"], 1,
+                 "no photo could be processed", id="seg-all-unreadable"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--weights={evil}", "--backbone_overrides=",
+                       "--out={tmp}/s_evil"], 1, "Refusing to load posix.system",
+                 id="seg-unsafe-weights"),
 ]
 
 
