@@ -6,8 +6,6 @@ As DSM's ``extract_multi_region_segmentations`` (SPEC §4).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from spectral_jax import clustering, regions
 

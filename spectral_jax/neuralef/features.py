@@ -495,8 +495,9 @@ def prepare_features(config, *, backbone=None, refresh: bool = False, progress: 
 
 
 __all__ = [
-    "AugmentConfig", "augment_config", "check_data_config", "default_cache_dir", "load_backbone",
-    "prepare_features", "training_images", "FeatureCacheError", "FeatureSet", "augmented_views", "backbone_features",
+    "AugmentConfig", "augment_config", "check_data_config", "default_cache_dir",
+    "prepare_features", "training_images", "FeatureCacheError", "FeatureSet", "augmented_views",
+    "backbone_features",
     "backbone_identity", "cache_key", "cached_feature_set", "extract_feature_set",
     "high_level_features", "load_cached", "params_fingerprint", "save_cached",
 ]

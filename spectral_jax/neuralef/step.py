@@ -358,8 +358,13 @@ def _apply_update(config, tx, state: TrainState, loss, aux, grads):
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all devices of all processes)."""
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (AXIS,))
+  """A 1-D mesh with axis ``'data'`` over ``devices`` (default: all devices of all processes).
+
+  ``jax.make_mesh`` with an Auto axis type: shard_map's ``P('data')`` specs then take
+  unsharded inputs too (the Explicit default would require them sharded already)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (AXIS,), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 _STEP_CACHE: dict[Any, Callable] = {}
