@@ -141,6 +141,26 @@ def test_chunked_attention_matches_float64_attention(tokens, queries, rng):
   np.testing.assert_allclose(np.asarray(low, np.float32), expected, atol=5e-2)
 
 
+@pytest.mark.parametrize("tokens", [7, 600])
+def test_masked_keys_count_for_nothing(tokens, rng):
+  """Key masks (padding): the float64 softmax over the unmasked keys only, in both attention
+  forms, even where a masked key would have the largest logit by far (it must not set the row
+  maximum, or the real weights would underflow to 0/0)."""
+  q, k, v = (rng.normal(size=(2, tokens, 2, 16)).astype(np.float32) for _ in range(3))
+  mask = rng.random((2, tokens)) < 0.6
+  mask[:, 0] = True
+  k[~mask] = 500.0 * q.mean(axis=1, keepdims=True).repeat(tokens, 1)[~mask]  # huge logits
+  v[~mask] = 1e6
+  logits = np.einsum("bqhd,bkhd->bhqk", q.astype(np.float64), k) / 4.0
+  logits = np.where(mask[:, None, None, :], logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  expected = np.einsum("bhqk,bkhd->bqhd", weights / weights.sum(-1, keepdims=True), v)
+  chunked = jax.jit(vit.chunked_attention)(q, k, v, key_mask=mask)
+  np.testing.assert_allclose(chunked, expected, atol=1.5e-5)
+  xla = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(mask)[:, None, None, :])
+  np.testing.assert_allclose(xla, expected, atol=1.5e-5)
+
+
 @pytest.mark.parametrize("length", [1, 31, 32, 33, 1024, 1057, 5000])
 def test_blockwise_max_is_the_row_max(length, rng):
   x = rng.normal(size=(3, length)).astype(np.float32) * 100

@@ -210,8 +210,12 @@ def chunked_attention(q, k, v, *, key_mask=None, max_logits: int = 1 << 22, bloc
     # loop works in place, with no output buffer to allocate and zero.
     qi = jax.lax.dynamic_index_in_dim(out, i, keepdims=False)
     ki, vi = keys[i], values[i]
-    if key_mask is not None:  # masked keys: zero values and no share of the row sum
+    if key_mask is not None:
+      # A masked key becomes a copy of the first (CLS, never masked) key, so it cannot raise a
+      # row maximum, and its value row and row-sum entry are 0: it counts for nothing, without
+      # a pass over the (T, T) logits (masking those cost 20% of the forward at T = 3601).
       mi = jax.lax.dynamic_index_in_dim(key_mask, i // h, keepdims=False)
+      ki = jnp.where(mi[:, None], ki, ki[:1])
       vi = jnp.where(mi[:, None], vi, 0)
     # Padding here, per pair, in cache (padding all pairs before the loop was 10% slower).
     ki = jnp.concatenate([ki, jnp.broadcast_to(ki[:1], (padded - t, d))], axis=0)
@@ -221,8 +225,6 @@ def chunked_attention(q, k, v, *, key_mask=None, max_logits: int = 1 << 22, bloc
     outputs = []
     for start in range(0, t, chunk):
       logits = jnp.einsum("qd,kd->qk", qi[start:start + chunk], ki, preferred_element_type=f32)
-      if key_mask is not None:  # a masked key must not set the row maximum either
-        logits = jnp.where(jnp.pad(mi, (0, padded - t), constant_values=True), logits, -jnp.inf)
       p = jnp.exp(logits - _blockwise_max(logits, block)[:, None])
       y = jnp.einsum("qk,kd->qd", p.astype(vi.dtype), vi, preferred_element_type=f32)
       outputs.append((y[:, :d] / y[:, d:]).astype(q.dtype))
