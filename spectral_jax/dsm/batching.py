@@ -17,6 +17,8 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 
 from spectral_jax import image_ops
+from spectral_jax.data import images as image_io
 
 BUCKET_STEP = 8      # patches: grids are padded up to multiples of this
 PREFETCH = 8         # photos decoded ahead of the running batch
@@ -163,7 +166,6 @@ def prefetched(sources: Iterable[Source], prepare_fn: Callable[[Source], Photo],
   Errors of the expected kinds (PhotoError, unreadable files) go to ``on_error`` and the photo
   is skipped; others propagate.
   """
-  from spectral_jax.data import images as image_io  # pylint: disable=g-import-not-at-top
   expected = (PhotoError, image_io.ImageReadError, FileNotFoundError, ValueError)
   workers = workers or min(4, os.cpu_count() or 1)
   pending: collections.deque = collections.deque()
@@ -191,7 +193,6 @@ def prefetched(sources: Iterable[Source], prepare_fn: Callable[[Source], Photo],
 
 def photo_key(seed: int, name: str) -> jax.Array:
   """A PRNG key per photo from its name, so results do not depend on batching or order."""
-  import zlib  # pylint: disable=g-import-not-at-top
   return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
@@ -207,7 +208,6 @@ def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, bat
   to ``photo.grid``), ``timing`` the batch's seconds per photo. Skipped photos go to
   ``on_error``.
   """
-  import time  # pylint: disable=g-import-not-at-top
   p = segmenter.patch_size
   budget = patch_budget or max_patches(batch_size=batch_size)
   colour = segmenter.config.image_weight > 0
