@@ -142,3 +142,14 @@ def test_bad_images_are_refused_or_flagged(backbone, photos):
 def test_bad_config_names_the_field(backbone, field, value, fragment):
   with pytest.raises(ValueError, match=fragment):
     dsm.make_pipeline(backbone, dsm.PipelineConfig(**{field: value}))
+
+
+def test_buckets_pad_the_shorter_side_only_up_to_the_longer():
+  from spectral_jax.dsm import batching  # pylint: disable=import-outside-toplevel
+  # 840 px / 14 = 60 patches on the longer side: it is never padded to 64.
+  assert batching.bucket((60, 45), 8, max_side=60) == (60, 48)
+  assert batching.bucket((60, 60), 8, max_side=60) == (60, 60)
+  assert batching.bucket((57, 60), 8, max_side=60) == (60, 60)
+  assert batching.bucket((21, 32), 8, max_side=32) == (24, 32)
+  assert batching.bucket((13, 17), 8) == (16, 24)  # native sizes: no cap
+  assert batching.bucket((13, 17), 1) == (13, 17)

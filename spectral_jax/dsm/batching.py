@@ -114,11 +114,16 @@ def prepare(source: Source, *, image_size: int, patch_size: int, min_patches: in
                colours)
 
 
-def bucket(grid: tuple[int, int], step: int = BUCKET_STEP) -> tuple[int, int]:
-  """The padded grid of a photo: each side rounded up to a multiple of ``step`` patches."""
+def bucket(grid: tuple[int, int], step: int = BUCKET_STEP,
+           max_side: int | None = None) -> tuple[int, int]:
+  """The padded grid of a photo: each side rounded up to a multiple of ``step`` patches, but
+  not beyond ``max_side`` (the longer side of every photo resized to one image size, so that
+  side is never padded: at 840 px, 60 patches stay 60 rather than 64)."""
   if step <= 1:
     return tuple(grid)
-  return tuple(-(-g // step) * step for g in grid)
+  up = lambda g: -(-g // step) * step
+  return tuple(up(g) if max_side is None or g > max_side else min(up(g), max_side)
+               for g in grid)
 
 
 @dataclasses.dataclass
@@ -144,12 +149,12 @@ def pad_batch(photos: list[Photo], grid: tuple[int, int], patch_size: int,
 
 
 def batches(photos: Iterable[Photo], *, batch_size: int, patch_size: int,
-            bucket_step: int = BUCKET_STEP) -> Iterator[Batch]:
+            bucket_step: int = BUCKET_STEP, max_side: int | None = None) -> Iterator[Batch]:
   """Groups a stream of photos by bucket; yields each bucket's batch as soon as it is full,
   and the partly filled ones at the end (padded to ``batch_size``: one shape per bucket)."""
   open_buckets: dict[tuple[int, int], list[Photo]] = collections.OrderedDict()
   for photo in photos:
-    key = bucket(photo.grid, bucket_step)
+    key = bucket(photo.grid, bucket_step, max_side)
     group = open_buckets.setdefault(key, [])
     group.append(photo)
     if len(group) == batch_size:
@@ -217,7 +222,9 @@ def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, bat
                            min_patches=segmenter.config.min_patches(), patch_budget=budget,
                            keep_original=keep_original, colour_grid=colour)
   photos = prefetched(sources, prep, prefetch=prefetch, on_error=on_error)
-  for batch in batches(photos, batch_size=batch_size, patch_size=p, bucket_step=bucket_step):
+  longest = image_size // p if image_size > 0 else None  # every photo's longer side
+  for batch in batches(photos, batch_size=batch_size, patch_size=p, bucket_step=bucket_step,
+                       max_side=longest):
     t0 = time.perf_counter()
     rngs = jax.numpy.stack([photo_key(seed, ph.source.name) for ph in batch.photos]
                            + [photo_key(seed, batch.photos[-1].source.name)]
