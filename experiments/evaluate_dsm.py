@@ -25,6 +25,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from experiments import common
 from spectral_jax import _cli, backbones, datasets, dsm, evaluation
 from spectral_jax.data import images as image_io
 
@@ -97,14 +98,6 @@ def check_out(cfg) -> pathlib.Path:
   return out
 
 
-def load_backbone(cfg) -> backbones.Backbone:
-  b = cfg.backbone
-  if b.weights == "random":
-    config = backbones.get_config(b.name, dtype=b.dtype, **_cli.parse_overrides(b.overrides))
-    return backbones.init_backbone(config, seed=cfg.seed)
-  return backbones.load_pretrained(b.name, b.weights or None, dtype=b.dtype)
-
-
 def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
   """(metric, measured, paper) rows: CorLoc in %, segmentation scores as fractions."""
   paper = evaluation.PAPER.get(name, {})
@@ -123,7 +116,7 @@ def run(cfg) -> dict:
   dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None)  # before creating out
   out.mkdir(parents=True, exist_ok=True)
   kind = datasets.kind(cfg.dataset)
-  backbone = load_backbone(cfg)
+  backbone = common.load_backbone(cfg)
   segmenter = dsm.make_pipeline(backbone, pipeline_config)
   n = min(cfg.limit or len(dataset), len(dataset))
   print(f"DSM on {cfg.dataset} {dataset.split}: {n} of {len(dataset)} images from "
@@ -167,12 +160,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise _cli.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = config_from_flags()
-  if cfg.compilation_cache:
-    import jax  # pylint: disable=import-outside-toplevel
-    folder = (backbones.cache_dir() / "xla" if cfg.compilation_cache == "default"
-              else pathlib.Path(cfg.compilation_cache))
-    jax.config.update("jax_compilation_cache_dir", str(folder.expanduser()))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  common.enable_compilation_cache(cfg.compilation_cache)
   run(cfg)
 
 

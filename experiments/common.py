@@ -1,0 +1,31 @@
+"""Pieces the DSM commands share: the backbone of a config, the XLA compilation cache.
+
+``experiments/segment.py`` still holds its own copies of these two functions (it is frozen on
+this branch); it should import them from here.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from spectral_jax import _cli, backbones
+
+
+def load_backbone(cfg) -> backbones.Backbone:
+  """The backbone of ``cfg.backbone`` (offline pretrained, from a path, or random)."""
+  b = cfg.backbone
+  if b.weights == "random":
+    config = backbones.get_config(b.name, dtype=b.dtype, **_cli.parse_overrides(b.overrides))
+    return backbones.init_backbone(config, seed=cfg.seed)
+  return backbones.load_pretrained(b.name, b.weights or None, dtype=b.dtype)
+
+
+def enable_compilation_cache(setting: str) -> pathlib.Path | None:
+  """Turns on JAX's persistent compilation cache ("default", a folder, or "" for off)."""
+  if not setting:
+    return None
+  import jax  # pylint: disable=import-outside-toplevel
+  folder = backbones.cache_dir() / "xla" if setting == "default" else pathlib.Path(setting)
+  jax.config.update("jax_compilation_cache_dir", str(folder.expanduser()))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  return folder
