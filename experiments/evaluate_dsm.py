@@ -1,0 +1,168 @@
+r"""Deep Spectral Methods on a benchmark: CorLoc (VOC07 / VOC12) or single-object segmentation
+(ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011), beside the paper's number.
+
+  python -m experiments.evaluate_dsm --dataset=voc07|voc12|ecssd|duts|dut_omron|cub \
+      --data_dir=DIR --out=OUT [--split=SPLIT] [--limit=N] [--overwrite] [--config.*=...]
+
+DIR is where the official archives were extracted (see spectral_jax/datasets/voc.py and
+saliency.py for the archive names); nothing is downloaded. Writes OUT/metrics.json (CorLoc:
+"corloc", "num_images", "num_hits"; masks: "iou", "accuracy", "max_f_beta", "num_images"),
+OUT/boxes.json (image id → DSM box [x0, y0, x1, y1] in pixels, x1/y1 exclusive),
+OUT/per_image.json and, with --config.save_masks=True, OUT/masks/<id>.png. The work is
+``spectral_jax.evaluation.evaluate_dsm``; exit code 0 on success, 1 when the data is missing or
+nothing could be evaluated, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+from absl import flags, logging
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from experiments import common
+from spectral_jax import _cli, backbones, datasets, dsm, evaluation
+from spectral_jax.data import images as image_io
+
+KINDS = ("boxes", "mask")
+NAMES = tuple(n for n in datasets.DATASETS if datasets.kind(n) in KINDS)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", str(pathlib.Path(__file__).parent / "configs" / "evaluate_dsm.py"),
+    "ml_collections config (experiments/configs/evaluate_dsm.py[:preset]); override fields "
+    "with --config.<field>=value.", lock_config=True)
+_SHORT_FLAGS = {
+    "dataset": (flags.DEFINE_string, f"benchmark: {', '.join(NAMES)}"),
+    "data_dir": (flags.DEFINE_string, "folder holding the extracted official archives"),
+    "split": (flags.DEFINE_string, "split (default: trainval for VOC, test otherwise)"),
+    "out": (flags.DEFINE_string, "output folder (must be empty unless --overwrite)"),
+    "limit": (flags.DEFINE_integer, "evaluate the first N images only"),
+    "overwrite": (flags.DEFINE_boolean, "replace the files of an earlier run in --out"),
+}
+for _name, (_define, _help) in _SHORT_FLAGS.items():
+  _define(_name, None, _help)
+
+
+def config_from_flags():
+  cfg = _CONFIG.value
+  with cfg.unlocked():
+    for name in _SHORT_FLAGS:
+      if flags.FLAGS[name].value is not None:
+        cfg[name] = flags.FLAGS[name].value
+  return cfg
+
+
+def check_config(cfg) -> dsm.PipelineConfig:
+  """Validates the settings before any work. Raises _cli.UsageError naming the field."""
+  if cfg.dataset not in NAMES:
+    raise _cli.UsageError(f"--dataset must be one of {', '.join(NAMES)}; got {cfg.dataset!r}")
+  if not cfg.data_dir:
+    raise _cli.UsageError("--data_dir is required: the folder the official archives were "
+                          "extracted into")
+  if not cfg.out:
+    raise _cli.UsageError("--out is required: a new folder for metrics.json and boxes.json")
+  if cfg.limit < 0 or cfg.batch_size < 1 or cfg.image_size < 0 or cfg.prefetch < 1:
+    raise _cli.UsageError(f"limit and image_size must be ≥ 0, batch_size and prefetch ≥ 1 (got "
+                          f"{cfg.limit}, {cfg.image_size}, {cfg.batch_size}, {cfg.prefetch})")
+  if cfg.dsm.upsample not in dsm.UPSAMPLE_METHODS:
+    raise _cli.UsageError(f"dsm.upsample must be one of {dsm.UPSAMPLE_METHODS}")
+  if cfg.backbone.name not in backbones.BACKBONES:
+    raise _cli.UsageError(f"unknown backbone {cfg.backbone.name!r}; choose one of "
+                          f"{', '.join(backbones.BACKBONES)}")
+  if cfg.backbone.overrides and cfg.backbone.weights != "random":
+    raise _cli.UsageError("backbone.overrides only applies to backbone.weights='random'")
+  try:
+    pipeline = dsm.PipelineConfig.from_config(cfg)
+    pipeline.validate()
+    backbones.get_config(cfg.backbone.name, dtype=cfg.backbone.dtype,
+                         **_cli.parse_overrides(cfg.backbone.overrides))
+  except (KeyError, TypeError, ValueError) as e:
+    raise _cli.UsageError(f"bad setting: {e}") from e
+  return pipeline
+
+
+def check_out(cfg) -> pathlib.Path:
+  """The output folder (not created yet); refuses a file, or a folder holding files unless
+  --overwrite, so that no run silently replaces another's results."""
+  out = pathlib.Path(cfg.out).expanduser()
+  if out.exists() and not out.is_dir():
+    raise _cli.UsageError(f"--out {str(out)!r} is a file, not a folder")
+  if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+    raise _cli.UsageError(f"--out {str(out)!r} already holds files (an earlier run?); choose "
+                          "another --out or pass --overwrite to replace them")
+  return out
+
+
+def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
+  """(metric, measured, paper) rows: CorLoc in %, segmentation scores as fractions."""
+  paper = evaluation.PAPER.get(name, {})
+  fmt = lambda v, pct: "—" if v is None else (f"{v:.1f}" if pct else f"{v:.3f}")
+  if "corloc" in measured:
+    return [("CorLoc (%)", fmt(100 * measured["corloc"], True), fmt(paper.get("corloc"), True))]
+  return [(label, fmt(measured[key], False), fmt(paper.get(key), False))
+          for key, label in (("iou", "IoU"), ("accuracy", "accuracy"),
+                             ("max_f_beta", "maxFβ (β²=0.3)"))]
+
+
+def run(cfg) -> dict:
+  t0 = time.perf_counter()
+  pipeline_config = check_config(cfg)
+  out = check_out(cfg)
+  dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None)  # before creating out
+  out.mkdir(parents=True, exist_ok=True)
+  kind = datasets.kind(cfg.dataset)
+  backbone = common.load_backbone(cfg)
+  segmenter = dsm.make_pipeline(backbone, pipeline_config)
+  n = min(cfg.limit or len(dataset), len(dataset))
+  print(f"DSM on {cfg.dataset} {dataset.split}: {n} of {len(dataset)} images from "
+        f"{dataset.root} → {out}/\nbackbone {cfg.backbone.name} "
+        f"({cfg.backbone.weights or 'pretrained'}), image size {cfg.image_size or 'native'}, "
+        f"K={cfg.dsm.num_eigenvectors}\nweights: {backbone.config.weights_note}", flush=True)
+
+  def skip(image_id, error):
+    tqdm.write(f"skipping {image_id}: {error}", file=sys.stderr)
+
+  def save_mask(image_id, mask):
+    path = out / "masks" / f"{image_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_io.write_png(path, np.where(mask, 255, 0).astype(np.uint8))
+
+  result = evaluation.evaluate_dsm(
+      segmenter, dataset, kind=kind, image_size=cfg.image_size, batch_size=cfg.batch_size,
+      limit=cfg.limit or None, seed=cfg.seed, upsample=cfg.dsm.upsample, prefetch=cfg.prefetch,
+      bucket_step=cfg.bucket_step, on_error=skip,
+      on_mask=save_mask if cfg.save_masks else None)
+  record = dict(result.metrics, dataset=cfg.dataset, split=dataset.split,
+                paper=evaluation.PAPER.get(cfg.dataset), failures=result.failures,
+                box_format="[x0, y0, x1, y1] pixels of the image, x1/y1 exclusive",
+                config=cfg.to_dict(), wall_s=round(time.perf_counter() - t0, 2))
+  (out / "metrics.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
+  (out / "boxes.json").write_text(json.dumps(result.boxes, indent=1))
+  (out / "per_image.json").write_text(json.dumps(result.per_image, indent=1))
+  rows = report_rows(cfg.dataset, result.metrics)
+  print(f"\n{cfg.dataset} {dataset.split}, {result.metrics['num_images']} images"
+        f"{f', {len(result.failures)} skipped' if result.failures else ''}:")
+  print(f"{'metric':<16} {'measured':>9} {'paper':>7}")
+  for metric, measured, paper in rows:
+    print(f"{metric:<16} {measured:>9} {paper:>7}")
+  print(f"(paper: {(evaluation.PAPER.get(cfg.dataset) or {}).get('source', '—')})\n"
+        f"metrics.json, boxes.json, per_image.json in {out}/ ({record['wall_s']:.1f} s)")
+  return record
+
+
+def main(argv) -> None:
+  logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise _cli.UsageError(f"unexpected arguments: {argv[1:]}")
+  cfg = config_from_flags()
+  common.enable_compilation_cache(cfg.compilation_cache)
+  run(cfg)
+
+
+if __name__ == "__main__":
+  _cli.run(main)

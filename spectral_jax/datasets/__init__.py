@@ -1,0 +1,51 @@
+"""Benchmarks read from their official on-disk layouts (the user extracts the archives).
+
+    ds = datasets.load("voc07", "/data", split="trainval")   # a random-access DataSource
+    record = ds[0]          # Record: image (H, W, 3) uint8, boxes, masks ... (NumPy only)
+    for r in datasets.iterate(ds, shuffle=True, seed=0): ...  # grain: shard, shuffle, prefetch
+
+Readers decode with NumPy / PIL and never import TensorFlow. One module per family:
+``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011).
+"""
+
+from __future__ import annotations
+
+from spectral_jax.datasets import saliency
+from spectral_jax.datasets import voc
+from spectral_jax.datasets.core import IGNORE
+from spectral_jax.datasets.core import DataSource
+from spectral_jax.datasets.core import MissingDataError
+from spectral_jax.datasets.core import Record
+from spectral_jax.datasets.core import iterate
+
+# name → (reader, default split, kind of ground truth the evaluation uses)
+DATASETS = {
+    "voc07": (lambda d, s: voc.VOC(d, "2007", s), "trainval", "boxes"),
+    "voc12": (lambda d, s: voc.VOC(d, "2012", s), "trainval", "boxes"),
+    "voc12_seg": (lambda d, s: voc.VOC(d, "2012", s, task="segmentation"), "val", "semantic"),
+    "ecssd": (saliency.ecssd, "test", "mask"),
+    "duts": (saliency.duts_te, "test", "mask"),
+    "dut_omron": (saliency.dut_omron, "test", "mask"),
+    "cub": (lambda d, s: saliency.CUB(d, s), "test", "mask"),
+}
+
+
+def load(name: str, data_dir, split: str | None = None) -> DataSource:
+  """The ``split`` (default: the benchmark's evaluation split) of dataset ``name``.
+
+  Raises:
+    ValueError: unknown name. MissingDataError: the layout is not under ``data_dir``.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+  reader, default, _ = DATASETS[name]
+  return reader(data_dir, split or default)
+
+
+def kind(name: str) -> str:
+  """"boxes" (CorLoc), "mask" (single-object IoU / acc / maxFβ) or "semantic"."""
+  return DATASETS[name][2]
+
+
+__all__ = ["DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record", "iterate", "kind",
+           "load", "saliency", "voc"]

@@ -1,0 +1,294 @@
+"""Benchmark protocols of the papers, and DSM evaluated over a dataset (SPEC §6, §8).
+
+Protocols (each a small function over NumPy arrays, checked against hand-made cases):
+
+* :func:`corloc` — LOST / DSM / TokenCut: one predicted box per image; a hit when its IoU with
+  ANY ground-truth box of the image (difficult ones included) is ≥ 0.5; images without boxes
+  count as misses (LOST's loop); CorLoc = hits / images.
+* :class:`SingleObjectScores` — DSM single-object segmentation (``object-segmentation/
+  metrics.py``): per-image IoU (0 when both masks are empty) and pixel accuracy, averaged over
+  images; maxFβ with β² = 0.3 over the 254 thresholds ``t = k/255, k = 1..254`` of a score map
+  in [0, 1] (``pred > t``): precision (1 for an empty prediction) and recall (1 for an empty
+  ground truth) per image, Fβ = (1 + β²)PR / (β²P + R) (0 where undefined), averaged over
+  images per threshold, then the maximum over thresholds. For a binary mask every threshold
+  gives the same mask, so maxFβ is the mean Fβ.
+* :func:`semantic_scores` — unsupervised semantic segmentation: a (classes × clusters)
+  confusion pooled over the dataset (255 ignored), clusters matched to classes by the
+  Hungarian algorithm on IoU (DSM ``eval_utils.hungarian_match``) or by majority vote
+  (NeuralEF); mIoU and pixel accuracy of the matched confusion.
+
+:func:`evaluate_dsm` runs the DSM pipeline over a :class:`~spectral_jax.datasets.DataSource`
+(streamed through ``dsm.batching.segment_photos``: memory bounded by the prefetch depth) and
+applies the protocol of the dataset's kind. It never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from spectral_jax import clustering, metrics
+
+CORLOC_THRESHOLD = 0.5
+BETA_SQ = 0.3
+F_THRESHOLDS = np.arange(1, 255) / 255.0  # DSM's np.arange(0, 1, 1/255) without 0: 254 values
+
+# The papers' figures beside which the command prints its measurements (SPEC §6–7; None where
+# SPEC quotes no figure). CorLoc in %, single-object IoU as a fraction.
+PAPER = {
+    "voc07": {"corloc": 62.7, "source": "DSM (FOUND's table, SPEC §7)"},
+    "voc12": {"corloc": 66.4, "source": "DSM (FOUND's table, SPEC §6–7)"},
+    "ecssd": {"iou": 0.733, "source": "DSM single-object IoU (SPEC §6)"},
+    "cub": {"iou": 0.769, "source": "DSM single-object IoU (SPEC §6)"},
+    "duts": {"source": "not quoted in SPEC §6"},
+    "dut_omron": {"source": "not quoted in SPEC §6"},
+    "voc12_seg": {"miou": 30.8, "source": "DSM semantic mIoU before self-training (SPEC §6)"},
+}
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def corloc_hit(box, gt_boxes, threshold: float = CORLOC_THRESHOLD) -> tuple[bool, float]:
+  """(hit, best IoU) of one predicted box against an image's (G, 4) ground-truth boxes."""
+  gt = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+  if len(gt) == 0:
+    return False, 0.0
+  ious = np.asarray(metrics.box_iou(np.asarray(box, np.float32)[None], gt))[0]
+  best = float(ious.max())
+  return bool(best >= threshold), best
+
+
+def corloc(pred_boxes: Mapping[str, object], gt_boxes: Mapping[str, object],
+           threshold: float = CORLOC_THRESHOLD) -> dict:
+  """CorLoc over images (LOST's protocol).
+
+  Args:
+    pred_boxes: image id → one box [x0, y0, x1, y1] (pixels, x1/y1 exclusive).
+    gt_boxes: image id → (G, 4) boxes in the same convention; every id of ``pred_boxes``
+      must be present.
+  Returns:
+    {"corloc": hits / images (fraction), "num_images", "num_hits", "threshold"}.
+  """
+  missing = sorted(set(pred_boxes) - set(gt_boxes))
+  if missing:
+    raise ValueError(f"no ground truth for {len(missing)} predicted images (first: "
+                     f"{missing[0]!r})")
+  if not pred_boxes:
+    raise ValueError("corloc of zero images is undefined")
+  hits = sum(corloc_hit(b, gt_boxes[k], threshold)[0] for k, b in pred_boxes.items())
+  return {"corloc": hits / len(pred_boxes), "num_images": len(pred_boxes), "num_hits": hits,
+          "threshold": threshold}
+
+
+def precision_recall(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Precision and recall of binary masks (..., H, W) → (...), 1 where the denominator is 0."""
+  p, t = np.asarray(pred, bool), np.asarray(target, bool)
+  tp = np.sum(p & t, axis=(-2, -1)).astype(np.float64)
+  area_p, area_t = p.sum(axis=(-2, -1)), t.sum(axis=(-2, -1))
+  precision = np.where(area_p > 0, tp / np.maximum(area_p, 1), 1.0)
+  recall = np.where(area_t > 0, tp / np.maximum(area_t, 1), 1.0)
+  return precision, recall
+
+
+def f_beta(precision, recall, beta_sq: float = BETA_SQ) -> np.ndarray:
+  """(1 + β²)PR / (β²P + R), 0 where P = R = 0."""
+  p, r = np.asarray(precision, np.float64), np.asarray(recall, np.float64)
+  den = beta_sq * p + r
+  return np.where(den > 0, (1 + beta_sq) * p * r / np.where(den > 0, den, 1.0), 0.0)
+
+
+class SingleObjectScores:
+  """Streaming single-object segmentation scores (IoU, accuracy, maxFβ); see the module doc.
+
+  ``add(score, target)`` per image (score: (H, W) bool mask or float map in [0, 1]);
+  ``result()`` the dataset figures. Memory: one running sum per threshold.
+  """
+
+  def __init__(self, thresholds: np.ndarray = F_THRESHOLDS, beta_sq: float = BETA_SQ):
+    self.thresholds = np.asarray(thresholds, np.float64)
+    self.beta_sq = beta_sq
+    self.ious: list[float] = []
+    self.accuracies: list[float] = []
+    self._f_sum = np.zeros(len(self.thresholds))
+
+  def add(self, score: np.ndarray, target: np.ndarray) -> dict:
+    """Scores one image; returns its {"iou", "accuracy", "f_beta"} (f_beta at t = 0.5)."""
+    s, t = np.asarray(score), np.asarray(target, bool)
+    if s.shape != t.shape or s.ndim != 2:
+      raise ValueError(f"prediction {s.shape} and ground truth {t.shape} must be one (H, W)")
+    s = s.astype(np.float64)
+    if np.any((s < 0) | (s > 1)) or not np.all(np.isfinite(s)):
+      raise ValueError("scores must lie in [0, 1] (a bool mask or probabilities)")
+    hard = s > 0.5
+    iou = float(metrics.mask_iou(hard, t))
+    acc = float(np.mean(hard == t))
+    # pixels with score > th, overall and among the ground-truth pixels, for every threshold at
+    # once: counts above each threshold in the sorted scores (exact, no (T, H, W) array).
+    above = lambda v: v.size - np.searchsorted(np.sort(v, axis=None), self.thresholds, "right")
+    area_p, tp, area_t = above(s), above(s[t]), int(t.sum())
+    precision = np.where(area_p > 0, tp / np.maximum(area_p, 1), 1.0)
+    recall = np.where(area_t > 0, tp / max(area_t, 1), 1.0)
+    self._f_sum += f_beta(precision, recall, self.beta_sq)
+    self.ious.append(iou)
+    self.accuracies.append(acc)
+    return {"iou": iou, "accuracy": acc,
+            "f_beta": float(f_beta(*precision_recall(hard, t), self.beta_sq))}
+
+  def result(self) -> dict:
+    n = len(self.ious)
+    if n == 0:
+      raise ValueError("no image was scored")
+    mean_f = self._f_sum / n
+    return {"iou": float(np.mean(self.ious)), "accuracy": float(np.mean(self.accuracies)),
+            "max_f_beta": float(mean_f.max()),
+            "max_f_beta_threshold": float(self.thresholds[int(np.argmax(mean_f))]),
+            "beta_sq": self.beta_sq, "num_thresholds": len(self.thresholds), "num_images": n}
+
+
+def confusion_counts(target: np.ndarray, pred: np.ndarray, num_classes: int,
+                     num_clusters: int, ignore: int = 255) -> np.ndarray:
+  """(num_classes, num_clusters) int64 counts of (class, cluster) pixel pairs, ``ignore``
+  pixels excluded.
+
+  Raises:
+    ValueError: shapes differ, or a label / cluster id is out of range.
+  """
+  t, p = np.asarray(target).ravel(), np.asarray(pred).ravel()
+  if np.shape(target) != np.shape(pred):
+    raise ValueError(f"target {np.shape(target)} and prediction {np.shape(pred)} differ")
+  keep = t != ignore
+  t, p = t[keep].astype(np.int64), p[keep].astype(np.int64)
+  if t.size and (t.min() < 0 or t.max() >= num_classes):
+    raise ValueError(f"labels must be in [0, {num_classes}) or {ignore}; got {t.min()}..{t.max()}")
+  if p.size and (p.min() < 0 or p.max() >= num_clusters):
+    raise ValueError(f"clusters must be in [0, {num_clusters}); got {p.min()}..{p.max()}")
+  return np.bincount(t * num_clusters + p, minlength=num_classes * num_clusters).reshape(
+      num_classes, num_clusters)
+
+
+def semantic_scores(confusion: np.ndarray, matching: str = "hungarian",
+                    absent: str = "skip") -> dict:
+  """mIoU and pixel accuracy after mapping clusters to classes.
+
+  Args:
+    confusion: (num_classes, num_clusters) pooled counts (:func:`confusion_counts`).
+    matching: "hungarian" (one-to-one, DSM) or "majority" (many-to-one, NeuralEF).
+    absent: classes absent from ground truth and prediction: "skip" or "zero"
+      (``metrics.mean_iou``).
+  Returns:
+    {"miou", "pixel_accuracy", "iou_per_class", "lookup" (cluster → class)}; mIoU and
+    accuracy as fractions.
+  """
+  c = np.asarray(confusion, np.int64)
+  if matching == "hungarian":
+    lookup = clustering.hungarian_match(c)
+  elif matching == "majority":
+    lookup = clustering.majority_vote_match(c)
+  else:
+    raise ValueError(f"matching must be 'hungarian' or 'majority'; got {matching!r}")
+  matched = np.zeros((c.shape[0], c.shape[0]), np.int64)
+  np.add.at(matched.T, lookup, c.T)   # column j of c goes to column lookup[j]
+  return {"miou": float(metrics.mean_iou(matched, absent=absent)),
+          "pixel_accuracy": float(metrics.pixel_accuracy(matched)),
+          "iou_per_class": [float(v) for v in np.asarray(metrics.iou_per_class(matched))],
+          "lookup": lookup.tolist()}
+
+
+# ----------------------------------------------------------------------------- DSM over a dataset
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """What :func:`evaluate_dsm` measured."""
+  metrics: dict                    # the protocol's dataset figures (+ "num_images")
+  boxes: dict[str, list[int]]      # image id → [x0, y0, x1, y1] pixels, x1/y1 exclusive
+  per_image: dict[str, dict]       # image id → its scores (hit / IoU ...)
+  failures: dict[str, str]         # image id → why it was skipped
+
+
+def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_size: int = 4,
+                 limit: int | None = None, seed: int = 0, upsample: str = "nearest",
+                 prefetch: int = 8, bucket_step: int = 8, progress: bool = True,
+                 on_error: Callable[[str, Exception], None] | None = None,
+                 on_mask: Callable[[str, np.ndarray], None] | None = None) -> Evaluation:
+  """Runs ``segmenter`` (``dsm.make_pipeline``) over ``dataset`` and scores it.
+
+  Args:
+    segmenter: the jitted DSM pipeline.
+    dataset: a ``datasets.DataSource`` (``len``, ``[i] -> Record``).
+    kind: "boxes" (CorLoc of the DSM box vs the record's boxes) or "mask" (single-object
+      scores of the DSM object mask at the image's size vs ``record.mask``).
+    image_size, batch_size, seed, prefetch, bucket_step: as ``dsm.batching.segment_photos``.
+    limit: evaluate the first ``limit`` images only (None: all).
+    upsample: the object mask's upsampling ("nearest", the reference, or "bilinear").
+    progress: a tqdm bar on stderr.
+    on_error: called with (image id, error) for an image that cannot be read or processed;
+      it is skipped and listed in ``failures``.
+    on_mask: called with (image id, (H, W) bool object mask) for kind "mask" (to save it).
+  Raises:
+    ValueError: unknown kind; RuntimeError: no image could be evaluated.
+  """
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from spectral_jax import dsm  # pylint: disable=import-outside-toplevel
+  from spectral_jax.dsm import batching  # pylint: disable=import-outside-toplevel
+  if kind not in ("boxes", "mask"):
+    raise ValueError(f"kind must be 'boxes' or 'mask'; got {kind!r}")
+  n = len(dataset) if limit is None else min(int(limit), len(dataset))
+  # Each record's ground truth waits here from the moment its image is decoded (a prefetch
+  # thread) until its batch is done: at most prefetch + batch_size records are alive.
+  pending: dict[str, object] = {}
+  lock = threading.Lock()
+
+  def loader(i):
+    def load():
+      rec = dataset[i]
+      with lock:
+        pending[rec.id] = dataclasses.replace(rec, image=None)
+      return rec.image
+    return load
+
+  sources = [batching.Source(dataset.ids[i], str(dataset.image_path(dataset.ids[i])), loader(i))
+             for i in range(n)]
+  failures: dict[str, str] = {}
+
+  def skip(source, error):
+    failures[source.name] = str(error)
+    with lock:
+      pending.pop(source.name, None)
+    if on_error is not None:
+      on_error(source.name, error)
+
+  boxes, per_image, gt_boxes = {}, {}, {}
+  scores = SingleObjectScores()
+  stream = batching.segment_photos(segmenter, sources, image_size=image_size,
+                                   batch_size=batch_size, seed=seed, prefetch=prefetch,
+                                   bucket_step=bucket_step, on_error=skip)
+  for photo, res, _ in tqdm(stream, total=n, desc=f"DSM {dataset.name}", unit="img",
+                            disable=not progress):
+    with lock:
+      rec = pending.pop(photo.source.name)
+    box = dsm.scale_boxes(res.patches.box, photo.input_hw, photo.size)
+    boxes[rec.id] = [int(v) for v in box]
+    if kind == "boxes":
+      gt_boxes[rec.id] = rec.boxes
+      hit, best = corloc_hit(box, rec.boxes)
+      per_image[rec.id] = {"hit": hit, "best_iou": best, "num_gt_boxes": int(len(rec.boxes))}
+    else:
+      if rec.mask is None:
+        raise ValueError(f"{dataset.name} image {rec.id} has no ground-truth mask")
+      h, w = photo.grid
+      mask = dsm.object_mask(res.patches.fiedler[:h, :w], patch_size=segmenter.patch_size,
+                             input_hw=photo.input_hw, output_hw=photo.size, upsample=upsample)
+      per_image[rec.id] = scores.add(mask, rec.mask)
+      if on_mask is not None:
+        on_mask(rec.id, mask)
+  if not boxes:
+    raise RuntimeError(f"no image of {dataset.name} could be evaluated: " +
+                       "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:5]))
+  result = corloc(boxes, gt_boxes) if kind == "boxes" else scores.result()
+  result["num_failed"] = len(failures)
+  return Evaluation(metrics=result, boxes=boxes, per_image=per_image, failures=failures)

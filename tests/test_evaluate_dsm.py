@@ -1,0 +1,135 @@
+"""`python -m experiments.evaluate_dsm` end to end on format-true fixtures (tests/conftest.py),
+with the 1-block random backbone; metrics.json is checked against NumPy recomputations from
+boxes.json / the saved masks and the fixture's ground truth."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = pathlib.Path(__file__).absolute().parents[1]
+TINY = ["--config=experiments/configs/evaluate_dsm.py:test",
+        "--config.backbone.overrides=depth=1,width=64,num_heads=2,mlp_dim=128",
+        "--config.image_size=112", "--config.dsm.num_eigenvectors=6"]
+
+
+def _run(args, timeout=600):
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, "-m", "experiments.evaluate_dsm", *TINY, *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                        check=False)
+
+
+def _np_box_iou(a, b):
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+  h = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+  inter = w * h
+  area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])
+  return inter / (area(a) + area(b) - inter)
+
+
+@pytest.fixture(scope="module")
+def voc_run(voc_tree, tmp_path_factory):
+  out = tmp_path_factory.mktemp("eval_voc") / "out"
+  done = _run(["--dataset=voc07", f"--data_dir={voc_tree[0]}", f"--out={out}"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  return out, voc_tree[1], done
+
+
+def test_voc_corloc_matches_numpy_from_boxes_json(voc_run):
+  out, truth, _ = voc_run
+  m = json.loads((out / "metrics.json").read_text())
+  boxes = json.loads((out / "boxes.json").read_text())
+  assert sorted(boxes) == sorted(truth) and m["num_images"] == 3 and m["num_failed"] == 0
+  hits = 0
+  for image_id, box in boxes.items():
+    gt = truth[image_id]["boxes"]
+    assert len(box) == 4 and box[0] < box[2] and box[1] < box[3]
+    if len(gt):
+      assert box[2] <= 500 and box[3] <= 375          # inside the 500 × 375 photo
+      hits += bool(np.any(_np_box_iou(box, gt) >= 0.5))
+  assert m["corloc"] == pytest.approx(hits / 3) and m["num_hits"] == hits
+  assert m["dataset"] == "voc07" and m["split"] == "trainval"
+
+
+def test_voc_report_prints_measured_beside_paper(voc_run):
+  out, _, done = voc_run
+  m = json.loads((out / "metrics.json").read_text())
+  line = next(l for l in done.stdout.splitlines() if l.startswith("CorLoc"))
+  assert line.split()[-2:] == [f"{100 * m['corloc']:.1f}", "62.7"]
+
+
+def test_ecssd_scores_match_numpy_from_saved_masks(ecssd_tree, tmp_path):
+  base, truth = ecssd_tree
+  out = tmp_path / "out"
+  done = _run(["--dataset=ecssd", f"--data_dir={base}", f"--out={out}",
+               "--config.save_masks=True"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  ious, accs, fs = [], [], []
+  for image_id, t in truth.items():
+    p = np.asarray(Image.open(out / "masks" / f"{image_id}.png")) > 0
+    assert p.shape == t.shape
+    inter, union = (p & t).sum(), (p | t).sum()
+    ious.append(inter / union if union else 0.0)
+    accs.append((p == t).mean())
+    prec = inter / p.sum() if p.sum() else 1.0
+    rec = inter / t.sum() if t.sum() else 1.0
+    fs.append(1.3 * prec * rec / (0.3 * prec + rec) if prec + rec else 0.0)
+  assert m["num_images"] == 3
+  np.testing.assert_allclose([m["iou"], m["accuracy"], m["max_f_beta"]],
+                             [np.mean(ious), np.mean(accs), np.mean(fs)], rtol=1e-6)
+  assert set(json.loads((out / "boxes.json").read_text())) == set(truth)
+
+
+def test_limit_and_refused_out(voc_run, voc_tree, tmp_path):
+  out, _, _ = voc_run
+  again = _run(["--dataset=voc07", f"--data_dir={voc_tree[0]}", f"--out={out}"])
+  assert again.returncode == 2 and "already holds files" in again.stderr
+  assert len(again.stderr.strip().splitlines()) == 1
+  one = _run(["--dataset=voc07", f"--data_dir={voc_tree[0]}", f"--out={out}", "--overwrite",
+              "--limit=1"])
+  assert one.returncode == 0, one.stderr[-2000:]
+  assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
+
+
+@pytest.mark.parametrize("args,code,text", [
+    (["--dataset=voc2007"], 2, "--dataset must be one of voc07, voc12"),
+    (["--dataset=cub"], 1, "segmentations.tgz"),
+])
+def test_bad_dataset_and_missing_data_are_one_line_errors(tmp_path, args, code, text):
+  out = tmp_path / "out"
+  done = _run([*args, f"--data_dir={tmp_path}", f"--out={out}"])
+  assert done.returncode == code and text in done.stderr
+  assert done.stderr.strip().startswith("error:") and "Traceback" not in done.stderr
+  assert not out.exists()        # nothing created when the data is missing
+
+
+def test_reading_and_evaluating_never_imports_tensorflow(voc_tree, ecssd_tree):
+  """Training and evaluation must stay TensorFlow-free (tfds may be installed beside)."""
+  code = f"""
+import sys
+from spectral_jax import backbones, datasets, dsm, evaluation
+voc = datasets.load("voc12", {str(voc_tree[0])!r})
+[voc[i] for i in range(len(voc))]
+list(datasets.iterate(voc, shuffle=True, shard_index=0, shard_count=1))
+ds = datasets.load("ecssd", {str(ecssd_tree[0])!r})
+bb = backbones.init_backbone(backbones.get_config("dinov2_vits14", depth=1, width=64,
+                                                  num_heads=2, mlp_dim=128))
+seg = dsm.make_pipeline(bb, dsm.PipelineConfig(num_eigenvectors=6, num_segments=3))
+r = evaluation.evaluate_dsm(seg, ds, kind="mask", image_size=56, batch_size=2, progress=False)
+assert r.metrics["num_images"] == 3, r.metrics
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
+print("imported:", bad)
+sys.exit(1 if bad else 0)
+"""
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert done.returncode == 0, done.stdout[-500:] + done.stderr[-2000:]
