@@ -209,6 +209,10 @@ def test_input_validation(dinov2_small):
     backbones.extract_features(dinov2_small, jnp.zeros((1, 10, 28, 3)))
   with pytest.raises(ValueError, match="out of range"):
     backbones.extract_features(dinov2_small, jnp.zeros((1, 28, 28, 3)), blocks=(3,))
+  with pytest.raises(ValueError, match="divide 0–255 values by 255"):
+    backbones.extract_features(dinov2_small, np.full((1, 28, 28, 3), 200.0, np.float32))
+  with pytest.raises(ValueError, match="NaN"):
+    backbones.extract_features(dinov2_small, np.full((1, 28, 28, 3), np.nan, np.float32))
 
 
 def test_configs():

@@ -51,6 +51,17 @@ def test_exif_orientation_applied(tmp_path):
   assert images.read_image(path).shape == (6, 4, 3)
 
 
+def test_float_image_with_nan_is_refused(tmp_path):
+  a = np.linspace(0, 1, 12 * 10, dtype=np.float32).reshape(12, 10)
+  a[3, 4] = np.nan
+  Image.fromarray(a, mode="F").save(tmp_path / "nan.tiff")
+  with pytest.raises(images.ImageReadError, match="1 NaN/Inf pixel values"):
+    images.read_image(tmp_path / "nan.tiff")
+  a[3, 4] = 0.5
+  Image.fromarray(a, mode="F").save(tmp_path / "ok.tiff")
+  assert images.read_image(tmp_path / "ok.tiff").shape == (12, 10, 3)
+
+
 def test_missing_and_corrupt_files_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.png"):
     images.read_image(tmp_path / "nope.png")

@@ -476,6 +476,17 @@ def _check_images(images, patch_size: int) -> None:
                      f"{patch_size}-px patch.")
 
 
+def _check_host_values(images) -> None:
+  """NaN/Inf and the [0, 1] range of NumPy float images (free on the host; device arrays are
+  not read back)."""
+  if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
+    if not np.all(np.isfinite(images)):
+      raise ValueError("images contain NaN or Inf pixels; clean them first.")
+    if images.size and (images.min() < 0 or images.max() > 1):
+      raise ValueError(f"images must hold values in [0, 1]; got [{images.min():.3g}, "
+                       f"{images.max():.3g}] (divide 0–255 values by 255).")
+
+
 def _select_blocks(blocks, ids):
   """(L', B, N, C) patch tokens of blocks `ids` from (L, B, 1 + N, C)."""
   if ids == tuple(range(blocks.shape[0])):
@@ -524,8 +535,9 @@ def extract_features(backbone: Backbone, images: jax.Array, *,
 
   Jitted (static: image shape, `blocks`, `dtype`) with `compiler_options`; also usable inside
   other jitted functions (give those the same `compiler_options` for the same CPU speed).
-  Each new image shape compiles once (seconds on a CPU), so batch images of one size. Pixel
-  values are not range-checked (they are traced): scale uint8 images by 1/255 first.
+  Each new image shape compiles once (seconds on a CPU), so batch images of one size. NumPy
+  input is checked for NaN/Inf and the [0, 1] range (scale uint8 images by 1/255 first); jax
+  arrays are not read back for that.
 
   Args:
     backbone: a `Backbone` (from `load_pretrained` or `init_backbone`).
@@ -541,6 +553,7 @@ def extract_features(backbone: Backbone, images: jax.Array, *,
     `Features` with N = h·w patches and C = width.
   """
   blocks = None if blocks is None else tuple(int(i) for i in blocks)
+  _check_host_values(images)
   traced = is_traced(backbone, images)
   # JAX takes compiler options on top-level jits only: traced, the caller's jit decides.
   options = () if traced else tuple(sorted(compiler_options().items()))

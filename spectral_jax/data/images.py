@@ -24,13 +24,18 @@ class ImageReadError(ValueError):
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:
   """Converts any PIL image to an (H, W, 3) uint8 RGB array.
 
-  - "I;16"/"I"/"F" (16-bit or float grayscale): scaled by the mode's range to [0, 255].
+  - "I;16"/"I"/"F" (16-bit or float grayscale): scaled by the mode's range to [0, 255]; NaN or
+    Inf pixels raise `ImageReadError` (they would become arbitrary values).
   - "LA"/"RGBA"/"P" with transparency: alpha-composited over white.
   - "L", "1", "CMYK", "YCbCr", "P": converted by PIL.
   """
   mode = img.mode
   if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
     a = np.asarray(img, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+      bad = int(np.sum(~np.isfinite(a)))
+      raise ImageReadError(f"the image has {bad} NaN/Inf pixel values (of {a.size}); there is "
+                           "no meaningful way to show them: fix or mask the file")
     if mode == "F":
       lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
       a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
