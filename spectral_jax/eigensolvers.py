@@ -619,9 +619,21 @@ def _deflated_start(u0, n, bs, dtype, seed, valid=None):
 _PAD_MU = -2.0
 
 
+def _scaling(w: jax.Array, valid=None):
+  """(s = D^-½ (n,), the true degrees W 1 (n,)). With padding, degrees sum real columns only
+  (a matrix-vector product, not a masked copy of W) and s is 0 on padded nodes, so D^-½ W D^-½
+  has zero padded rows and columns whatever W holds there (finite values)."""
+  if valid is None:
+    return jax.lax.rsqrt(graphs.degrees(w)), jnp.sum(w, axis=-1)
+  d = _dot(w, valid.astype(w.dtype)[:, None])[:, 0]
+  d = jnp.where(valid, d, 0)
+  safe = jnp.where(d < graphs.MIN_DEGREE, jnp.ones_like(d), d)
+  return jnp.where(valid, jax.lax.rsqrt(safe), 0), d
+
+
 def _laplacian_eigh(w: jax.Array, k: int, valid=None):
   """Dense path: eigh of N = D^-½ W D^-½; returns (mu (k,) descending, U (n, k), s)."""
-  s = jax.lax.rsqrt(graphs.degrees(w))
+  s, _ = _scaling(w, valid)
   nmat = s[:, None] * w * s[None, :]
   if valid is not None:
     nmat = nmat + jnp.diag(jnp.where(valid, 0.0, _PAD_MU).astype(nmat.dtype))
@@ -629,9 +641,9 @@ def _laplacian_eigh(w: jax.Array, k: int, valid=None):
   return mu[::-1][:k], u[:, ::-1][:, :k], s
 
 
-def _top_vector(w: jax.Array):
-  """u₀ ∝ D^½ 1 on nodes with edges: the exact top eigenvector (μ = 1) of D^-½ W D^-½."""
-  d_true = jnp.sum(w, axis=-1)
+def _top_vector(d_true: jax.Array):
+  """u₀ ∝ D^½ 1 on nodes with edges (degrees ``d_true``): the exact top eigenvector (μ = 1) of
+  D^-½ W D^-½."""
   u0 = jnp.where(d_true >= graphs.MIN_DEGREE, jnp.sqrt(jnp.maximum(d_true, 0)), 0)
   u0 = jnp.where(jnp.any(u0 > 0), u0, jnp.ones_like(u0))  # no edges at all: N = 0
   return u0 / jnp.linalg.norm(u0)
@@ -642,8 +654,8 @@ def _laplacian_lobpcg(w, tol, seed, max_iters, *, k: int, guard: int, krylov_blo
   """LOBPCG on the deflated standard form; returns (mu, U, s, u₀ residual, rest's result)."""
   n = w.shape[-1]
   dtype = w.dtype
-  s = jax.lax.rsqrt(graphs.degrees(w))
-  u0 = _top_vector(w)
+  s, d_true = _scaling(w, valid)
+  u0 = _top_vector(d_true)
   pad = None if valid is None else jnp.where(valid, 0.0, _PAD_MU).astype(dtype)[:, None]
 
   def nmat(v):  # N v = D^-½ W D^-½ v (− 2 v on padded nodes)
@@ -672,8 +684,6 @@ def _laplacian_lobpcg(w, tol, seed, max_iters, *, k: int, guard: int, krylov_blo
 @functools.partial(jax.jit,
                    static_argnames=("k", "method", "guard", "krylov_blocks"))
 def _laplacian_single(w, tol, seed, max_iters, valid, *, k, method, guard, krylov_blocks):
-  if valid is not None:
-    w = jnp.where(valid[:, None] & valid[None, :], w, 0)
   if method == "eigh":
     mu, u, s = _laplacian_eigh(w, k, valid)
     nu = s[:, None] * _dot(w, s[:, None] * u)
@@ -730,7 +740,8 @@ def laplacian_eigenvectors(
       converged = True (a direct method; ``tol`` is not used).
     check_inputs: validate concrete W (shape, k vs n, NaN/Inf, symmetry, negative entries).
     valid: optional (n,) / (b, n) bool, the real nodes of a graph padded to a common size:
-      padded rows and columns of W are ignored, their entries of every eigenvector are 0, the
+      padded rows and columns of W are ignored (they must be finite), their entries of every
+      eigenvector are 0, the
       sign rule counts only real nodes, and LOBPCG starts from the rows an unpadded graph of the
       real nodes would get, so the result equals the unpadded solve's (up to rounding). Needs
       k below the number of real nodes.

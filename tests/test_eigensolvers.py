@@ -499,3 +499,23 @@ def test_laplacian_errors(case, match):
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       es.laplacian_eigenvectors(w, k, **kw)
+
+
+@pytest.mark.parametrize("method", ["eigh", "lobpcg"])
+def test_padded_graph_with_junk_equals_the_real_graph(method):
+  """valid=...: padded rows/columns of W are ignored whatever (finite) values they hold."""
+  rng = np.random.default_rng(5)
+  f = rng.normal(size=(300, 8)).astype(np.float32)
+  w = testing.dsm_affinity_np(f)
+  order = rng.permutation(340)
+  real, pad = order[:300], order[300:]
+  big = rng.uniform(0, 3, size=(340, 340)).astype(np.float32)
+  big = (big + big.T) / 2
+  big[np.ix_(real, real)] = w
+  valid = np.zeros(340, bool)
+  valid[real] = True
+  lam0, y0 = es.laplacian_eigenvectors(w, 6, method=method)
+  lam1, y1 = es.laplacian_eigenvectors(big, 6, method=method, valid=valid)
+  np.testing.assert_allclose(lam1, lam0, atol=1e-5)
+  assert not np.asarray(y1)[pad].any()
+  np.testing.assert_allclose(np.asarray(y1)[real], y0, atol=2e-4)
