@@ -5,8 +5,8 @@
     for r in datasets.iterate(ds, shuffle=True, seed=0): ...  # grain: shard, shuffle, prefetch
 
 Readers decode with NumPy / PIL and never import TensorFlow. One module per family:
-``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011), ``semantic`` (Pascal Context,
-Cityscapes, ADE20K), ``coco`` (COCO20k boxes).
+``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011),
+``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes).
 """
 
 from __future__ import annotations
