@@ -7,6 +7,30 @@ import pathlib
 from spectral_jax import _cli, backbones
 
 
+def apply_short_flags(cfg, short_flags: dict):
+  """``cfg`` with each short flag that was given set at its dotted field: ``short_flags`` maps
+  flag name → field path ("dsm.num_eigenvectors"). One place holds each default: the config."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  with cfg.unlocked():
+    for flag, field in short_flags.items():
+      value = flags.FLAGS[flag].value
+      if value is not None:
+        *parents, leaf = field.split(".")
+        node = cfg
+        for p in parents:
+          node = node[p]
+        node[leaf] = value
+  return cfg
+
+
+def run_main(argv, config, run) -> None:
+  """A DSM command's ``main``: no positional arguments, the compilation cache, ``run(config)``."""
+  if len(argv) > 1:
+    raise _cli.UsageError(f"unexpected arguments: {argv[1:]}")
+  enable_compilation_cache(config.compilation_cache)
+  run(config)
+
+
 def load_backbone(cfg) -> backbones.Backbone:
   """The backbone of ``cfg.backbone`` (offline pretrained, from a path, or random)."""
   b = cfg.backbone

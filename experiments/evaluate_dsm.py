@@ -21,7 +21,7 @@ import sys
 import time
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -49,12 +49,8 @@ for _name, (_define, _help) in _SHORT_FLAGS.items():
 
 
 def config_from_flags():
-  cfg = _CONFIG.value
-  with cfg.unlocked():
-    for name in _SHORT_FLAGS:
-      if flags.FLAGS[name].value is not None:
-        cfg[name] = flags.FLAGS[name].value
-  return cfg
+  """The --config file with the short flags that were given applied on top."""
+  return common.apply_short_flags(_CONFIG.value, {name: name for name in _SHORT_FLAGS})
 
 
 def check_config(cfg) -> dsm.PipelineConfig:
@@ -156,12 +152,7 @@ def run(cfg) -> dict:
 
 
 def main(argv) -> None:
-  logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    raise _cli.UsageError(f"unexpected arguments: {argv[1:]}")
-  cfg = config_from_flags()
-  common.enable_compilation_cache(cfg.compilation_cache)
-  run(cfg)
+  common.run_main(argv, config_from_flags(), run)
 
 
 if __name__ == "__main__":

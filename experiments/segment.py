@@ -326,25 +326,12 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
 
 def config_from_flags() -> ml_collections.ConfigDict:
   """The --config file with the short flags that were given applied on top."""
-  cfg = _CONFIG.value
-  with cfg.unlocked():
-    for flag, (field, _, _) in _SHORT_FLAGS.items():
-      value = flags.FLAGS[flag].value
-      if value is not None:
-        node = cfg
-        *parents, leaf = field.split(".")
-        for p in parents:
-          node = node[p]
-        node[leaf] = value
-  return cfg
+  return common.apply_short_flags(_CONFIG.value,
+                                  {flag: field for flag, (field, _, _) in _SHORT_FLAGS.items()})
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise _cli.UsageError(f"unexpected arguments: {argv[1:]}")
-  cfg = config_from_flags()
-  common.enable_compilation_cache(cfg.compilation_cache)
-  run(cfg)
+  common.run_main(argv, config_from_flags(), run)
 
 
 if __name__ == "__main__":
