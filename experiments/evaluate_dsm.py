@@ -85,13 +85,7 @@ def check_config(cfg) -> dsm.PipelineConfig:
 def check_out(cfg) -> pathlib.Path:
   """The output folder (not created yet); refuses a file, or a folder holding files unless
   --overwrite, so that no run silently replaces another's results."""
-  out = pathlib.Path(cfg.out).expanduser()
-  if out.exists() and not out.is_dir():
-    raise _cli.UsageError(f"--out {str(out)!r} is a file, not a folder")
-  if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-    raise _cli.UsageError(f"--out {str(out)!r} already holds files (an earlier run?); choose "
-                          "another --out or pass --overwrite to replace them")
-  return out
+  return _cli.output_folder(cfg.out, overwrite=cfg.overwrite, overwrite_hint="--overwrite")
 
 
 def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:

@@ -236,13 +236,8 @@ def prepare_out(cfg) -> pathlib.Path:
     if resolved == root or root.is_relative_to(resolved):
       raise _cli.UsageError(f"--images ({root}) must not be --out ({resolved}) or inside it: "
                             "the run would read its own outputs; choose another --out")
-  for parent in [out, *out.parents]:
-    if parent.exists() and not parent.is_dir():
-      raise _cli.UsageError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
-  if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-    raise _cli.UsageError(f"--out {str(out)!r} already holds files (an earlier run?); choose "
-                          "another --out or pass --config.overwrite=True to replace them")
-  return out
+  return _cli.output_folder(str(out), overwrite=cfg.overwrite,
+                           overwrite_hint="--config.overwrite=True")
 
 
 def run(cfg: ml_collections.ConfigDict) -> dict:

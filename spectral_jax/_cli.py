@@ -169,6 +169,20 @@ def directory_flag(name: str, value: str) -> pathlib.Path:
   return path
 
 
+def output_folder(value: str, *, overwrite: bool, overwrite_hint: str) -> pathlib.Path:
+  """An output folder (not created): a `UsageError` if it, or a folder above it, is a file, or
+  if it already holds files and ``overwrite`` is False — no run silently replaces another's
+  outputs. ``overwrite_hint`` names the flag that allows it."""
+  out = pathlib.Path(value).expanduser()
+  for parent in [out, *out.parents]:
+    if parent.exists() and not parent.is_dir():
+      raise UsageError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
+  if out.is_dir() and any(out.iterdir()) and not overwrite:
+    raise UsageError(f"--out {str(out)!r} already holds files (an earlier run?); choose "
+                     f"another --out or pass {overwrite_hint} to replace them")
+  return out
+
+
 def run(main: Callable[[Sequence[str]], int | None]) -> None:
   """``absl.app.run`` of ``main`` inside `error_boundary`, flags parsed by `parse_flags`.
 
