@@ -57,9 +57,9 @@ def check_config(cfg) -> dsm.PipelineConfig:
   """Validates the settings before any work. Raises _cli.UsageError naming the field."""
   if cfg.dataset not in NAMES:
     raise _cli.UsageError(f"--dataset must be one of {', '.join(NAMES)}; got {cfg.dataset!r}")
-  if not cfg.data_dir:
+  if not cfg.data_dir and not cfg.tfds_dir:
     raise _cli.UsageError("--data_dir is required: the folder the official archives were "
-                          "extracted into")
+                          "extracted into (or --config.tfds_dir: a prepared copy)")
   if not cfg.out:
     raise _cli.UsageError("--out is required: a new folder for metrics.json and boxes.json")
   if cfg.limit < 0 or cfg.batch_size < 1 or cfg.image_size < 0 or cfg.prefetch < 1:
@@ -103,7 +103,8 @@ def run(cfg) -> dict:
   t0 = time.perf_counter()
   pipeline_config = check_config(cfg)
   out = check_out(cfg)
-  dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None)  # before creating out
+  dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None,  # before creating out
+                          tfds_dir=cfg.tfds_dir or None)
   out.mkdir(parents=True, exist_ok=True)
   kind = datasets.kind(cfg.dataset)
   backbone = common.load_backbone(cfg)

@@ -23,6 +23,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.dataset = ""             # voc07, voc12, ecssd, duts, dut_omron, cub (spectral_jax.datasets)
   c.data_dir = ""            # the folder the official archives were extracted into
+  c.tfds_dir = ""            # read the copy experiments.prepare_dataset wrote there instead
   c.split = ""               # "" = the benchmark's split (VOC: trainval; saliency/CUB: test)
   c.out = ""                 # output folder (required)
   c.overwrite = False        # allow an --out that already holds files

@@ -7,6 +7,12 @@
 Readers decode with NumPy / PIL and never import TensorFlow. One module per family:
 ``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011),
 ``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes).
+
+Each dataset is also a tensorflow-datasets builder (``builders``, the ``data`` extra), prepared
+once to ArrayRecord and read with ``builder.as_data_source()`` (no TensorFlow either):
+
+    datasets.prepare("voc07", "/data", tfds_dir="/prepared")              # once
+    ds = datasets.load("voc07", split="trainval", tfds_dir="/prepared")   # same records
 """
 
 from __future__ import annotations
@@ -37,16 +43,43 @@ DATASETS = {
 }
 
 
-def load(name: str, data_dir, split: str | None = None) -> DataSource:
+def load(name: str, data_dir=None, split: str | None = None, *, tfds_dir=None) -> DataSource:
   """The ``split`` (default: the benchmark's evaluation split) of dataset ``name``.
 
+  Read from the official layout under ``data_dir``, or, with ``tfds_dir``, from the copy
+  :func:`prepare` wrote there (``data_dir`` is then not read); both give the same records.
+
   Raises:
-    ValueError: unknown name. MissingDataError: the layout is not under ``data_dir``.
+    ValueError: unknown name. MissingDataError: the layout is not under ``data_dir``, or the
+    split is not prepared in ``tfds_dir`` (or was prepared for another dataset / version).
   """
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+  if tfds_dir is not None:
+    return _builders().PreparedSource(name, tfds_dir, split)
+  if data_dir is None:
+    raise ValueError(f"load({name!r}) needs data_dir (the extracted archives) or tfds_dir")
   reader, default, _ = DATASETS[name]
   return reader(data_dir, split or default)
+
+
+def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir, progress: bool = True):
+  """Prepares ``split`` of ``name`` (from ``data_dir``) once to ArrayRecord under ``tfds_dir``
+  with its tfds builder; a no-op if already prepared. Returns the prepared folder.
+  See :func:`spectral_jax.datasets.builders.prepare`."""
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+  return _builders().prepare(name, data_dir, split=split, tfds_dir=tfds_dir, progress=progress)
+
+
+def _builders():
+  """The tfds builders module, imported on first use (tensorflow-datasets is optional)."""
+  try:
+    from spectral_jax.datasets import builders  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("prepared datasets need tensorflow-datasets: pip install -e '.[data]' "
+                      f"(or pip install tensorflow-datasets); {e}") from e
+  return builders
 
 
 def kind(name: str) -> str:
@@ -55,4 +88,4 @@ def kind(name: str) -> str:
 
 
 __all__ = ["DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record", "coco", "iterate",
-           "kind", "load", "saliency", "semantic", "voc"]
+           "kind", "load", "prepare", "saliency", "semantic", "voc"]

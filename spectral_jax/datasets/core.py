@@ -166,12 +166,17 @@ def read_binary_mask(path: pathlib.Path, archive: str) -> np.ndarray:
   return a > 127
 
 
-def centre_crop(a: np.ndarray) -> np.ndarray:
-  """The centred square of side min(H, W) (torchvision ``CenterCrop`` offsets)."""
-  h, w = a.shape[:2]
+def centre_window(h: int, w: int) -> tuple[int, int, int, int]:
+  """(y0, x0, y1, x1) of the centred square of side min(h, w) (torchvision ``CenterCrop``)."""
   s = min(h, w)
   y0, x0 = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-  return a[y0:y0 + s, x0:x0 + s]
+  return y0, x0, y0 + s, x0 + s
+
+
+def centre_crop(a: np.ndarray) -> np.ndarray:
+  """The centred square of side min(H, W) of an (H, W, ...) array."""
+  y0, x0, y1, x1 = centre_window(*a.shape[:2])
+  return a[y0:y1, x0:x1]
 
 
 # ----------------------------------------------------------------------------- iteration
