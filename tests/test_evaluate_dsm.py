@@ -99,6 +99,22 @@ def test_limit_and_refused_out(voc_run, voc_tree, tmp_path):
   assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
 
 
+def test_prepared_copy_gives_the_same_metrics_boxes_and_per_image(voc_run, voc_tree, tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  from spectral_jax import datasets  # pylint: disable=import-outside-toplevel
+  files_out = voc_run[0]
+  tfds_dir = tmp_path / "tfds"
+  datasets.prepare("voc07", voc_tree[0], tfds_dir=tfds_dir, progress=False)
+  out = tmp_path / "out"
+  done = _run(["--dataset=voc07", f"--config.tfds_dir={tfds_dir}", f"--out={out}"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  for name in ("boxes.json", "per_image.json"):
+    assert json.loads((out / name).read_text()) == json.loads((files_out / name).read_text())
+  drop = lambda m: {k: v for k, v in m.items() if k not in ("config", "wall_s")}
+  got, want = (json.loads((o / "metrics.json").read_text()) for o in (out, files_out))
+  assert drop(got) == drop(want) and got["config"]["tfds_dir"] == str(tfds_dir)
+
+
 @pytest.mark.parametrize("args,code,text", [
     (["--dataset=voc2007"], 2, "--dataset must be one of voc07, voc12"),
     (["--dataset=cub"], 1, "segmentations.tgz"),
@@ -111,10 +127,12 @@ def test_bad_dataset_and_missing_data_are_one_line_errors(tmp_path, args, code, 
   assert not out.exists()        # nothing created when the data is missing
 
 
-def test_reading_and_evaluating_never_imports_tensorflow(voc_tree, ecssd_tree):
-  """Training and evaluation must stay TensorFlow-free (tfds may be installed beside)."""
+def test_reading_and_evaluating_never_imports_tensorflow(voc_tree, ecssd_tree, tmp_path):
+  """Training and evaluation must stay TensorFlow-free (tfds may be installed beside): the file
+  readers import neither TensorFlow nor tfds; preparing with the tfds builders, reading the
+  prepared ArrayRecord, iterating it with grain and evaluating it import no TensorFlow."""
   code = f"""
-import sys
+import importlib.util, sys
 from spectral_jax import backbones, datasets, dsm, evaluation
 voc = datasets.load("voc12", {str(voc_tree[0])!r})
 [voc[i] for i in range(len(voc))]
@@ -126,7 +144,20 @@ seg = dsm.make_pipeline(bb, dsm.PipelineConfig(num_eigenvectors=6, num_segments=
 r = evaluation.evaluate_dsm(seg, ds, kind="mask", image_size=56, batch_size=2, progress=False)
 assert r.metrics["num_images"] == 3, r.metrics
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
-print("imported:", bad)
+print("imported by the file readers:", bad)
+if not bad and importlib.util.find_spec("tensorflow_datasets"):
+  out = {str(tmp_path / "tfds")!r}
+  datasets.prepare("voc12", {str(voc_tree[0])!r}, tfds_dir=out, progress=False)
+  datasets.prepare("ecssd", {str(ecssd_tree[0])!r}, tfds_dir=out, progress=False)
+  prepared = datasets.load("voc12", tfds_dir=out)
+  [prepared[i] for i in range(len(prepared))]
+  list(datasets.iterate(prepared, shuffle=True, shard_index=0, shard_count=1))
+  r2 = evaluation.evaluate_dsm(seg, datasets.load("ecssd", tfds_dir=out), kind="mask",
+                               image_size=56, batch_size=2, progress=False)
+  assert r2.metrics == r.metrics, (r2.metrics, r.metrics)
+  assert "tensorflow_datasets" in sys.modules
+  bad = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
+  print("imported by the prepared path:", bad)
 sys.exit(1 if bad else 0)
 """
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -316,12 +316,13 @@ def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir,
 def check_prepared(builder, name: str, split: str) -> None:
   """Raises core.MissingDataError if a prepared folder's metadata is not ``name``'s ``split``."""
   meta = builder.info.metadata or {}
-  if meta.get("dataset") != name or meta.get("split") != split or not {
-      "ids", "paths", "root", "name"} <= set(meta):
+  missing = sorted({"dataset", "split", "ids", "paths", "root", "name"} - set(meta))
+  if meta.get("dataset") != name or meta.get("split") != split or missing:
     raise core.MissingDataError(
-        f"{builder.data_dir!r} was not prepared for {name} {split} by spectral_jax (its "
-        f"metadata says dataset={meta.get('dataset')!r}, split={meta.get('split')!r}); "
-        "prepare it again into an empty tfds_dir")
+        f"{builder.data_dir!r} was not prepared for {name} {split} by this spectral_jax (its "
+        f"metadata says dataset={meta.get('dataset')!r}, split={meta.get('split')!r}"
+        f"{f', and lacks {missing}' if missing else ''}); prepare it again into an empty "
+        "tfds_dir")
 
 
 def _not_prepared(name: str, split: str, tfds_dir: pathlib.Path) -> str:
