@@ -37,7 +37,11 @@ def main(argv) -> None:
       raise _cli.UsageError(f"--{flag.name} is required")
   _cli.directory_flag("tfds_dir", _TFDS_DIR.value)
   t0 = time.perf_counter()
-  folder = datasets.prepare(name, _DATA_DIR.value, split=_SPLIT.value, tfds_dir=_TFDS_DIR.value)
+  try:
+    folder = datasets.prepare(name, _DATA_DIR.value, split=_SPLIT.value,
+                              tfds_dir=_TFDS_DIR.value)
+  except ImportError as e:  # tensorflow-datasets not installed: a set-up problem, one line
+    raise _cli.WorkError(str(e)) from e
   ds = datasets.load(name, split=_SPLIT.value, tfds_dir=_TFDS_DIR.value)
   size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
   print(f"{name} {ds.split}: {len(ds)} images ready in {folder} ({size / 2**20:.1f} MiB, "

@@ -4,6 +4,7 @@ back with builder.as_data_source() and through grain gives exactly the file read
 import dataclasses
 import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def test_voc_prepared_holds_the_jpeg_bytes_and_the_written_ground_truth(voc_tree
   raw = ds._examples[0]   # the ArrayRecord example, as builder.as_data_source() returns it
   root = base / "VOCdevkit" / "VOC2007"
   assert raw["image"] == (root / "JPEGImages" / f"{VOC_IDS[0]}.jpg").read_bytes()
+  assert_same_records(pickle.loads(pickle.dumps(ds))[:], ds[:])   # for grain's worker processes
   for i, image_id in enumerate(VOC_IDS):
     rec, want = ds[i], truth[image_id]
     np.testing.assert_array_equal(rec.boxes, want["boxes"])

@@ -118,6 +118,8 @@ def test_prepared_copy_gives_the_same_metrics_boxes_and_per_image(voc_run, voc_t
 @pytest.mark.parametrize("args,code,text", [
     (["--dataset=voc2007"], 2, "--dataset must be one of voc07, voc12"),
     (["--dataset=cub"], 1, "segmentations.tgz"),
+    (["--dataset=ecssd", "--config.tfds_dir=/nonexistent/tfds"], 1,
+     "tfds_dir '/nonexistent/tfds' does not exist"),
 ])
 def test_bad_dataset_and_missing_data_are_one_line_errors(tmp_path, args, code, text):
   out = tmp_path / "out"

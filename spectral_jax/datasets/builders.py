@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import io
 import pathlib
 import tempfile
@@ -226,11 +225,14 @@ def _relative(path, root) -> str:
   return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-@functools.cache
 def builder_class(name: str) -> type:
   """The tfds builder class of dataset ``name`` (tfds name ``name``, version ``VERSION``)."""
-  if name not in SPECS:
-    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(SPECS)}")
+  if name not in BUILDERS:
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(BUILDERS)}")
+  return BUILDERS[name]
+
+
+def _make_builder_class(name: str) -> type:
   spec = SPECS[name]
   instructions = (f"Extract {spec.archives} (downloaded yourself from the benchmark's site) into "
                   f"one folder and pass it as the manual dir (spectral_jax: data_dir). The "
@@ -241,6 +243,12 @@ def builder_class(name: str) -> type:
     return type(class_name, (_Builder,), {
         "name": name, "spec": spec, "MANUAL_DOWNLOAD_INSTRUCTIONS": instructions,
         "__doc__": f"{spec.description}\n\n{instructions}", "__module__": __name__})
+
+
+# name → builder class; each is also a module attribute (Voc07, DutOmron, ...), so that
+# builders and the data sources holding them pickle (grain's worker processes).
+BUILDERS = {name: _make_builder_class(name) for name in SPECS}
+globals().update({cls.__name__: cls for cls in BUILDERS.values()})
 
 
 def canonical_split(name: str, split: str | None) -> str:
@@ -370,7 +378,7 @@ class PreparedSource(core.DataSource):
     if not prepared:
       raise core.MissingDataError(_not_prepared(name, split, tfds_dir))
     check_prepared(builder, name, split)
-    self.spec = SPECS[name]
+    self.spec, self.dataset, self.tfds_dir = SPECS[name], name, tfds_dir
     meta = builder.info.metadata
     self.name, self.split = meta["name"], split   # the reader's name (voc12_seg's is "voc12")
     self.root = pathlib.Path(meta["root"])
@@ -383,6 +391,10 @@ class PreparedSource(core.DataSource):
       raise core.MissingDataError(f"{str(self.prepared_dir)!r} holds {len(self._examples)} "
                                   f"records but lists {len(self.ids)} ids: prepare it again")
 
+  def __reduce__(self):
+    # Pickles as its arguments (grain's worker processes open the files again).
+    return PreparedSource, (self.dataset, str(self.tfds_dir), self.split)
+
   def image_path(self, image_id: str) -> pathlib.Path:
     return self.root / self._paths[image_id]
 
@@ -391,5 +403,5 @@ class PreparedSource(core.DataSource):
                   str(self.image_path(image_id)))
 
 
-__all__ = ["SPECS", "VERSION", "PreparedSource", "Spec", "builder_class", "canonical_split",
+__all__ = ["BUILDERS", "SPECS", "VERSION", "PreparedSource", "Spec", "builder_class", "canonical_split",
            "decode", "encode", "features", "prepare"]
