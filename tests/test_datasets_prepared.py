@@ -182,3 +182,13 @@ def test_prepare_dataset_command(ecssd_tree, tmp_path):
   missing = _command(["--dataset=cub", f"--data_dir={tmp_path}", f"--tfds_dir={out}"])
   assert missing.returncode == 1 and "CUB_200_2011.tgz" in missing.stderr
   assert len(missing.stderr.strip().splitlines()) == 1 and not (out / "cub").exists()
+
+
+def test_encode_decode_round_trip_and_refuses_fields_the_builder_does_not_store(voc_tree):
+  rec = datasets.load("voc12", voc_tree[0])[0]     # the file-less fallback: a PNG of the image
+  rec = dataclasses.replace(rec, path="")
+  spec = builders.SPECS["voc12"]
+  back = builders.decode(builders.encode(rec, spec), spec)
+  assert_same_records([back], [rec])
+  with pytest.raises(ValueError, match=r"has \['class_mask', 'instance_mask', 'boxes'\]"):
+    builders.encode(rec, builders.SPECS["ecssd"])

@@ -126,6 +126,12 @@ def features(spec: Spec) -> tfds.features.FeaturesDict:
 def encode(record: core.Record, spec: Spec) -> dict:
   """The example stored for ``record``: its image file's bytes and the window of the decoded
   file that is ``record.image`` (or a PNG of the image when it is no such window)."""
+  unstored = [k for k in MASK_FIELDS if k not in spec.fields and getattr(record, k) is not None]
+  if "boxes" not in spec.fields and len(record.boxes):
+    unstored.append("boxes")
+  if unstored:
+    raise ValueError(f"record {record.id!r} has {unstored}, which its builder does not store "
+                     f"(fields {spec.fields}): the prepared copy would differ from the files")
   h, w = record.image.shape[:2]
   path = pathlib.Path(record.path) if record.path else None
   data, window = None, (0, 0, h, w)
@@ -193,6 +199,13 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """None: these builders have no checksums file (nothing is downloaded). tfds 4.9.10's own
     code_path imports ``importlib_resources``, which it declares only for Python < 3.9."""
     return None
+
+  def _log_download_bytes(self) -> None:
+    """Silent: tfds prints "Downloading and preparing dataset Unknown size" here; nothing is
+    downloaded, and our progress bar names the dataset and split."""
+
+  def _log_download_done(self) -> None:
+    """Silent (tfds prints "downloaded and prepared"); ``prepare`` returns the folder."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=self.spec.description,
