@@ -5,6 +5,7 @@ boxes.json / the saved masks and the fixture's ground truth."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -89,7 +90,8 @@ def test_ecssd_scores_match_numpy_from_saved_masks(ecssd_tree, tmp_path):
 
 
 def test_limit_and_refused_out(voc_run, voc_tree, tmp_path):
-  out, _, _ = voc_run
+  out = tmp_path / "out"              # a copy: voc_run's outputs stay for the other tests
+  shutil.copytree(voc_run[0], out)
   again = _run(["--dataset=voc07", f"--data_dir={voc_tree[0]}", f"--out={out}"])
   assert again.returncode == 2 and "already holds files" in again.stderr
   assert len(again.stderr.strip().splitlines()) == 1
