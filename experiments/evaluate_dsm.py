@@ -26,10 +26,10 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import common
-from spectral_jax import _cli, backbones, datasets, dsm, evaluation
+from spectral_jax import _cli, backbones, datasets, dsm, evaluation, viz
 from spectral_jax.data import images as image_io
 
-KINDS = ("boxes", "mask")
+KINDS = ("boxes", "mask", "semantic")
 NAMES = tuple(n for n in datasets.DATASETS if datasets.kind(n) in KINDS)
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -55,8 +55,9 @@ def config_from_flags():
 
 def check_config(cfg) -> dsm.PipelineConfig:
   """Validates the settings before any work. Raises _cli.UsageError naming the field."""
-  if cfg.dataset not in NAMES:
+  if datasets.canonical_name(cfg.dataset) not in NAMES:
     raise _cli.UsageError(f"--dataset must be one of {', '.join(NAMES)}; got {cfg.dataset!r}")
+  cfg.semantic.enabled = datasets.kind(cfg.dataset) == "semantic"  # the crops it needs
   if not cfg.data_dir:
     raise _cli.UsageError("--data_dir is required: the folder the official archives were "
                           "extracted into")
@@ -65,6 +66,10 @@ def check_config(cfg) -> dsm.PipelineConfig:
   if cfg.limit < 0 or cfg.batch_size < 1 or cfg.image_size < 0 or cfg.prefetch < 1:
     raise _cli.UsageError(f"limit and image_size must be ≥ 0, batch_size and prefetch ≥ 1 (got "
                           f"{cfg.limit}, {cfg.image_size}, {cfg.batch_size}, {cfg.prefetch})")
+  if cfg.semantic.matching not in ("hungarian", "majority") or cfg.semantic.absent not in (
+      "zero", "skip"):
+    raise _cli.UsageError("semantic.matching must be hungarian or majority and semantic.absent "
+                          f"zero or skip (got {cfg.semantic.matching!r}, {cfg.semantic.absent!r})")
   if cfg.dsm.upsample not in dsm.UPSAMPLE_METHODS:
     raise _cli.UsageError(f"dsm.upsample must be one of {dsm.UPSAMPLE_METHODS}")
   if cfg.backbone.name not in backbones.BACKBONES:
@@ -92,6 +97,9 @@ def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
   """(metric, measured, paper) rows: CorLoc in %, segmentation scores as fractions."""
   paper = evaluation.PAPER.get(name, {})
   fmt = lambda v, pct: "—" if v is None else (f"{v:.1f}" if pct else f"{v:.3f}")
+  if "miou" in measured:
+    return [(label, fmt(100 * measured[key], True), fmt(paper.get(key), True))
+            for key, label in (("miou", "mIoU (%)"), ("pixel_accuracy", "pixel acc. (%)"))]
   if "corloc" in measured:
     return [("CorLoc (%)", fmt(100 * measured["corloc"], True), fmt(paper.get("corloc"), True))]
   return [(label, fmt(measured[key], False), fmt(paper.get(key), False))
@@ -120,13 +128,18 @@ def run(cfg) -> dict:
   def save_mask(image_id, mask):
     path = out / "masks" / f"{image_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_io.write_png(path, np.where(mask, 255, 0).astype(np.uint8))
+    if mask.dtype == bool:
+      image_io.write_png(path, np.where(mask, 255, 0).astype(np.uint8))
+    else:  # a semantic map: 0 = background, cluster c as c + 1
+      viz.label_png(path, mask)
 
   result = evaluation.evaluate_dsm(
       segmenter, dataset, kind=kind, image_size=cfg.image_size, batch_size=cfg.batch_size,
       limit=cfg.limit or None, seed=cfg.seed, upsample=cfg.dsm.upsample, prefetch=cfg.prefetch,
       bucket_step=cfg.bucket_step, on_error=skip,
-      on_mask=save_mask if cfg.save_masks else None)
+      on_mask=save_mask if cfg.save_masks else None, num_clusters=cfg.semantic.num_clusters,
+      pca_dim=cfg.semantic.pca_dim, matching=cfg.semantic.matching,
+      absent=cfg.semantic.absent)
   record = dict(result.metrics, dataset=cfg.dataset, split=dataset.split,
                 paper=evaluation.PAPER.get(cfg.dataset), failures=result.failures,
                 box_format="[x0, y0, x1, y1] pixels of the image, x1/y1 exclusive",
@@ -140,6 +153,8 @@ def run(cfg) -> dict:
   print(f"{'metric':<16} {'measured':>9} {'paper':>7}")
   for metric, measured, paper in rows:
     print(f"{metric:<16} {measured:>9} {paper:>7}")
+  for name, iou in result.metrics.get("per_class_iou", {}).items():
+    print(f"  {name:<14} {'—' if iou is None else f'{100 * iou:.1f}':>9}")
   print(f"(paper: {(evaluation.PAPER.get(cfg.dataset) or {}).get('source', '—')})\n"
         f"metrics.json, boxes.json, per_image.json in {out}/ ({record['wall_s']:.1f} s)")
   return record

@@ -133,3 +133,84 @@ sys.exit(1 if bad else 0)
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stdout[-500:] + done.stderr[-2000:]
+
+
+def _semantic_tree(voc_tree, base):
+  """A copy of the VOC2012 fixture whose val split has two images with class masks: the VOC
+  photo and its mirror (greyscale JPEG; its class mask mirrored)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  src = pathlib.Path(voc_tree[0]) / "VOCdevkit" / "VOC2012"
+  root = base / "VOCdevkit" / "VOC2012"
+  shutil.copytree(src, root)
+  i0, i1 = sorted(voc_tree[1])[:2]
+  with Image.open(root / "SegmentationClass" / f"{i0}.png") as img:
+    mirrored = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored.save(root / "SegmentationClass" / f"{i1}.png")
+  (root / "ImageSets/Segmentation/val.txt").write_text(f"{i0}\n{i1}\n")
+  return {i: np.asarray(Image.open(root / "SegmentationClass" / f"{i}.png")) for i in (i0, i1)}
+
+
+def _brute_force_semantic(preds, truths, num_classes=21, ignore=255):
+  """mIoU (absent classes 0) and pixel accuracy of the best one-to-one label → class map,
+  found by trying every injective map (few labels)."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  labels = 1 + max(int(p.max()) for p in preds)
+  conf = np.zeros((num_classes, labels), np.int64)
+  for p, t in zip(preds, truths):
+    for c in range(num_classes):
+      for j in range(labels):
+        conf[c, j] += np.sum((t == c) & (p == j))
+  assert conf.sum() == sum(np.sum(t != ignore) for t in truths)
+  best = None
+  for classes in itertools.permutations(range(num_classes), labels):
+    ious, hits = [], 0
+    for j, c in enumerate(classes):
+      tp = conf[c, j]
+      union = conf[c].sum() + conf[:, j].sum() - tp
+      ious.append(tp / union if union else 0.0)
+      hits += tp
+    if best is None or sum(ious) > best[0] + 1e-12:
+      best = (sum(ious), hits)
+  return best[0] / num_classes, best[1] / conf.sum()
+
+
+def test_voc12_semantic_miou_matches_brute_force_from_written_maps(voc_tree, tmp_path):
+  truth = _semantic_tree(voc_tree, tmp_path / "data")
+  out = tmp_path / "out"
+  done = _run(["--dataset=voc12_semantic", f"--data_dir={tmp_path / 'data'}", f"--out={out}",
+               "--config.save_masks=True"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  preds = [np.asarray(Image.open(out / "masks" / f"{i}.png")) for i in truth]
+  assert [p.shape for p in preds] == [t.shape for t in truth.values()]
+  assert max(int(p.max()) for p in preds) <= m["num_clusters"]    # 0 = background, c + 1
+  miou, acc = _brute_force_semantic(preds, list(truth.values()))
+  assert m["num_images"] == 2 and m["matching"] == "hungarian"
+  np.testing.assert_allclose([m["miou"], m["pixel_accuracy"]], [miou, acc], rtol=1e-6)  # f32
+  assert list(m["per_class_iou"])[:2] == ["background", "aeroplane"]
+  assert len(m["per_class_iou"]) == 21
+  assert np.mean([v or 0.0 for v in m["per_class_iou"].values()]) == pytest.approx(miou)
+  line = next(l for l in done.stdout.splitlines() if l.startswith("mIoU"))
+  assert line.split()[-2:] == [f"{100 * m['miou']:.1f}", "30.8"]
+
+
+def test_semantic_alias_and_majority_matching(voc_tree, tmp_path):
+  truth = _semantic_tree(voc_tree, tmp_path / "data")
+  out = tmp_path / "out"
+  done = _run(["--dataset=voc12_seg", f"--data_dir={tmp_path / 'data'}", f"--out={out}",
+               "--config.semantic.matching=majority", "--config.save_masks=True"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  preds = [np.asarray(Image.open(out / "masks" / f"{i}.png")) for i in truth]
+  # majority: each label to the class of highest IoU with it; pixel accuracy from that map
+  t_all = np.concatenate([t.ravel() for t in truth.values()])
+  p_all = np.concatenate([p.ravel() for p in preds])
+  keep = t_all != 255
+  t_all, p_all = t_all[keep], p_all[keep]
+  hits = 0
+  for j in np.unique(p_all):
+    ious = [np.sum((t_all == c) & (p_all == j)) / np.sum((t_all == c) | (p_all == j))
+            for c in range(21)]
+    hits += np.sum((p_all == j) & (t_all == int(np.argmax(ious))))
+  assert m["matching"] == "majority"
+  assert m["pixel_accuracy"] == pytest.approx(hits / t_all.size, rel=1e-6)

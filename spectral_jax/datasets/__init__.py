@@ -25,7 +25,8 @@ from spectral_jax.datasets.core import iterate
 DATASETS = {
     "voc07": (lambda d, s: voc.VOC(d, "2007", s), "trainval", "boxes"),
     "voc12": (lambda d, s: voc.VOC(d, "2012", s), "trainval", "boxes"),
-    "voc12_seg": (lambda d, s: voc.VOC(d, "2012", s, task="segmentation"), "val", "semantic"),
+    "voc12_semantic": (lambda d, s: voc.VOC(d, "2012", s, task="segmentation"), "val",
+                       "semantic"),
     "ecssd": (saliency.ecssd, "test", "mask"),
     "duts": (saliency.duts_te, "test", "mask"),
     "dut_omron": (saliency.dut_omron, "test", "mask"),
@@ -35,6 +36,13 @@ DATASETS = {
     "coco20k": (lambda d, s: coco.COCO20k(d, split=s), "train", "boxes"),
     "ade20k": (lambda d, s: semantic.ADE20K(d, s), "validation", "semantic"),
 }
+# other accepted names → the name in DATASETS
+ALIASES = {"voc12_seg": "voc12_semantic"}
+
+
+def canonical_name(name: str) -> str:
+  """``name`` with an alias (``ALIASES``) replaced by its dataset's name."""
+  return ALIASES.get(name, name)
 
 
 def load(name: str, data_dir, split: str | None = None) -> DataSource:
@@ -43,6 +51,7 @@ def load(name: str, data_dir, split: str | None = None) -> DataSource:
   Raises:
     ValueError: unknown name. MissingDataError: the layout is not under ``data_dir``.
   """
+  name = canonical_name(name)
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
   reader, default, _ = DATASETS[name]
@@ -51,8 +60,8 @@ def load(name: str, data_dir, split: str | None = None) -> DataSource:
 
 def kind(name: str) -> str:
   """"boxes" (CorLoc), "mask" (single-object IoU / acc / maxFβ) or "semantic"."""
-  return DATASETS[name][2]
+  return DATASETS[canonical_name(name)][2]
 
 
-__all__ = ["DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record", "coco", "iterate",
-           "kind", "load", "saliency", "semantic", "voc"]
+__all__ = ["ALIASES", "DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record",
+           "canonical_name", "coco", "iterate", "kind", "load", "saliency", "semantic", "voc"]
