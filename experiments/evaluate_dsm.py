@@ -101,7 +101,11 @@ def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
     return [(label, fmt(100 * measured[key], True), fmt(paper.get(key), True))
             for key, label in (("miou", "mIoU (%)"), ("pixel_accuracy", "pixel acc. (%)"))]
   if "corloc" in measured:
-    return [("CorLoc (%)", fmt(100 * measured["corloc"], True), fmt(paper.get("corloc"), True))]
+    rows = [("CorLoc (%)", fmt(100 * measured["corloc"], True), fmt(paper.get("corloc"), True))]
+    if "object_recall" in measured:
+      rows.append(("recall@0.5 (%)", fmt(100 * measured["object_recall"]["recall"], True),
+                   fmt(None, True)))
+    return rows
   return [(label, fmt(measured[key], False), fmt(paper.get(key), False))
           for key, label in (("iou", "IoU"), ("accuracy", "accuracy"),
                              ("max_f_beta", "maxFβ (β²=0.3)"))]

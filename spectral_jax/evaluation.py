@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -83,6 +83,141 @@ def corloc(pred_boxes: Mapping[str, object], gt_boxes: Mapping[str, object],
   hits = sum(corloc_hit(b, gt_boxes[k], threshold)[0] for k, b in pred_boxes.items())
   return {"corloc": hits / len(pred_boxes), "num_images": len(pred_boxes), "num_hits": hits,
           "threshold": threshold}
+
+
+def _check_boxes(boxes, what: str) -> np.ndarray:
+  b = np.asarray(boxes, np.float64)
+  if b.size == 0:
+    return b.reshape(0, 4)
+  if b.ndim != 2 or b.shape[1] != 4:
+    raise ValueError(f"{what} must be (N, 4) boxes [x0, y0, x1, y1]; got shape {b.shape}")
+  if not np.all(np.isfinite(b)):
+    raise ValueError(f"{what} holds NaN or Inf coordinates")
+  return b
+
+
+def _per_image(name: str, values, n: int) -> list:
+  if len(values) != n:
+    raise ValueError(f"{name} has {len(values)} images but the ground truth has {n}")
+  return list(values)
+
+
+def object_recall(pred_boxes: Sequence[np.ndarray], gt_boxes: Sequence[np.ndarray],
+                  iou_threshold: float = CORLOC_THRESHOLD) -> dict:
+  """Multi-object recall: the fraction of ground-truth boxes found (issue #15's protocol).
+
+  Per image, predictions are taken in their order (best first); each one is matched to the
+  not yet matched ground-truth box of highest IoU, if that IoU is ≥ ``iou_threshold`` (greedy,
+  one-to-one). Recall = matched ground-truth boxes / all ground-truth boxes over all images.
+
+  Args:
+    pred_boxes: per image a (P, 4) array of pixel boxes [x0, y0, x1, y1] (x1/y1 exclusive),
+      best first (P may be 0).
+    gt_boxes: per image a (G, 4) array in the same convention (G may be 0).
+    iou_threshold: the IoU a match needs.
+  Returns:
+    {"recall", "num_gt", "num_matched", "iou_threshold"}.
+  Raises:
+    ValueError: different numbers of images, malformed boxes, or no ground-truth box at all
+      (recall is undefined).
+  """
+  gts = [_check_boxes(g, f"gt_boxes[{i}]") for i, g in enumerate(gt_boxes)]
+  preds = [_check_boxes(p, f"pred_boxes[{i}]")
+           for i, p in enumerate(_per_image("pred_boxes", pred_boxes, len(gts)))]
+  num_gt = sum(len(g) for g in gts)
+  if num_gt == 0:
+    raise ValueError("object recall is undefined without ground-truth boxes")
+  matched = 0
+  for p, g in zip(preds, gts):
+    if not len(p) or not len(g):
+      continue
+    ious = np.asarray(metrics.box_iou(p, g), np.float64)
+    free = np.ones(len(g), bool)
+    for row in ious:
+      row = np.where(free, row, -1.0)
+      j = int(np.argmax(row))
+      if row[j] >= iou_threshold:
+        free[j] = False
+        matched += 1
+  return {"recall": matched / num_gt, "num_gt": num_gt, "num_matched": matched,
+          "iou_threshold": iou_threshold}
+
+
+def ap50(pred_boxes: Sequence[np.ndarray], pred_scores: Sequence[np.ndarray],
+         gt_boxes: Sequence[np.ndarray], *, gt_ignore: Sequence[np.ndarray] | None = None,
+         max_detections: int = 100) -> float:
+  """Class-agnostic average precision at IoU 0.5, computed by pycocotools' ``COCOeval``.
+
+  Every box is one category; our exclusive pixel boxes [x0, y0, x1, y1] become COCO's
+  continuous ``[x, y, w, h] = [x0, y0, x1 − x0, y1 − y0]`` (pixel x covers [x, x + 1), so a box
+  of pixels x0..x1−1 spans [x0, x1)), with ``area = w·h``. COCO's rules then apply: per image
+  the ``max_detections`` highest-scoring predictions are matched greedily by score to the
+  unmatched ground truth of highest IoU ≥ 0.5; unmatched predictions are false positives;
+  precision is interpolated (made non-increasing) and averaged over the 101 recall points
+  0, 0.01, ..., 1 (area range "all"). Ignored ground truth (``gt_ignore``) is passed as
+  ``iscrowd`` — COCOeval's only ignore mechanism: it counts for no recall, and a prediction
+  whose intersection with it covers ≥ 0.5 of the prediction's own area is dropped rather than
+  counted as a false positive (several may be).
+
+  Args:
+    pred_boxes: per image (P, 4) predicted boxes.
+    pred_scores: per image (P,) their scores (higher = more confident).
+    gt_boxes: per image (G, 4) ground-truth boxes (G may be 0: an image without objects).
+    gt_ignore: per image (G,) bool, True for boxes to ignore (COCO ``iscrowd``); None: none.
+    max_detections: COCO's maxDets for AP (100).
+  Returns:
+    AP50 as a fraction in [0, 1].
+  Raises:
+    ImportError: pycocotools missing. ValueError: mismatched lengths, malformed boxes or
+    scores, or no ground-truth box that is not ignored (AP is undefined).
+  """
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+  try:
+    from pycocotools.coco import COCO  # pylint: disable=import-outside-toplevel
+    from pycocotools.cocoeval import COCOeval  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("ap50 needs pycocotools: pip install -e '.[data]' (or pip install "
+                      "pycocotools)") from e
+  gts = [_check_boxes(g, f"gt_boxes[{i}]") for i, g in enumerate(gt_boxes)]
+  n = len(gts)
+  preds = [_check_boxes(p, f"pred_boxes[{i}]")
+           for i, p in enumerate(_per_image("pred_boxes", pred_boxes, n))]
+  scores = [np.asarray(s, np.float64).reshape(-1)
+            for s in _per_image("pred_scores", pred_scores, n)]
+  ignore = ([np.zeros(len(g), bool) for g in gts] if gt_ignore is None else
+            [np.asarray(f, bool).reshape(-1) for f in _per_image("gt_ignore", gt_ignore, n)])
+  for i in range(n):
+    if len(scores[i]) != len(preds[i]) or len(ignore[i]) != len(gts[i]):
+      raise ValueError(f"image {i}: {len(preds[i])} boxes but {len(scores[i])} scores, or "
+                       f"{len(gts[i])} ground-truth boxes but {len(ignore[i])} ignore flags")
+    if not np.all(np.isfinite(scores[i])):
+      raise ValueError(f"image {i}: scores hold NaN or Inf")
+  if not any((~f).any() for f in ignore):
+    raise ValueError("AP is undefined without ground-truth boxes that are not ignored")
+  if not any(len(p) for p in preds):
+    return 0.0
+  xywh = lambda b: [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])]
+  anns = [{"image_id": i, "category_id": 1, "bbox": xywh(b), "area": xywh(b)[2] * xywh(b)[3],
+           "iscrowd": int(f)} for i in range(n) for b, f in zip(gts[i], ignore[i])]
+  for k, a in enumerate(anns):
+    a["id"] = k + 1                                   # COCO ids start at 1
+  dets = [{"image_id": i, "category_id": 1, "bbox": xywh(b), "score": float(s)}
+          for i in range(n) for b, s in zip(preds[i], scores[i])]
+  with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints its progress
+    truth = COCO()
+    truth.dataset = {"images": [{"id": i} for i in range(n)], "annotations": anns,
+                     "categories": [{"id": 1, "name": "object"}]}
+    truth.createIndex()
+    result = truth.loadRes(dets)
+    ev = COCOeval(truth, result, "bbox")
+    ev.params.iouThrs = np.array([0.5])
+    ev.params.maxDets = [int(max_detections)]
+    ev.params.areaRng, ev.params.areaRngLbl = [[0.0, 1e10]], ["all"]
+    ev.evaluate()
+    ev.accumulate()
+  precision = ev.eval["precision"][0, :, 0, 0, 0]   # (101,) recall points; −1: no ground truth
+  return float(np.mean(np.maximum(precision, 0.0)))
 
 
 def precision_recall(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -312,6 +447,10 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
                        "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:5]))
   if kind == "boxes":
     result = corloc(boxes, gt_boxes)
+    if any(len(g) for g in gt_boxes.values()):   # the pipeline's boxes per image (one today)
+      ids = list(gt_boxes)
+      result["object_recall"] = object_recall([np.asarray([boxes[i]]) for i in ids],
+                                              [gt_boxes[i] for i in ids])
   elif kind == "semantic":
     result = semantic_over_dataset(
         dataset, kept, patch_size=segmenter.patch_size, num_clusters=num_clusters,

@@ -55,6 +55,10 @@ def test_voc_corloc_matches_numpy_from_boxes_json(voc_run):
       assert box[2] <= 500 and box[3] <= 375          # inside the 500 × 375 photo
       hits += bool(np.any(_np_box_iou(box, gt) >= 0.5))
   assert m["corloc"] == pytest.approx(hits / 3) and m["num_hits"] == hits
+  # one DSM box per image: it can find at most one object, so recall = hits / all boxes
+  assert m["object_recall"]["num_gt"] == sum(len(t["boxes"]) for t in truth.values()) == 38
+  assert m["object_recall"]["num_matched"] == hits
+  assert m["object_recall"]["recall"] == pytest.approx(hits / 38)
   assert m["dataset"] == "voc07" and m["split"] == "trainval"
 
 
