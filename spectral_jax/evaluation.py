@@ -17,9 +17,21 @@ Protocols (each a small function over NumPy arrays, checked against hand-made ca
   Hungarian algorithm on IoU (DSM ``eval_utils.hungarian_match``) or by majority vote
   (NeuralEF); mIoU and pixel accuracy of the matched confusion.
 
+* :func:`object_recall` — multi-object discovery: the fraction of ground-truth boxes matched
+  one-to-one (greedy, predictions in their order) at IoU ≥ 0.5.
+* :func:`ap50` — class-agnostic AP at IoU 0.5 by pycocotools' ``COCOeval`` (exclusive pixel
+  boxes converted to COCO's xywh; ignored boxes as ``iscrowd``).
+* :func:`sliding_window` — dense prediction over overlapping crops of a large image
+  (mmsegmentation's ``slide_inference``: last window flush with the border, logits averaged
+  over the windows covering each pixel).
+
 :func:`evaluate_dsm` runs the DSM pipeline over a :class:`~spectral_jax.datasets.DataSource`
 (streamed through ``dsm.batching.segment_photos``: memory bounded by the prefetch depth) and
-applies the protocol of the dataset's kind. It never imports TensorFlow.
+applies the protocol of the dataset's kind: CorLoc and object recall for box datasets,
+single-object scores for mask datasets, and for semantic datasets (``voc12_semantic``) DSM's
+semantic stage over the whole dataset (:func:`semantic_over_dataset`: one clustering of all
+segment crops, then the pooled confusion; two passes, so only the small per-image segment maps
+and crop embeddings are held). It never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -31,6 +43,13 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from spectral_jax import clustering, metrics
+
+__all__ = [
+    "BETA_SQ", "CORLOC_THRESHOLD", "F_THRESHOLDS", "PAPER", "Evaluation", "SingleObjectScores",
+    "ap50", "check_semantic_setup", "confusion_counts", "corloc", "corloc_hit", "evaluate_dsm",
+    "f_beta", "object_recall", "precision_recall", "semantic_over_dataset", "semantic_scores",
+    "sliding_window", "window_starts",
+]
 
 CORLOC_THRESHOLD = 0.5
 BETA_SQ = 0.3
@@ -335,6 +354,71 @@ def semantic_scores(confusion: np.ndarray, matching: str = "hungarian",
           "pixel_accuracy": float(metrics.pixel_accuracy(matched)),
           "iou_per_class": [float(v) for v in np.asarray(metrics.iou_per_class(matched))],
           "lookup": lookup.tolist()}
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+
+def _pair(v, name: str) -> tuple[int, int]:
+  pair = (int(v), int(v)) if np.ndim(v) == 0 else tuple(int(x) for x in v)
+  if len(pair) != 2 or min(pair) < 1:
+    raise ValueError(f"{name} must be a positive int or (height, width); got {v!r}")
+  return pair
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+  """Window offsets along one axis, mmsegmentation's ``slide_inference`` rule.
+
+  ``ceil(max(size − window, 0) / stride) + 1`` windows at ``i·stride``, each clipped so that it
+  ends inside the image: the last one is aligned to the border. An axis shorter than the
+  window has one window, the whole axis.
+  """
+  n = max(size - window + stride - 1, 0) // stride + 1
+  return [max(min(i * stride + window, size) - window, 0) for i in range(n)]
+
+
+def sliding_window(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, *,
+                   window: int | tuple[int, int], stride: int | tuple[int, int]) -> np.ndarray:
+  """A dense per-pixel predictor over overlapping crops (mmsegmentation's ``slide_inference``).
+
+  The (H, W) image is covered by a grid of ``window`` crops ``stride`` apart per axis, the last
+  row / column aligned to the bottom / right border (:func:`window_starts`); each crop's logits
+  are added into place and every pixel divided by the number of windows covering it. An image
+  smaller than the window (along an axis) is passed whole along that axis, as mmseg does.
+  Sums are in float64, so a pointwise ``fn`` gives exactly ``fn(image)``.
+
+  Args:
+    fn: crop (h, w, ...) → logits (h, w, K...) at the crop's resolution (NumPy or JAX).
+    image: (H, W, ...) e.g. (H, W, 3) pixels.
+    window: crop (height, width), or one int for both (e.g. 448).
+    stride: step (height, width) or one int; at most ``window`` so that no pixel is missed.
+  Returns:
+    (H, W, K...) float32 logits averaged over the windows covering each pixel.
+  Raises:
+    ValueError: a window or stride < 1, a stride larger than the window, a 0-pixel image, or
+      ``fn`` returning logits of another height / width than its crop.
+  """
+  (wh, ww), (sh, sw) = _pair(window, "window"), _pair(stride, "stride")
+  if sh > wh or sw > ww:
+    raise ValueError(f"stride {(sh, sw)} larger than the window {(wh, ww)} would leave pixels "
+                     "that no window covers")
+  image = np.asarray(image)
+  if image.ndim < 2 or min(image.shape[:2]) < 1:
+    raise ValueError(f"image must be (H, W, ...) with H, W ≥ 1; got shape {image.shape}")
+  height, width = image.shape[:2]
+  total, count = None, np.zeros((height, width), np.int64)
+  for y0 in window_starts(height, wh, sh):
+    for x0 in window_starts(width, ww, sw):
+      y1, x1 = min(y0 + wh, height), min(x0 + ww, width)
+      logits = np.asarray(fn(image[y0:y1, x0:x1]))
+      if logits.shape[:2] != (y1 - y0, x1 - x0):
+        raise ValueError(f"fn returned logits of shape {logits.shape} for a crop of "
+                         f"{(y1 - y0, x1 - x0)} pixels: it must predict at the crop's size")
+      if total is None:
+        total = np.zeros((height, width) + logits.shape[2:], np.float64)
+      total[y0:y1, x0:x1] += logits
+      count[y0:y1, x0:x1] += 1
+  return (total / count.reshape(count.shape + (1,) * (total.ndim - 2))).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- DSM over a dataset

@@ -250,3 +250,65 @@ def test_ap50_errors():
     evaluation.ap50([np.ones((1, 4))], [np.ones(2)], [np.ones((1, 4))])
   with pytest.raises(ValueError, match="NaN"):
     evaluation.ap50([np.ones((1, 4))], [np.array([np.nan])], [np.ones((1, 4))])
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+
+def _np_starts(size, window, stride):
+  """Every multiple of the stride that fits, plus a window flush with the border if needed."""
+  if size <= window:
+    return [0]
+  starts = list(range(0, size - window + 1, stride))
+  return starts + ([size - window] if starts[-1] + window < size else [])
+
+
+def test_window_starts_follow_mmseg():
+  assert evaluation.window_starts(11, 4, 3) == [0, 3, 6, 7]     # last aligned to the border
+  assert evaluation.window_starts(10, 4, 3) == [0, 3, 6]        # 6 + 4 = 10 already
+  assert evaluation.window_starts(3, 4, 2) == [0]               # shorter than the window
+  for size in range(1, 40):
+    for window in range(1, 12):
+      for stride in range(1, window + 1):
+        assert evaluation.window_starts(size, window, stride) == _np_starts(size, window, stride)
+
+
+def test_sliding_window_pointwise_fn_is_exact(rng):
+  image = rng.random((37, 29, 3)).astype(np.float32)
+  fn = lambda x: np.concatenate([np.sin(x), x ** 2 + 0.1], -1).astype(np.float32)
+  out = evaluation.sliding_window(fn, image, window=(16, 12), stride=(5, 7))
+  assert out.shape == (37, 29, 6) and out.dtype == np.float32
+  np.testing.assert_array_equal(out, fn(image))
+
+
+def test_sliding_window_translation_dependent_fn_matches_a_numpy_loop(rng):
+  image = rng.random((23, 31, 2)).astype(np.float32)
+  calls = []
+
+  def fn(crop):   # depends on where a pixel sits in its crop (and on the crop as a whole)
+    calls.append(crop.shape)
+    h, w = crop.shape[:2]
+    pos = np.arange(h)[:, None, None] * 0.5 + np.arange(w)[None, :, None] * 0.25
+    return crop * pos + crop.mean()
+
+  window, stride = (10, 8), (4, 6)
+  out = evaluation.sliding_window(fn, image, window=window, stride=stride)
+  want, n = np.zeros((23, 31, 2)), np.zeros((23, 31, 1))
+  ys, xs = _np_starts(23, 10, 4), _np_starts(31, 8, 6)
+  for y in ys:
+    for x in xs:
+      want[y:y + 10, x:x + 8] += fn(image[y:y + 10, x:x + 8])
+      n[y:y + 10, x:x + 8] += 1
+  np.testing.assert_allclose(out, want / n, rtol=1e-6)           # float32 output
+  assert calls[:len(ys) * len(xs)] == [(10, 8, 2)] * (len(ys) * len(xs))
+
+
+def test_sliding_window_image_smaller_than_the_window(rng):
+  image = rng.random((5, 7, 3)).astype(np.float32)
+  fn = lambda x: x * np.arange(x.shape[1])[None, :, None] + x.shape[0]
+  np.testing.assert_array_equal(evaluation.sliding_window(fn, image, window=8, stride=4),
+                                fn(image).astype(np.float32))
+  with pytest.raises(ValueError, match="no window covers"):
+    evaluation.sliding_window(fn, image, window=4, stride=5)
+  with pytest.raises(ValueError, match="at the crop's size"):
+    evaluation.sliding_window(lambda x: x[::2], image, window=4, stride=2)
