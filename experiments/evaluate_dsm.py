@@ -1,14 +1,18 @@
-r"""Deep Spectral Methods on a benchmark: CorLoc (VOC07 / VOC12) or single-object segmentation
-(ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011), beside the paper's number.
+r"""Deep Spectral Methods on a benchmark: CorLoc (VOC07 / VOC12 / COCO20k), single-object
+segmentation (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011) or semantic segmentation (VOC2012 val),
+beside the paper's number.
 
-  python -m experiments.evaluate_dsm --dataset=voc07|voc12|ecssd|duts|dut_omron|cub \
+  python -m experiments.evaluate_dsm \
+      --dataset=voc07|voc12|coco20k|ecssd|duts|dut_omron|cub|voc12_semantic \
       --data_dir=DIR --out=OUT [--split=SPLIT] [--limit=N] [--overwrite] [--config.*=...]
 
 DIR is where the official archives were extracted (see spectral_jax/datasets/voc.py and
 saliency.py for the archive names); nothing is downloaded. Writes OUT/metrics.json (CorLoc:
-"corloc", "num_images", "num_hits"; masks: "iou", "accuracy", "max_f_beta", "num_images"),
+"corloc", "num_images", "num_hits", "object_recall"; masks: "iou", "accuracy", "max_f_beta",
+"num_images"; semantic: "miou", "pixel_accuracy", "per_class_iou" (class → IoU), "num_images"),
 OUT/boxes.json (image id → DSM box [x0, y0, x1, y1] in pixels, x1/y1 exclusive),
-OUT/per_image.json and, with --config.save_masks=True, OUT/masks/<id>.png. The work is
+OUT/per_image.json and, with --config.save_masks=True, OUT/masks/<id>.png (the object mask, or
+the semantic map: 0 = background, cluster c as c + 1). The work is
 ``spectral_jax.evaluation.evaluate_dsm``; exit code 0 on success, 1 when the data is missing or
 nothing could be evaluated, 2 for a usage error.
 """
@@ -116,8 +120,12 @@ def run(cfg) -> dict:
   pipeline_config = check_config(cfg)
   out = check_out(cfg)
   dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None)  # before creating out
-  out.mkdir(parents=True, exist_ok=True)
   kind = datasets.kind(cfg.dataset)
+  if kind == "semantic":
+    with _cli.usage_errors():
+      evaluation.check_semantic_setup(pipeline_config, dataset, cfg.semantic.num_clusters,
+                                      cfg.semantic.matching)
+  out.mkdir(parents=True, exist_ok=True)
   backbone = common.load_backbone(cfg)
   segmenter = dsm.make_pipeline(backbone, pipeline_config)
   n = min(cfg.limit or len(dataset), len(dataset))
@@ -157,8 +165,11 @@ def run(cfg) -> dict:
   print(f"{'metric':<16} {'measured':>9} {'paper':>7}")
   for metric, measured, paper in rows:
     print(f"{metric:<16} {measured:>9} {paper:>7}")
-  for name, iou in result.metrics.get("per_class_iou", {}).items():
-    print(f"  {name:<14} {'—' if iou is None else f'{100 * iou:.1f}':>9}")
+  per_class = {k: v for k, v in result.metrics.get("per_class_iou", {}).items() if v is not None}
+  if per_class:   # classes in neither ground truth nor prediction have no IoU: not listed
+    print("IoU per class (%):")
+    for name, iou in per_class.items():
+      print(f"  {name:<14} {100 * iou:>9.1f}")
   print(f"(paper: {(evaluation.PAPER.get(cfg.dataset) or {}).get('source', '—')})\n"
         f"metrics.json, boxes.json, per_image.json in {out}/ ({record['wall_s']:.1f} s)")
   return record

@@ -471,7 +471,7 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   if kind not in ("boxes", "mask", "semantic"):
     raise ValueError(f"kind must be 'boxes', 'mask' or 'semantic'; got {kind!r}")
   if kind == "semantic":
-    check_semantic_setup(segmenter, dataset, num_clusters, matching)
+    check_semantic_setup(segmenter.config, dataset, num_clusters, matching)
   n = len(dataset) if limit is None else min(int(limit), len(dataset))
   # Each record's ground truth waits here from the moment its image is decoded (a prefetch
   # thread) until its batch is done: at most prefetch + batch_size records are alive.
@@ -546,9 +546,16 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   return Evaluation(metrics=result, boxes=boxes, per_image=per_image, failures=failures)
 
 
-def check_semantic_setup(segmenter, dataset, num_clusters: int, matching: str) -> None:
-  """Refuses a semantic evaluation that cannot run, before any image is processed."""
-  if not segmenter.config.semantic:
+def check_semantic_setup(pipeline_config, dataset, num_clusters: int, matching: str) -> None:
+  """Refuses a semantic evaluation that cannot run, before any image is processed.
+
+  Args:
+    pipeline_config: the segmenter's ``dsm.PipelineConfig``; dataset: the semantic
+      ``DataSource``; num_clusters, matching: as :func:`evaluate_dsm`.
+  Raises:
+    ValueError: saying which setting to change.
+  """
+  if not pipeline_config.semantic:
     raise ValueError("the segmenter computes no semantic crops: build it with "
                      "PipelineConfig(semantic=True)")
   num_classes = getattr(dataset, "num_classes", None)

@@ -198,23 +198,13 @@ def test_voc12_semantic_miou_matches_brute_force_from_written_maps(voc_tree, tmp
   assert line.split()[-2:] == [f"{100 * m['miou']:.1f}", "30.8"]
 
 
-def test_semantic_alias_and_majority_matching(voc_tree, tmp_path):
-  truth = _semantic_tree(voc_tree, tmp_path / "data")
+def test_semantic_alias_and_too_many_clusters_are_refused_before_work(voc_tree, tmp_path):
+  """voc12_seg is accepted (alias); 25 clusters + background cannot match VOC's 21 classes
+  one-to-one: one line, exit 2, nothing written (majority matching would accept them)."""
+  _semantic_tree(voc_tree, tmp_path / "data")
   out = tmp_path / "out"
   done = _run(["--dataset=voc12_seg", f"--data_dir={tmp_path / 'data'}", f"--out={out}",
-               "--config.semantic.matching=majority", "--config.save_masks=True"])
-  assert done.returncode == 0, done.stderr[-3000:]
-  m = json.loads((out / "metrics.json").read_text())
-  preds = [np.asarray(Image.open(out / "masks" / f"{i}.png")) for i in truth]
-  # majority: each label to the class of highest IoU with it; pixel accuracy from that map
-  t_all = np.concatenate([t.ravel() for t in truth.values()])
-  p_all = np.concatenate([p.ravel() for p in preds])
-  keep = t_all != 255
-  t_all, p_all = t_all[keep], p_all[keep]
-  hits = 0
-  for j in np.unique(p_all):
-    ious = [np.sum((t_all == c) & (p_all == j)) / np.sum((t_all == c) | (p_all == j))
-            for c in range(21)]
-    hits += np.sum((p_all == j) & (t_all == int(np.argmax(ious))))
-  assert m["matching"] == "majority"
-  assert m["pixel_accuracy"] == pytest.approx(hits / t_all.size, rel=1e-6)
+               "--config.semantic.num_clusters=25"])
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert "26 labels cannot map one-to-one onto voc12's 21 classes" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -6,7 +6,8 @@
 
 Readers decode with NumPy / PIL and never import TensorFlow. One module per family:
 ``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011),
-``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes).
+``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes and instance
+masks). VOC2012's semantic split is ``voc12_semantic`` (alias ``voc12_seg``).
 """
 
 from __future__ import annotations
