@@ -61,6 +61,7 @@ def check_config(cfg) -> dsm.PipelineConfig:
   """Validates the settings before any work. Raises _cli.UsageError naming the field."""
   if datasets.canonical_name(cfg.dataset) not in NAMES:
     raise _cli.UsageError(f"--dataset must be one of {', '.join(NAMES)}; got {cfg.dataset!r}")
+  cfg.dataset = datasets.canonical_name(cfg.dataset)  # an alias reports as its dataset
   cfg.semantic.enabled = datasets.kind(cfg.dataset) == "semantic"  # the crops it needs
   if not cfg.data_dir:
     raise _cli.UsageError("--data_dir is required: the folder the official archives were "

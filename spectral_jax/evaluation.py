@@ -514,8 +514,8 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
       per_image[rec.id] = {"hit": hit, "best_iou": best, "num_gt_boxes": int(len(rec.boxes))}
     elif kind == "semantic":   # small per-image state only: segments (h, w), (S, C) crops
       h, w = photo.grid
-      kept.append((photo, res.semantic_segments[:h, :w], res.semantic_valid,
-                   res.semantic_embeddings))
+      kept.append((photo, res.semantic_segments[:h, :w].copy(), res.semantic_valid.copy(),
+                   res.semantic_embeddings.copy()))   # copies: no view keeps a batch alive
       per_image[rec.id] = {"num_segments": int(np.sum(res.semantic_valid))}
     else:
       if rec.mask is None:
