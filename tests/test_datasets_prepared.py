@@ -39,7 +39,7 @@ def trees(voc_tree, ecssd_tree, tmp_path_factory):
   _write_coco(base / "coco")
   (base / "coco" / "coco_20k_filenames.txt").write_text("25\n9\n")
   return {"voc07": (voc_tree[0], "trainval"), "voc12": (voc_tree[0], "train"),
-          "voc12_seg": (voc_tree[0], "val"), "ecssd": (ecssd_tree[0], "test"),
+          "voc12_semantic": (voc_tree[0], "val"), "ecssd": (ecssd_tree[0], "test"),
           "cub": (base / "cub", "test"), "pascal_context": (base, "val"),
           "cityscapes": (base, "val"), "ade20k": (base, "val"), "coco20k": (base / "coco", None)}
 
@@ -75,7 +75,7 @@ def test_every_dataset_has_a_builder_with_instructions_naming_its_archives():
     datasets.prepare("voc2007", "/nowhere", tfds_dir="/nowhere")
 
 
-@pytest.mark.parametrize("name", ["voc07", "voc12", "voc12_seg", "ecssd", "cub",
+@pytest.mark.parametrize("name", ["voc07", "voc12", "voc12_semantic", "ecssd", "cub",
                                   "pascal_context", "cityscapes", "ade20k", "coco20k"])
 def test_prepared_records_through_grain_equal_the_file_readers(trees, tfds_dir, name):
   data_dir, split = trees[name]
@@ -84,6 +84,8 @@ def test_prepared_records_through_grain_equal_the_file_readers(trees, tfds_dir, 
   assert isinstance(prepared, builders.PreparedSource) and prepared.ids == files.ids
   assert (prepared.name, prepared.split, prepared.root) == (files.name, files.split, files.root)
   assert [prepared.image_path(i) for i in prepared.ids] == [files.image_path(i) for i in files.ids]
+  for attribute in ("num_classes", "class_names"):  # a semantic source's label set
+    assert getattr(prepared, attribute, None) == getattr(files, attribute, None), attribute
   order = dict(shuffle=True, seed=3, shard_index=0, shard_count=1)
   assert_same_records(list(datasets.iterate(prepared, **order)),
                       list(datasets.iterate(files, **order)))

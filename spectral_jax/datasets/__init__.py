@@ -6,7 +6,8 @@
 
 Readers decode with NumPy / PIL and never import TensorFlow. One module per family:
 ``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011),
-``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes).
+``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes and instance
+masks). VOC2012's semantic split is ``voc12_semantic`` (alias ``voc12_seg``).
 
 Each dataset is also a tensorflow-datasets builder (``builders``, the ``data`` extra), prepared
 once to ArrayRecord and read with ``builder.as_data_source()`` (no TensorFlow either):
@@ -31,7 +32,8 @@ from spectral_jax.datasets.core import iterate
 DATASETS = {
     "voc07": (lambda d, s: voc.VOC(d, "2007", s), "trainval", "boxes"),
     "voc12": (lambda d, s: voc.VOC(d, "2012", s), "trainval", "boxes"),
-    "voc12_seg": (lambda d, s: voc.VOC(d, "2012", s, task="segmentation"), "val", "semantic"),
+    "voc12_semantic": (lambda d, s: voc.VOC(d, "2012", s, task="segmentation"), "val",
+                       "semantic"),
     "ecssd": (saliency.ecssd, "test", "mask"),
     "duts": (saliency.duts_te, "test", "mask"),
     "dut_omron": (saliency.dut_omron, "test", "mask"),
@@ -41,6 +43,13 @@ DATASETS = {
     "coco20k": (lambda d, s: coco.COCO20k(d, split=s), "train", "boxes"),
     "ade20k": (lambda d, s: semantic.ADE20K(d, s), "validation", "semantic"),
 }
+# other accepted names → the name in DATASETS
+ALIASES = {"voc12_seg": "voc12_semantic"}
+
+
+def canonical_name(name: str) -> str:
+  """``name`` with an alias (``ALIASES``) replaced by its dataset's name."""
+  return ALIASES.get(name, name)
 
 
 def load(name: str, data_dir=None, split: str | None = None, *, tfds_dir=None) -> DataSource:
@@ -53,6 +62,7 @@ def load(name: str, data_dir=None, split: str | None = None, *, tfds_dir=None) -
     ValueError: unknown name. MissingDataError: the layout is not under ``data_dir``, or the
     split is not prepared in ``tfds_dir`` (or was prepared for another dataset / version).
   """
+  name = canonical_name(name)
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
   if tfds_dir is not None:
@@ -67,6 +77,7 @@ def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir, progress
   """Prepares ``split`` of ``name`` (from ``data_dir``) once to ArrayRecord under ``tfds_dir``
   with its tfds builder; a no-op if already prepared. Returns the prepared folder.
   See :func:`spectral_jax.datasets.builders.prepare`."""
+  name = canonical_name(name)
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
   return _builders().prepare(name, data_dir, split=split, tfds_dir=tfds_dir, progress=progress)
@@ -84,8 +95,9 @@ def _builders():
 
 def kind(name: str) -> str:
   """"boxes" (CorLoc), "mask" (single-object IoU / acc / maxFβ) or "semantic"."""
-  return DATASETS[name][2]
+  return DATASETS[canonical_name(name)][2]
 
 
-__all__ = ["DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record", "coco", "iterate",
-           "kind", "load", "prepare", "saliency", "semantic", "voc"]
+__all__ = ["ALIASES", "DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record",
+           "canonical_name", "coco", "iterate", "kind", "load", "prepare", "saliency", "semantic",
+           "voc"]

@@ -66,7 +66,7 @@ SPECS = {
                   voc.ARCHIVES["2007"], _VOC_LAYOUT.format(year=2007), _VOC_FIELDS),
     "voc12": Spec("PASCAL VOC2012: object boxes (CorLoc), class and object masks.",
                   voc.ARCHIVES["2012"], _VOC_LAYOUT.format(year=2012), _VOC_FIELDS),
-    "voc12_seg": Spec("PASCAL VOC2012 segmentation subset (ImageSets/Segmentation): 21-class "
+    "voc12_semantic": Spec("PASCAL VOC2012 segmentation subset (ImageSets/Segmentation): 21-class "
                       "semantic masks, object masks and boxes.",
                       voc.ARCHIVES["2012"], _VOC_LAYOUT.format(year=2012), _VOC_FIELDS),
     "ecssd": Spec("ECSSD: 1 000 images with salient-object masks.", saliency.ARCHIVES["ecssd"],
@@ -87,10 +87,11 @@ SPECS = {
     "cityscapes": Spec("Cityscapes fine annotations, STEGO / NeuralEF's 27 classes.",
                        semantic.Cityscapes.archive,
                        "cityscapes/{leftImg8bit, gtFine}/<split>/<city>/", ("class_mask",)),
-    "coco20k": Spec("COCO20k: LOST's 19 817 COCO 2014 train images with their boxes.",
+    "coco20k": Spec("COCO20k: LOST's 19 817 COCO 2014 train images with their boxes, crowd "
+                    "flags, instance masks and class / instance-id maps.",
                     f"{coco.ARCHIVE}, plus LOST's {coco.IDS_FILE}",
                     f"train2014/, annotations/instances_train2014.json, {coco.IDS_FILE}",
-                    ("boxes",)),
+                    ("boxes", "class_mask", "instance_mask", "instance_masks")),
     "ade20k": Spec("ADE20K (SceneParsing), 150 classes (0 ignored).", semantic.ADE20K.archive,
                    "ADEChallengeData2016/{images, annotations}/{training, validation}/",
                    ("class_mask",)),
@@ -118,8 +119,11 @@ def features(spec: Spec) -> tfds.features.FeaturesDict:
     f.update(boxes=tfds.features.Tensor(shape=(None, 4), dtype=np.int32),
              labels=tfds.features.Tensor(shape=(None,), dtype=np.int32),
              difficult=tfds.features.Tensor(shape=(None,), dtype=np.bool_),
-             truncated=tfds.features.Tensor(shape=(None,), dtype=np.bool_))
+             truncated=tfds.features.Tensor(shape=(None,), dtype=np.bool_),
+             crowd=tfds.features.Tensor(shape=(None,), dtype=np.bool_))
   f.update({k: blob() for k in MASK_FIELDS if k in spec.fields})
+  if "instance_masks" in spec.fields:  # (N, H, W) bool as one 0/1 PNG of N·H rows
+    f["instance_masks"] = blob()
   return tfds.features.FeaturesDict(f)
 
 
@@ -129,6 +133,8 @@ def encode(record: core.Record, spec: Spec) -> dict:
   unstored = [k for k in MASK_FIELDS if k not in spec.fields and getattr(record, k) is not None]
   if "boxes" not in spec.fields and len(record.boxes):
     unstored.append("boxes")
+  if "instance_masks" not in spec.fields and record.instance_masks is not None:
+    unstored.append("instance_masks")
   if unstored:
     raise ValueError(f"record {record.id!r} has {unstored}, which its builder does not store "
                      f"(fields {spec.fields}): the prepared copy would differ from the files")
@@ -151,11 +157,16 @@ def encode(record: core.Record, spec: Spec) -> dict:
     example.update(boxes=np.asarray(record.boxes, np.int32).reshape(-1, 4),
                    labels=np.asarray(record.labels, np.int32),
                    difficult=np.asarray(record.difficult, bool),
-                   truncated=np.asarray(record.truncated, bool))
+                   truncated=np.asarray(record.truncated, bool),
+                   crowd=np.asarray(record.crowd, bool))
   for k in MASK_FIELDS:
     if k in spec.fields:
       a = getattr(record, k)
       example[k] = b"" if a is None else _png(a)
+  if "instance_masks" in spec.fields:
+    m = record.instance_masks
+    example["instance_masks"] = (b"" if m is None or not len(m) else
+                                 _png(np.asarray(m, np.uint8).reshape(-1, w)))
   return example
 
 
@@ -172,11 +183,17 @@ def decode(example: dict, spec: Spec, path: str = "") -> core.Record:
     fields.update(boxes=np.asarray(example["boxes"], np.int32).reshape(-1, 4),
                   labels=np.asarray(example["labels"], np.int32),
                   difficult=np.asarray(example["difficult"], bool),
-                  truncated=np.asarray(example["truncated"], bool))
+                  truncated=np.asarray(example["truncated"], bool),
+                  crowd=np.asarray(example["crowd"], bool))
   for k in MASK_FIELDS:
     if k in spec.fields and len(example[k]):
       a = _unpng(example[k])
       fields[k] = a.astype(bool) if k == "mask" else a
+  if "instance_masks" in spec.fields:
+    h, w = image.shape[:2]
+    blob = example["instance_masks"]
+    fields["instance_masks"] = (_unpng(blob).reshape(-1, h, w).astype(bool) if len(blob) else
+                                np.zeros((len(fields["boxes"]), h, w), bool))
   return core.Record(id=image_id, image=np.ascontiguousarray(image), path=path, **fields)
 
 
@@ -219,7 +236,10 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ids = list(source.ids)
     self.info.metadata.update(
         dataset=self.name, split=split, ids=ids, root=str(source.root), name=source.name,
-        paths=[_relative(source.image_path(i), source.root) for i in ids])
+        paths=[_relative(source.image_path(i), source.root) for i in ids],
+        # a semantic source's label set (evaluation.semantic_over_dataset reads these)
+        num_classes=getattr(source, "num_classes", None),
+        class_names=list(getattr(source, "class_names", None) or []))
     return {split: self._generate_examples(source)}
 
   def _generate_examples(self, source):
@@ -393,9 +413,12 @@ class PreparedSource(core.DataSource):
     check_prepared(builder, name, split)
     self.spec, self.dataset, self.tfds_dir = SPECS[name], name, tfds_dir
     meta = builder.info.metadata
-    self.name, self.split = meta["name"], split   # the reader's name (voc12_seg's is "voc12")
+    self.name, self.split = meta["name"], split   # the reader's name (voc12_semantic's is "voc12")
     self.root = pathlib.Path(meta["root"])
     self.ids = list(meta["ids"])
+    if meta.get("num_classes") is not None:
+      self.num_classes = int(meta["num_classes"])
+      self.class_names = tuple(meta.get("class_names") or ()) or None
     self._paths = dict(zip(self.ids, meta["paths"]))
     self._index = {image_id: i for i, image_id in enumerate(self.ids)}
     self.prepared_dir = pathlib.Path(builder.data_dir)

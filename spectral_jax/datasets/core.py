@@ -39,6 +39,9 @@ class Record:
     class_mask: (H, W) uint8 semantic labels, 255 = ignore; None where the image has none.
     instance_mask: (H, W) uint8 instance ids (0 background, 255 ignore); None where none.
     mask: (H, W) bool single-object (salient) foreground; None where none.
+    instance_masks: (N, H, W) bool, one mask per box (overlaps kept); None where none.
+    crowd: (N,) bool COCO ``iscrowd`` (a group of objects: an "ignore" region for AP); empty
+      where the format has none.
     path: the image file.
   """
 
@@ -51,6 +54,8 @@ class Record:
   class_mask: np.ndarray | None = None
   instance_mask: np.ndarray | None = None
   mask: np.ndarray | None = None
+  instance_masks: np.ndarray | None = None
+  crowd: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), bool))
   path: str = ""
 
   @property
