@@ -181,7 +181,10 @@ def test_train_augment_is_seeded_and_shaped():
   window = resized[y0:y0 + 32, x0:x0 + 32]
   window = window[:, ::-1] if p[3] else window
   np.testing.assert_array_equal(crop[:window.shape[0], :window.shape[1]], window)
-  assert np.isnan(p[4:]).all()
+  np.testing.assert_array_equal(p[4:], [0, 1, 1, 0])  # the identity values
+  # and those values are the identity: saturation ×1 and hue +0 leave a uint8 image as it is
+  np.testing.assert_array_equal(T.adjust_saturation(image, 1.0), image)
+  np.testing.assert_array_equal(T.adjust_hue(image, 0), image)
   with pytest.raises(ValueError, match="ratio_range"):
     T.TrainAugment(ratio_range=(2.0, 1.0))
   with pytest.raises(ValueError, match="uint8"):

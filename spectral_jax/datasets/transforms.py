@@ -314,7 +314,8 @@ def train_augment(image: np.ndarray, rng: np.random.Generator, aug: TrainAugment
     labels: optional (H, W) uint8 labels, used only by ``cat_max_ratio`` to choose the crop.
   Returns:
     ``(crop, params)``: (S, S, 3) uint8, S = ``aug.crop_size``; params (8,) float32 in the
-    order of `AUG_PARAM_NAMES` (NaN where a photometric step was not applied).
+    order of `AUG_PARAM_NAMES`; a photometric step not applied has its identity value
+    (brightness 0, contrast 1, saturation 1, hue 0: each of those leaves a uint8 image as is).
   """
   if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
     raise ValueError(f"images must be (H, W, 3) uint8; got {image.shape} {image.dtype}")
@@ -331,9 +332,9 @@ def train_augment(image: np.ndarray, rng: np.random.Generator, aug: TrainAugment
         contrast_range=tuple(aug.contrast_range), saturation_range=tuple(aug.saturation_range),
         hue_delta=int(aug.hue_delta))
   image, _ = pad_to(image, size)
-  nan = lambda v: np.nan if v is None else float(v)
-  params = np.asarray([ratio, y0, x0, float(flipped), nan(photo["brightness"]),
-                       nan(photo["contrast"]), nan(photo["saturation"]), nan(photo["hue"])],
+  value = lambda name, identity: identity if photo[name] is None else float(photo[name])
+  params = np.asarray([ratio, y0, x0, float(flipped), value("brightness", 0.0),
+                       value("contrast", 1.0), value("saturation", 1.0), value("hue", 0.0)],
                       np.float32)
   return image, params
 
