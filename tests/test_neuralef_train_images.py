@@ -82,6 +82,7 @@ def test_pipeline_shards_shuffles_and_is_a_function_of_the_index():
     for k in ("image", "index", "aug"):
       np.testing.assert_array_equal(x[k], y[k])
   assert a[0]["image"].shape == (3, 28, 28, 3) and a[0]["image"].dtype == np.uint8
+  assert set(a[0]) == {"image", "index", "aug"}  # no labels leave the pipeline (SPEC §5)
   ratio = a[0]["aug"][:, 0]
   assert ((ratio >= 0.5) & (ratio < 2.0)).all()
 
@@ -101,6 +102,42 @@ def test_pipeline_state_round_trips_through_json():
   for x, y in zip(want, (next(again) for _ in range(3))):
     np.testing.assert_array_equal(x["image"], y["image"])
     np.testing.assert_array_equal(x["index"], y["index"])
+
+
+@pytest.fixture(scope="module")
+def resource_tracker():
+  """multiprocessing's resource tracker (grain's workers share memory through it), started
+  before the test: it lives as long as this interpreter, by design, so it is not the test's
+  leftover."""
+  from multiprocessing import resource_tracker as tracker  # pylint: disable=import-outside-toplevel
+  tracker.ensure_running()
+
+
+def test_pipeline_workers_change_no_batch(resource_tracker):
+  """A multiprocess worker (grain mp_prefetch) yields the batches the in-process pipeline does,
+  and its iterator state resumes the same sequence."""
+  del resource_tracker
+  source = pipeline.ImageListSource(photos(5))
+  aug = transforms.TrainAugment(crop_size=28, scale=(48, 48))
+  make = lambda workers: iter(pipeline.training_dataset(
+      source, aug, batch_size=2, seed=5, shard_index=0, shard_count=1, num_workers=workers))
+  plain = make(0)
+  want = [next(plain) for _ in range(5)]
+  worker = make(1)
+  try:
+    got = [next(worker) for _ in range(3)]
+    state = json.loads(pipeline.encode_state(worker.get_state()))
+  finally:
+    worker.close()
+  resumed = make(1)
+  try:
+    resumed.set_state(state)
+    got += [next(resumed) for _ in range(2)]
+  finally:
+    resumed.close()
+  for x, y in zip(want, got):
+    for k in ("image", "index", "aug"):
+      np.testing.assert_array_equal(x[k], np.asarray(y[k]))
 
 
 def test_pipeline_bad_input():
