@@ -91,6 +91,12 @@ def main(argv):
     first, last = result.history[0], result.history[-1]
     print(f"loss {first['loss']:.5f} (step {first['step']}) -> {last['loss']:.5f} "
           f"(step {last['step']})")
+  if result.fidelity is not None:
+    f, k = result.fidelity, int(config.psi.k)
+    print(f"fidelity (ψ vs the batch kernel's top-{k} eigenvectors, {workdir}/fidelity.json): "
+          f"mean |cos| in order {f[f'cos_in_order_mean@{k}']:.3f}, largest principal angle "
+          f"{f[f'angle_max_deg@{k}']:.1f}° (mean {f[f'angle_mean_deg@{k}']:.1f}°), Rayleigh/λ "
+          f"{f[f'rayleigh_over_lambda_mean@{k}']:.3f}")
   step = int(jax.device_get(result.state.step))
   if result.interrupted:
     print(f"interrupted: checkpoint saved at step {step}; rerun the same command to resume")

@@ -128,3 +128,62 @@ def test_bad_inputs_are_named():
     fid.kernel_eigenpairs(g, N, K, method="arpack")
   with pytest.raises(ValueError, match="k = 0"):
     fid.kernel_eigenpairs(g, N, 0)
+
+
+# ----------------------------------------------------------------------------- training hook
+
+
+def test_training_logs_fidelity_against_an_independent_reference(tmp_path):
+  """Steps 5 and 10 of a 10-step run carry ``fidelity/…`` keys; fidelity.json holds the last
+  result, checked against the dense kernel of ``graphs.neuralef_kernel``, float64 eigh and ψ
+  applied here; the probe leaves training unchanged."""
+  import json  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+  from test_neuralef_train import synthetic_features  # pylint: disable=import-outside-toplevel
+  from experiments.configs import neuralef as configs  # pylint: disable=import-outside-toplevel
+  from spectral_jax import graphs  # pylint: disable=import-outside-toplevel
+  from spectral_jax.neuralef import loss as loss_lib  # pylint: disable=import-outside-toplevel
+  from spectral_jax.neuralef import train as train_lib  # pylint: disable=import-outside-toplevel
+
+  config = configs.get_config("test")
+  config.log.tensorboard = False
+  config.train.num_steps = 10
+  feats = synthetic_features()
+  mesh = train_lib.data_mesh(jax.devices()[:1])
+  # The same steps without the probe (the loop's step function, compiled once for both).
+  state = train_lib.replicate(train_lib.init_state(config, feats.psi_inputs.shape[-1]), mesh)
+  step_fn, plain_losses = train_lib.make_train_step(config, mesh), []
+  for i in range(config.train.num_steps):
+    views = train_lib.batch_indices(i, len(feats), config.train.batch_size, config.seed)
+    state, metrics = step_fn(state, train_lib.device_batch(feats.batch, views, mesh))
+    plain_losses.append(float(metrics["loss"]))
+  config.log.fidelity_every = 5
+  run = train_lib.train(config, tmp_path / "probed", feats, mesh=mesh)
+  lines = (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(ln) for ln in lines]
+  k = config.psi.k
+  assert [r["step"] for r in records if f"fidelity/angle_max_deg@{k}" in r] == [5, 10]
+  assert [r["loss"] for r in records] == plain_losses
+  saved = json.loads((tmp_path / "probed" / "fidelity.json").read_text())
+  assert saved["step"] == 10 and saved["summary"] == run.fidelity
+
+  batch = feats.batch(train_lib.batch_indices(0, len(feats), config.train.batch_size,
+                                              config.seed))
+  g = np.asarray(graphs.neuralef_kernel(
+      jnp.asarray(batch["graph_features"]), jnp.asarray(batch["image_grids"]), k=config.graph.k,
+      alpha=config.graph.alpha, n_neighbors=tuple(config.graph.n_neighbors),
+      distance_weights=tuple(config.graph.distance_weights)), np.float64)
+  lam, u = np.linalg.eigh(g)
+  lam, u = lam[::-1], u[:, ::-1]
+  assert lam[k - 1] - lam[k] > 1e-3  # the top-K eigenspace is well defined
+  logits = train_lib.psi_module(config).apply({"params": run.state.params},
+                                              jnp.asarray(batch["psi_inputs"]))[0]
+  tau = loss_lib.tau_schedule(config.train.num_steps, config.loss.tau_max, config.loss.tau_min)
+  p = np.asarray(jax.nn.softmax(logits / tau(10), axis=-1), np.float64).reshape(-1, k)
+  p = p / np.linalg.norm(p, axis=0)
+  np.testing.assert_allclose(saved["eigenvalues"], lam[:k], atol=1e-5)
+  np.testing.assert_allclose(saved["rayleigh"], np.sum(p * (g @ p), 0), atol=1e-5)
+  np.testing.assert_allclose(np.sort(saved["within_span_deg"][str(k)]),
+                             np.degrees(np.sort(scipy.linalg.subspace_angles(p, u[:, :k]))),
+                             atol=1e-2)

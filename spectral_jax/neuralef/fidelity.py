@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import eigensolvers
+from spectral_jax.neuralef import loss as loss_lib
 
 Kernel = Union[jax.Array, np.ndarray, Callable[[jax.Array], jax.Array]]
 
@@ -272,8 +273,72 @@ def summary(result: dict) -> dict[str, float]:
   return out
 
 
+PSI_OUTPUTS = ("softmax", "logits")
+
+
+def psi_outputs(logits: jax.Array, tau: jax.Array, outputs: str = "softmax") -> jax.Array:
+  """ψ's columns as compared: ``softmax(logits/τ)`` (the training output without its Gumbel
+  noise; the L2 batch normalisation only rescales columns) or the raw ``logits``; (..., K)."""
+  if outputs not in PSI_OUTPUTS:
+    raise ValueError(f"outputs must be one of {PSI_OUTPUTS}; got {outputs!r}")
+  return jax.nn.softmax(logits / tau, axis=-1) if outputs == "softmax" else logits
+
+
+def make_probe(config, batch: dict, *, outputs: str | None = None, method: str = "auto"
+               ) -> Callable[..., tuple[dict[str, float], dict]]:
+  """The fidelity of a training state on one fixed batch: ``probe(state) -> (summary, result)``.
+
+  The batch kernel (``config.graph``, as the train step builds it on one device) and its top-K
+  eigenpairs are computed once, here; each call runs ψ on the batch (``psi_outputs`` at the
+  state's τ) and `fidelity` in one jitted program on this process's first device (the state's
+  params are copied device to device, no host round trip), then reads the `summary` back.
+
+  Args:
+    config: the training config (``psi``, ``graph``, ``loss``, ``train.num_steps``;
+      ``log.fidelity_outputs`` unless ``outputs`` is given).
+    batch: host or device arrays ``psi_inputs`` (B, N, D), ``graph_features`` (B, N, C),
+      ``image_grids`` (B, h, w, 3) of the fixed batch.
+    outputs: "softmax" or "logits" (`psi_outputs`).
+    method: `kernel_eigenpairs` method.
+  Returns:
+    ``probe(state)``: ``(summary dict of floats, the full `fidelity` result on the host)``.
+  """
+  from spectral_jax.neuralef import step as step_lib  # pylint: disable=import-outside-toplevel
+  outputs = str(config.log.get("fidelity_outputs", "softmax")) if outputs is None else outputs
+  psi_outputs(jnp.zeros((1, 1)), 1.0, outputs)  # validates ``outputs`` before compiling
+  device = jax.local_devices()[0]
+  x, feats, grids = (jax.device_put(jnp.asarray(batch[key], jnp.float32), device)
+                     for key in step_lib.BATCH_KEYS)
+  n, k = feats.shape[0] * feats.shape[1], int(config.psi.k)
+  g = config.graph
+  kernel_fn = lambda f, gr: step_lib.batch_kernel_matmul(
+      f, gr, k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
+      distance_weights=tuple(g.distance_weights), block_size=g.block_size, form=g.form)
+  reference = jax.jit(lambda f, gr: kernel_eigenpairs(kernel_fn(f, gr), n, k, method=method)
+                      )(feats, grids)
+  psi = step_lib.psi_module(config)
+  tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), config.loss.tau_max,
+                                 config.loss.tau_min)
+
+  @jax.jit
+  def compare(params, step, ref, x, f, gr):
+    logits, _ = psi.apply({"params": params}, x)
+    out = psi_outputs(logits, tau_fn(step), outputs).reshape(n, k)
+    return fidelity(out, ref, kernel_fn(f, gr))
+
+  def local(a):
+    return jax.device_put(a.addressable_data(0) if isinstance(a, jax.Array) else a, device)
+
+  def probe(state):
+    result = jax.device_get(compare(jax.tree.map(local, state.params), local(state.step),
+                                    reference, x, feats, grids))
+    return summary(result), result
+
+  return probe
+
+
 __all__ = [
-    "DEFAULT_CLUSTER_TOL", "DEFAULT_DIMS", "EIGH_MAX_TOKENS", "KernelEigenpairs", "clusters",
-    "dense_kernel", "fidelity", "fidelity_dims", "kernel_eigenpairs", "principal_angles",
-    "summary",
+    "DEFAULT_CLUSTER_TOL", "DEFAULT_DIMS", "EIGH_MAX_TOKENS", "KernelEigenpairs", "PSI_OUTPUTS",
+    "clusters", "dense_kernel", "fidelity", "fidelity_dims", "kernel_eigenpairs", "make_probe",
+    "principal_angles", "psi_outputs", "summary",
 ]

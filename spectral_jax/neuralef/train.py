@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from spectral_jax.neuralef import fidelity as fidelity_lib
 from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
 from spectral_jax.neuralef.checkpoint import ConfigMismatchError
 from spectral_jax.neuralef.checkpoint import check_checkpoint_config
@@ -93,6 +94,7 @@ class TrainResult:
   history: list[dict[str, Any]]
   interrupted: bool
   resumed_from: int | None
+  fidelity: dict[str, Any] | None = None  # the last `_FidelityHook` summary (process 0)
 
 
 class _Logger:
@@ -137,6 +139,31 @@ def _record(step: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any
   record.update({"eig_max": float(eig.max()), "eig_mean": float(eig.mean()),
                  "eig_min": float(eig.min()), "eig_top4": [float(x) for x in eig[:4]]})
   return record
+
+
+class _FidelityHook:
+  """ψ against the batch kernel's eigenvectors on a fixed batch (``neuralef.fidelity``), every
+  ``log.fidelity_every`` steps (0: never) and at the last step: its summary goes into that
+  step's record (``fidelity/…`` keys) and the last full result to ``workdir/fidelity.json``.
+  The fixed batch is step 0's views; the hook runs on process 0 only, on logged steps only."""
+
+  def __init__(self, config, features, workdir: pathlib.Path, enabled: bool):
+    self.every = int(config.log.get("fidelity_every", 0)) if enabled else 0
+    self.path, self.summary, self.probe = workdir / "fidelity.json", None, None
+    if self.every:
+      indices = batch_indices(0, len(features), int(config.train.batch_size), int(config.seed))
+      self.probe = fidelity_lib.make_probe(config, features.batch(indices))
+
+  def due(self, step: int) -> bool:
+    return bool(self.every) and step % self.every == 0
+
+  def __call__(self, step: int, state: TrainState, record: dict[str, Any]) -> None:
+    self.summary, result = self.probe(state)
+    record.update({f"fidelity/{k}": v for k, v in self.summary.items()})
+    arrays = {k: np.asarray(v).tolist() for k, v in result.items() if not isinstance(v, dict)}
+    arrays.update({f"{k}_deg": {str(m): np.degrees(np.asarray(a)).tolist() for m, a in v.items()}
+                   for k, v in result.items() if isinstance(v, dict)})
+    self.path.write_text(json.dumps({"step": step, "summary": self.summary, **arrays}) + "\n")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, features, *,
@@ -185,6 +212,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   step = int(jax.device_get(state.step))
   logger = _Logger(workdir, bool(config.log.tensorboard), step, is_main)
   train_step = make_train_step(config, mesh)
+  hook = _FidelityHook(config, features, workdir, is_main and step < stop)
   history, interrupted = [], False
   bar = None
   if is_main and config.log.progress and step < stop:
@@ -197,10 +225,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
       batch = device_batch(features.batch, indices, mesh)
       new_state, metrics = train_step(state, batch)
       state, step = new_state, step + 1
-      if step % int(config.log.every) == 0 or step == stop or step == 1:
+      probe = hook.probe is not None and (hook.due(step) or step == stop)
+      if step % int(config.log.every) == 0 or step == stop or step == 1 or probe:
         jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
         now = time.perf_counter()
         record = _record(step, metrics, (now - clock) / (step - clock_step))
+        if probe:  # not timed as a step
+          hook(step, state, record)
+          now = time.perf_counter()
         clock, clock_step = now, step
         history.append(record)
         logger.write(record)
@@ -221,7 +253,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
     if bar is not None:
       bar.close()
   return TrainResult(state=state, history=history, interrupted=interrupted,
-                     resumed_from=resumed_from)
+                     resumed_from=resumed_from, fidelity=hook.summary)
 
 
 def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
