@@ -301,7 +301,9 @@ def make_probe(config, batch: dict, *, outputs: str | None = None, method: str =
     outputs: "softmax" or "logits" (`psi_outputs`).
     method: `kernel_eigenpairs` method.
   Returns:
-    ``probe(state)``: ``(summary dict of floats, the full `fidelity` result on the host)``.
+    ``probe(state)``: ``(summary dict of floats, the full `fidelity` result on the host)``;
+    the summary also holds ``argmax_columns_used``: how many of the K columns are the argmax
+    of ψ's logits on some token of the batch (the clusters inference would use).
   """
   from spectral_jax.neuralef import step as step_lib  # pylint: disable=import-outside-toplevel
   outputs = str(config.log.get("fidelity_outputs", "softmax")) if outputs is None else outputs
@@ -324,15 +326,18 @@ def make_probe(config, batch: dict, *, outputs: str | None = None, method: str =
   def compare(params, step, ref, x, f, gr):
     logits, _ = psi.apply({"params": params}, x)
     out = psi_outputs(logits, tau_fn(step), outputs).reshape(n, k)
-    return fidelity(out, ref, kernel_fn(f, gr))
+    result = fidelity(out, ref, kernel_fn(f, gr))
+    # How many of the K columns win the argmax (the inference clusters) on some token.
+    counts = jnp.zeros(k, jnp.int32).at[jnp.argmax(logits.reshape(n, k), -1)].add(1)
+    return result, jnp.sum(counts > 0)
 
   def local(a):
     return jax.device_put(a.addressable_data(0) if isinstance(a, jax.Array) else a, device)
 
   def probe(state):
-    result = jax.device_get(compare(jax.tree.map(local, state.params), local(state.step),
-                                    reference, x, feats, grids))
-    return summary(result), result
+    result, used = jax.device_get(compare(jax.tree.map(local, state.params), local(state.step),
+                                          reference, x, feats, grids))
+    return {**summary(result), "argmax_columns_used": float(used)}, result
 
   return probe
 
