@@ -182,6 +182,8 @@ def test_training_logs_fidelity_against_an_independent_reference(tmp_path):
   tau = loss_lib.tau_schedule(config.train.num_steps, config.loss.tau_max, config.loss.tau_min)
   p = np.asarray(jax.nn.softmax(logits / tau(10), axis=-1), np.float64).reshape(-1, k)
   p = p / np.linalg.norm(p, axis=0)
+  used = np.unique(np.argmax(np.asarray(logits).reshape(-1, k), axis=-1))
+  assert run.fidelity["argmax_columns_used"] == len(used)
   np.testing.assert_allclose(saved["eigenvalues"], lam[:k], atol=1e-5)
   np.testing.assert_allclose(saved["rayleigh"], np.sum(p * (g @ p), 0), atol=1e-5)
   np.testing.assert_allclose(np.sort(saved["within_span_deg"][str(k)]),
