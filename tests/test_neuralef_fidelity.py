@@ -184,6 +184,7 @@ def test_training_logs_fidelity_against_an_independent_reference(tmp_path):
   p = p / np.linalg.norm(p, axis=0)
   used = np.unique(np.argmax(np.asarray(logits).reshape(-1, k), axis=-1))
   assert run.fidelity["argmax_columns_used"] == len(used)
+  assert run.fidelity["eigenpairs_converged"] == 1.0
   np.testing.assert_allclose(saved["eigenvalues"], lam[:k], atol=1e-5)
   np.testing.assert_allclose(saved["rayleigh"], np.sum(p * (g @ p), 0), atol=1e-5)
   np.testing.assert_allclose(np.sort(saved["within_span_deg"][str(k)]),

@@ -303,7 +303,9 @@ def make_probe(config, batch: dict, *, outputs: str | None = None, method: str =
   Returns:
     ``probe(state)``: ``(summary dict of floats, the full `fidelity` result on the host)``;
     the summary also holds ``argmax_columns_used``: how many of the K columns are the argmax
-    of ψ's logits on some token of the batch (the clusters inference would use).
+    of ψ's logits on some token of the batch (the clusters inference would use), and
+    ``eigenpairs_converged``: the fraction of the K reference eigenpairs that converged (1.0
+    for eigh; below 1 the comparison is against inexact eigenvectors).
   """
   from spectral_jax.neuralef import step as step_lib  # pylint: disable=import-outside-toplevel
   outputs = str(config.log.get("fidelity_outputs", "softmax")) if outputs is None else outputs
@@ -318,6 +320,7 @@ def make_probe(config, batch: dict, *, outputs: str | None = None, method: str =
       distance_weights=tuple(g.distance_weights), block_size=g.block_size, form=g.form)
   reference = jax.jit(lambda f, gr: kernel_eigenpairs(kernel_fn(f, gr), n, k, method=method)
                       )(feats, grids)
+  converged = float(np.mean(np.asarray(reference.converged)))  # 1.0 unless LOBPCG stalled
   psi = step_lib.psi_module(config)
   tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), config.loss.tau_max,
                                  config.loss.tau_min)
@@ -337,7 +340,8 @@ def make_probe(config, batch: dict, *, outputs: str | None = None, method: str =
   def probe(state):
     result, used = jax.device_get(compare(jax.tree.map(local, state.params), local(state.step),
                                           reference, x, feats, grids))
-    return {**summary(result), "argmax_columns_used": float(used)}, result
+    return {**summary(result), "argmax_columns_used": float(used),
+            "eigenpairs_converged": converged}, result
 
   return probe
 
