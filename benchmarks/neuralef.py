@@ -15,7 +15,10 @@ problem: B·N = 9216 tokens (16 crops × 24×24 patches), K = 256, ψ input 1152
   ``torch.nn.utils.parametrizations.orthogonal``); ``F.gumbel_softmax``; the loss with autograd
   (R̂ from ``psi.detach()``); ``torch.optim.Adam``.
 
-Printed: median step time over ``--repeats`` (after one warm-up), tokens/s, the ratio, and XLA's
+Printed: median step time over ``--repeats`` (after one warm-up call each, whose time is printed:
+compilation is not in the medians), tokens/s, the ratio of the medians and the per-repeat
+ratios (the two steps alternate within each repeat, so a change of load on a shared machine
+hits both sides of a ratio alike), the machine's load average, and XLA's
 compiled memory analysis of the kernel construction alone with and without blockwise top-k
 (temp bytes: the working set beyond inputs and outputs). Same machine, same run. Flags set the
 sizes, so it runs unchanged on a GPU (``--torch_device cuda``).
@@ -26,6 +29,9 @@ Run: PYTHONPATH=. python benchmarks/neuralef.py [--images 16 --grid 24 --repeats
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +64,8 @@ def _inputs(args, seed=0):
   }
 
 
-def jax_step_time(args, batch) -> float:
+def jax_step_fn(args, batch):
+  """One call = one jitted step (kernel + ψ + loss + grad + Adam), waiting for its result."""
   config = _config(args)
   step = train_lib.make_train_step(config)
   state = train_lib.init_state(config, args.psi_dim)
@@ -67,9 +74,23 @@ def jax_step_time(args, batch) -> float:
 
   def run():
     new, metrics = step(holder[0], batch)
-    jax.block_until_ready(metrics["loss"])
+    jax.block_until_ready((new, metrics))
     holder[0] = new
-  return testing.median_time(run, args.repeats)
+  return run
+
+
+def paired_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+  """Seconds of each function per repeat, the functions called in turn within every repeat
+  (so a change of machine load hits both sides of a ratio alike); after one untimed warm-up
+  call each, whose time (compilation included) is returned under ``"<name>_first"``."""
+  times = {}
+  for name, fn in fns.items():
+    times[f"{name}_first"] = [testing.timed_call(fn)[1]]
+    times[name] = []
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      times[name].append(testing.timed_call(fn)[1])
+  return times
 
 
 def kernel_memory(args, batch, form: str, block_size) -> dict:
@@ -202,15 +223,27 @@ def main():
   print(f"B·N = {args.images}×{args.grid}² = {tokens} tokens, K = {args.K}, k = {args.k}, "
         f"ψ input {args.psi_dim}, graph features {args.graph_dim}; JAX on "
         f"{jax.devices()[0].platform}, {args.repeats} repeats (median)")
-  t_jax = jax_step_time(args, batch)
-  print(f"JAX  step ({args.form}, block {args.block_size}): {t_jax:8.3f} s  "
-        f"{tokens / t_jax:10.0f} tokens/s")
+  fns = {"jax": jax_step_fn(args, batch)}
   if not args.skip_torch:
     import torch  # pylint: disable=import-outside-toplevel
-    t_torch = testing.median_time(torch_step_fn(args, batch, args.torch_device), args.repeats)
+    fns["torch"] = torch_step_fn(args, batch, args.torch_device)
+  load_before = os.getloadavg()[0]
+  times = paired_times(fns, args.repeats)
+  t_jax = statistics.median(times["jax"])
+  print(f"JAX  step ({args.form}, block {args.block_size}): {t_jax:8.3f} s  "
+        f"{tokens / t_jax:10.0f} tokens/s  (first call, with compilation: "
+        f"{times['jax_first'][0]:.1f} s)")
+  if not args.skip_torch:
+    t_torch = statistics.median(times["torch"])
+    ratios = [b / a for a, b in zip(times["jax"], times["torch"])]
     print(f"torch step (reference, {args.torch_device}, {torch.get_num_threads()} threads): "
-          f"{t_torch:8.3f} s  {tokens / t_torch:10.0f} tokens/s")
-    print(f"speed-up JAX / torch: {t_torch / t_jax:.2f}×")
+          f"{t_torch:8.3f} s  {tokens / t_torch:10.0f} tokens/s  (first call "
+          f"{times['torch_first'][0]:.1f} s)")
+    print(f"speed-up JAX / torch: {t_torch / t_jax:.2f}× (ratio of medians); per interleaved "
+          f"pair: {', '.join(f'{r:.2f}' for r in ratios)} (median "
+          f"{statistics.median(ratios):.2f}×)")
+  print(f"per-repeat seconds: {json.dumps({k: [round(t, 2) for t in v] for k, v in times.items()})}"
+        f"; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
   print("kernel construction + one product, XLA memory analysis:")
   for form in train_lib.KERNEL_FORMS:
     for block in (None, args.block_size):

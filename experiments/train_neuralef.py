@@ -101,7 +101,7 @@ def main(argv):
   print(f"devices: {jax.device_count()} ({jax.process_count()} process(es)), global batch "
         f"{config.train.batch_size}", flush=True)
   result = train_lib.train(config, workdir, feats, stop_at=_STOP_AT.value)
-  return _report(jax, result, workdir)
+  return _report(jax, config, result, workdir)
 
 
 def _train_from_dataset(jax, config, workdir):
@@ -124,16 +124,22 @@ def _train_from_dataset(jax, config, workdir):
         f"{config.train.batch_size}", flush=True)
   result = train_lib.train(config, workdir, source=source, backbone=backbone,
                            stop_at=_STOP_AT.value)
-  return _report(jax, result, workdir)
+  return _report(jax, config, result, workdir)
 
 
-def _report(jax, result, workdir):
+def _report(jax, config, result, workdir):
   if result.resumed_from is not None:
     print(f"resumed from step {result.resumed_from}")
   if result.history:
     first, last = result.history[0], result.history[-1]
     print(f"loss {first['loss']:.5f} (step {first['step']}) -> {last['loss']:.5f} "
           f"(step {last['step']})")
+  if result.fidelity is not None:
+    f, k = result.fidelity, int(config.psi.k)
+    print(f"fidelity (ψ vs the batch kernel's top-{k} eigenvectors, {workdir}/fidelity.json): "
+          f"mean |cos| in order {f[f'cos_in_order_mean@{k}']:.3f}, largest principal angle "
+          f"{f[f'angle_max_deg@{k}']:.1f}° (mean {f[f'angle_mean_deg@{k}']:.1f}°), Rayleigh/λ "
+          f"{f[f'rayleigh_over_lambda_mean@{k}']:.3f}")
   step = int(jax.device_get(result.state.step))
   if result.interrupted:
     print(f"interrupted: checkpoint saved at step {step}; rerun the same command to resume")

@@ -240,7 +240,8 @@ def test_command_trains_from_pascal_context(tmp_path):
          "--config", "experiments/configs/neuralef.py:test", "--config.backbone.weights=random",
          f"--config.backbone.overrides={json.dumps(TINY_BACKBONE)}",
          "--workdir", str(tmp_path / "run"), "--config.data.dataset=pascal_context",
-         f"--config.data.data_dir={tmp_path / 'data'}", "--config.train.num_steps=3"]
+         f"--config.data.data_dir={tmp_path / 'data'}", "--config.train.num_steps=3",
+         "--config.log.fidelity_every=2"]   # the fidelity probe on the image path too
   done = subprocess.run(cmd, env=env, cwd=REPO, text=True, capture_output=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "data: pascal_context 'train', 1 images" in done.stdout
@@ -250,6 +251,10 @@ def test_command_trains_from_pascal_context(tmp_path):
   assert all(r["image_index"] == [0] * 8 for r in records)   # the one training image
   assert all(np.isfinite(r["loss"]) for r in records)
   assert (tmp_path / "run" / "checkpoints" / "3" / "data").is_dir()  # the pipeline's state
+  probed = [r["step"] for r in records if any(k.startswith("fidelity/") for k in r)]
+  assert probed == [2, 3]   # every 2 steps and at the end, on the first crops' features
+  fidelity = json.loads((tmp_path / "run" / "fidelity.json").read_text())
+  assert fidelity["step"] == 3 and 0.0 <= fidelity["summary"]["eigenpairs_converged"] <= 1.0
 
 
 # ----------------------------------------------------------------------------- two processes

@@ -99,6 +99,10 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.log.every = 10
   c.log.tensorboard = True
   c.log.progress = True
+  # ψ against the batch kernel's top-K eigenvectors on step 0's batch (neuralef.fidelity),
+  # every this many steps and at the end (0: off); "softmax" (softmax(logits/τ)) or "logits".
+  c.log.fidelity_every = 100
+  c.log.fidelity_outputs = "softmax"
 
   # Evaluation (experiments.evaluate_neuralef).
   c.eval = ml_collections.ConfigDict()
@@ -115,6 +119,7 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
     c.graph.k = 64              # 6% of the batch (the reference: 256 of 9216, 3%)
     c.train.num_steps = 250
     c.checkpoint.every = 50
+    c.log.fidelity_every = 25
     c.eval.image_size = 224
   elif preset == "test":
     c.data.image_size = 56
@@ -132,6 +137,7 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
     c.checkpoint.every = 5
     c.log.every = 1
     c.log.progress = False
+    c.log.fidelity_every = 0    # a separate eigensolve and compile: tested on its own
     c.eval.image_size = 56
     c.eval.kmeans_max_points = 2000
     c.eval.kmeans_max_iter = 20

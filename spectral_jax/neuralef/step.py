@@ -162,6 +162,10 @@ def check_config(config: ml_collections.ConfigDict, *, patch_size: int | None = 
   for name in ("checkpoint.every", "checkpoint.keep", "log.every"):
     section, field = name.split(".")
     need(int(config[section][field]) >= 1, name, "≥ 1", config[section][field])
+  need(int(config.log.get("fidelity_every", 0)) >= 0, "log.fidelity_every", "≥ 0 (0: off)",
+       config.log.get("fidelity_every"))
+  need(config.log.get("fidelity_outputs", "softmax") in ("softmax", "logits"),
+       "log.fidelity_outputs", "'softmax' or 'logits'", config.log.get("fidelity_outputs"))
   if devices is not None and int(t.batch_size) % devices:
     raise ValueError(f"train.batch_size = {t.batch_size} must be a multiple of the {devices} "
                      "devices (each device holds the same number of crops)")

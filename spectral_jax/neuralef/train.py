@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax.neuralef import fidelity as fidelity_lib
 from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
 from spectral_jax.neuralef.checkpoint import ConfigMismatchError
 from spectral_jax.neuralef.checkpoint import check_checkpoint_config
@@ -97,6 +98,7 @@ class TrainResult:
   history: list[dict[str, Any]]
   interrupted: bool
   resumed_from: int | None
+  fidelity: dict[str, Any] | None = None  # the last `_FidelityHook` summary (process 0)
 
 
 class _Logger:
@@ -166,6 +168,10 @@ class FeatureFeeder:
   def state(self):
     return None
 
+  def fidelity_batch(self):
+    """Step 0's views (host arrays): the fixed batch of `_FidelityHook`."""
+    return self.features.batch(batch_indices(0, len(self.features), self.batch_size, self.seed))
+
   def close(self):
     pass
 
@@ -221,10 +227,44 @@ class ImageFeeder:
   def state(self):
     return json.loads(self._encode(self.iterator.get_state()))
 
+  def fidelity_batch(self):
+    """The features of this process's first batch of the run (a fresh iterator, so the
+    training iterator's position is untouched): the fixed batch of `_FidelityHook`."""
+    from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+    from spectral_jax.neuralef import features  # pylint: disable=import-outside-toplevel
+    images = np.asarray(next(iter(self.dataset))["image"])
+    fn = jax.jit(features.training_batch, compiler_options=backbones.compiler_options() or None)
+    return jax.device_get(fn(self.backbone, images))
+
   def close(self):
     close = getattr(self.iterator, "close", None)
     if close is not None:
       close()
+
+
+class _FidelityHook:
+  """ψ against the batch kernel's eigenvectors on a fixed batch (``neuralef.fidelity``), every
+  ``log.fidelity_every`` steps (0: never) and at the last step: its summary goes into that
+  step's record (``fidelity/…`` keys) and the last full result to ``workdir/fidelity.json``.
+  The fixed batch is the feeder's ``fidelity_batch()`` (step 0's views, or the features of this
+  process's first crops); the hook runs on process 0 only, on logged steps only."""
+
+  def __init__(self, config, feeder, workdir: pathlib.Path, enabled: bool):
+    self.every = int(config.log.get("fidelity_every", 0)) if enabled else 0
+    self.path, self.summary, self.probe = workdir / "fidelity.json", None, None
+    if self.every:
+      self.probe = fidelity_lib.make_probe(config, feeder.fidelity_batch())
+
+  def due(self, step: int) -> bool:
+    return bool(self.every) and step % self.every == 0
+
+  def __call__(self, step: int, state: TrainState, record: dict[str, Any]) -> None:
+    self.summary, result = self.probe(state)
+    record.update({f"fidelity/{k}": v for k, v in self.summary.items()})
+    arrays = {k: np.asarray(v).tolist() for k, v in result.items() if not isinstance(v, dict)}
+    arrays.update({f"{k}_deg": {str(m): np.degrees(np.asarray(a)).tolist() for m, a in v.items()}
+                   for k, v in result.items() if isinstance(v, dict)})
+    self.path.write_text(json.dumps({"step": step, "summary": self.summary, **arrays}) + "\n")
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, features=None, *,
@@ -292,6 +332,7 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
   data_state = feeder.state()
   logger = _Logger(workdir, bool(config.log.tensorboard), step, is_main)
   train_step = feeder.make_step(config)
+  hook = _FidelityHook(config, feeder, workdir, is_main and step < stop)
   history, interrupted = [], False
   bar = None
   if is_main and config.log.progress and step < stop:
@@ -303,11 +344,15 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
       batch, info = feeder.batch(step)
       new_state, metrics = train_step(state, batch)
       state, step, data_state = new_state, step + 1, feeder.state()
-      if step % int(config.log.every) == 0 or step == stop or step == 1:
+      probe = hook.probe is not None and (hook.due(step) or step == stop)
+      if step % int(config.log.every) == 0 or step == stop or step == 1 or probe:
         jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
         now = time.perf_counter()
         record = _record(step, metrics, (now - clock) / (step - clock_step))
         record.update(info)
+        if probe:  # not timed as a step
+          hook(step, state, record)
+          now = time.perf_counter()
         clock, clock_step = now, step
         history.append(record)
         logger.write(record)
@@ -329,7 +374,7 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
     if bar is not None:
       bar.close()
   return TrainResult(state=state, history=history, interrupted=interrupted,
-                     resumed_from=resumed_from)
+                     resumed_from=resumed_from, fidelity=hook.summary)
 
 
 def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
