@@ -76,8 +76,12 @@ def jax_step_fn(args, batch):
   """One call = one jitted step (kernel + ψ + loss + grad + Adam), waiting for its result."""
   config = _config(args)
   step = train_lib.make_train_step(config)
-  state = train_lib.init_state(config, args.psi_dim)
-  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  return _stepper(step, train_lib.init_state(config, args.psi_dim),
+                  {k: jnp.asarray(v) for k, v in batch.items()})
+
+
+def _stepper(step, state, batch):
+  """``run()``: one step on ``batch`` from the previous call's state, waiting for its result."""
   holder = [state]
 
   def run():
@@ -97,15 +101,8 @@ def jax_full_step_fn(args, backbone, crops):
   """One call = one jitted step with the frozen backbone inside (`make_image_train_step`)."""
   config = _config(args)
   step = train_lib.make_image_train_step(config, backbone)
-  state = train_lib.init_state(config, 3 * int(backbone.config.width))
-  batch = {"images": jnp.asarray(crops)}
-  holder = [state]
-
-  def run():
-    new, metrics = step(holder[0], batch)
-    jax.block_until_ready((new, metrics))
-    holder[0] = new
-  return run
+  return _stepper(step, train_lib.init_state(config, 3 * int(backbone.config.width)),
+                  {"images": jnp.asarray(crops)})
 
 
 def paired_times(fns: dict, repeats: int) -> dict[str, list[float]]:
