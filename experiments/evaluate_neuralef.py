@@ -116,6 +116,7 @@ def _dataset_sources(config):
     train = datasets.load(name, data.data_dir or None, proto.train_split, **kwargs)
   except datasets.MissingDataError as e:
     raise ValueError(str(e)) from e
+  eval_lib.check_dataset(source, name)
   return source, train
 
 

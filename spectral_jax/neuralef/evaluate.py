@@ -448,6 +448,22 @@ def protocol(config: ml_collections.ConfigDict, dataset: str) -> Protocol:
                              **fields)
 
 
+def check_dataset(source, dataset: str) -> int:
+  """The class count C of ``source``, checked against ``dataset``'s benchmark label set (59,
+  27 or 150; Cityscapes' 19 trainIds accepted too).
+
+  Raises:
+    ValueError: not a semantic source, or another class count.
+  """
+  expected = (PROTOCOLS[dataset].num_classes,) + ((19,) if dataset == "cityscapes" else ())
+  num_classes = int(getattr(source, "num_classes", 0) or 0)
+  if num_classes not in expected:
+    raise ValueError(f"{getattr(source, 'name', dataset)} has {num_classes} classes but the "
+                     f"{dataset} benchmark has {' or '.join(map(str, expected))}: not its "
+                     "label set")
+  return num_classes
+
+
 def reference_resize(rgb: np.ndarray, proto: Protocol) -> np.ndarray:
   """mmcv's ``imrescale`` to ``(max_ratio·short_side, short_side)`` then Segmenter's upsampling
   of a short side below the window (PIL bilinear; the reference uses cv2 / torch bilinear).
@@ -620,10 +636,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
   from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
   name = str(config.data.dataset)
   proto = protocol(config, name)
-  num_classes = int(getattr(source, "num_classes", 0) or 0)
-  if num_classes not in (proto.num_classes,) + ((19,) if name == "cityscapes" else ()):
-    raise ValueError(f"{name} has {num_classes} classes but its protocol expects "
-                     f"{proto.num_classes}: not the benchmark's label set")
+  num_classes = check_dataset(source, name)
   ev, k = config.eval, int(config.psi.k)
   limit = int(ev.get("limit", 0) or 0)
   n = min(len(source), limit) if limit else len(source)
@@ -715,7 +728,7 @@ __all__ = [
     "LabelledImage", "MATCHINGS", "UNMATCHED", "eval_resize", "evaluate", "fit_kmeans",
     "format_report", "labelled_samples", "match_clusters", "matched_scores",
     "negative_sq_distances", "overlay", "psi_inference", "score_predictions", "upsample_argmax",
-    "PAPER", "PROTOCOLS", "Protocol", "WindowModel", "confusion_scores", "evaluate_dataset",
+    "PAPER", "PROTOCOLS", "Protocol", "WindowModel", "check_dataset", "confusion_scores", "evaluate_dataset",
     "format_paper_table", "predict_image", "protocol", "reference_resize", "summary_metrics",
     "train_sample_features",
 ]
