@@ -170,10 +170,11 @@ def main(argv):
     else:
       config = saved.copy_and_resolve_references()
       for field, value in _overrides().items():
-        if field not in EVAL_FIELDS and not field.startswith("eval."):
+        allowed = EVAL_FIELDS + train_lib.RUNTIME_FIELDS
+        if not any(field == a or field.startswith(a + ".") for a in allowed):
           raise ValueError(f"--config.{field} changes how ψ was trained; only "
-                           f"{', '.join(EVAL_FIELDS)} and eval.* apply to the checkpoint's "
-                           "config (pass --config=FILE to give a whole config)")
+                           f"{', '.join(allowed)} apply to the checkpoint's config (pass "
+                           "--config=FILE to give a whole config)")
         _set(config, field, value)
     features_lib.check_data_config(config.data)
     train_lib.check_config(config)
