@@ -196,6 +196,9 @@ def matched_scores(confusion: np.ndarray, lookup: np.ndarray) -> dict[str, Any]:
   square = np.zeros((c + 1, c + 1), np.int64)  # the extra class collects unmatched clusters
   target = np.where(lookup == UNMATCHED, c, lookup)
   np.add.at(square[:c].T, target, confusion.T)
+  # float32, as evaluation.semantic_scores: JAX's default int32 overflows on a large dataset's
+  # pooled counts (Cityscapes val: 1.05e9 pixels)
+  square = square.astype(np.float32)
   iou = np.asarray(metrics.iou_per_class(square))[:c]
   return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
           "pixel_accuracy": float(np.asarray(metrics.pixel_accuracy(square))),
@@ -565,13 +568,26 @@ def predict_image(model: WindowModel, rgb: np.ndarray, proto: Protocol,
 
 def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
   """Both matchings of a pooled (C classes, M clusters) confusion: ``{"clusters", "clusters_used",
-  "majority": matched_scores, "hungarian": matched_scores, "lookup": {matching: (M,)}}``."""
+  "majority": {...}, "hungarian": {...}, "lookup": {matching: (M,)}}``, each matching's
+  ``miou`` (classes in ground truth or prediction), ``pixel_accuracy`` and per-class ``iou``.
+
+  ``evaluation.semantic_scores`` scores majority voting and one-to-one Hungarian matching; only
+  Hungarian with more clusters than classes (unmatched clusters count as errors) goes through
+  `matched_scores`."""
   confusion = np.asarray(confusion, np.int64)
   out: dict[str, Any] = {"clusters": int(confusion.shape[1]),
                          "clusters_used": int((confusion.sum(axis=0) > 0).sum()), "lookup": {}}
+  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
+  c, m = confusion.shape
   for method in MATCHINGS:
-    lookup = match_clusters(confusion, method)
-    out[method] = matched_scores(confusion, lookup)
+    if method == "hungarian" and m > c:   # unmatched clusters: beyond semantic_scores
+      lookup = match_clusters(confusion, method)
+      out[method] = matched_scores(confusion, lookup)
+    else:
+      s = evaluation.semantic_scores(confusion, method, absent="skip")
+      lookup = np.asarray(s["lookup"], np.int64)
+      out[method] = {"miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
+                     "iou": [None if np.isnan(v) else v for v in s["iou_per_class"]]}
     out["lookup"][method] = lookup
   return out
 
