@@ -203,7 +203,10 @@ def test_check_dataset_refuses_another_label_set():
     (["--config.data.dataset=pascal_context"], "data_dir is required"),
     (["--config.data.dataset=pascal_context", "--config.data.data_dir={root}/data",
       "--config.psi.k=4"], "changes how ψ was trained"),
-], ids=["not-neuralef-dataset", "missing-data", "wrong-split", "no-data-dir", "training-field"])
+    (["--config.data.dataset=pascal_context", "--config.data.data_dir={root}/data",
+      "--config.eval.limit=-1"], "eval.limit must be ≥ 0; got -1"),
+], ids=["not-neuralef-dataset", "missing-data", "wrong-split", "no-data-dir", "training-field",
+        "negative-limit"])
 def test_bad_dataset_input_is_one_line(run, args, fragment):
   root = run[0]
   proc = run_command(EVAL, [f"--workdir={root / 'run'}", *[a.format(root=root) for a in args]])

@@ -361,7 +361,9 @@ def _write_overlays(folder: pathlib.Path, images, methods, results) -> None:
     for name in shown:
       lookup = results[name]["lookup"]["majority"]
       tiles.append(overlay(im.rgb, lookup[methods[name][1][i]].astype(np.int32)))
-    Image.fromarray(np.concatenate(tiles, axis=1)).save(folder / f"{im.name}.png")
+    path = folder / f"{im.name}.png"   # a dataset id may hold folders (Cityscapes' city/)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
 
 
 METHOD_TITLES = {"psi": "NeuralEF ψ (argmax)", "kmeans": "K-means, backbone features",
@@ -430,7 +432,7 @@ PROTOCOLS = {
 
 def protocol(config: ml_collections.ConfigDict, dataset: str) -> Protocol:
   """``PROTOCOLS[dataset]`` with the non-zero ``config.eval`` overrides (short_side, max_ratio,
-  window, stride, kmeans_split).
+  window, stride, kmeans_split); also checks eval.limit, kmeans_train_images, num_overlays.
 
   Raises:
     ValueError: an unknown dataset, a negative value, or a stride larger than the window.
@@ -444,6 +446,9 @@ def protocol(config: ml_collections.ConfigDict, dataset: str) -> Protocol:
     if value < 0:
       raise ValueError(f"eval.{name} must be ≥ 0 (0: the reference value); got {value}")
     fields[name] = value or getattr(ref, name)
+  for name, low in (("limit", 0), ("kmeans_train_images", 1), ("num_overlays", 0)):
+    if int(ev.get(name, low)) < low:
+      raise ValueError(f"eval.{name} must be ≥ {low}; got {ev.get(name)}")
   if fields["stride"] > fields["window"]:
     raise ValueError(f"eval.stride {fields['stride']} is larger than eval.window "
                      f"{fields['window']}: some pixels would be in no window")
