@@ -99,9 +99,11 @@ def _with_eval_fields(config, source):
   return config
 
 
-def _dataset_sources(config):
+def _dataset_sources(config, split_given: bool):
   """The evaluation split and the K-means split of ``config.data.dataset`` (usage errors for a
-  bad name, a missing layout or split)."""
+  bad name, a missing layout or split). ``data.split`` is the training split in a training
+  config, so it is read only when given on this command line (``split_given``); otherwise the
+  dataset's evaluation split is used."""
   from spectral_jax import datasets  # pylint: disable=g-import-not-at-top
   from spectral_jax.neuralef import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   data = config.data
@@ -112,7 +114,8 @@ def _dataset_sources(config):
                      "the official archives were extracted to")
   kwargs = dict(tfds_dir=data.tfds_dir or None)
   try:
-    source = datasets.load(name, data.data_dir or None, data.split or None, **kwargs)
+    split = (data.split or None) if split_given else None
+    source = datasets.load(name, data.data_dir or None, split, **kwargs)
     train = datasets.load(name, data.data_dir or None, proto.train_split, **kwargs)
   except datasets.MissingDataError as e:
     raise ValueError(str(e)) from e
@@ -128,7 +131,7 @@ def _run_dataset(config, workdir, step, output):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   with _cli.usage_errors():
-    source, train_source = _dataset_sources(config)
+    source, train_source = _dataset_sources(config, "data.split" in _overrides())
   backbone = backbones.load(config.backbone.name, config.backbone.weights)
   p = int(backbone.config.patch_size)
   input_dim = features_lib.jitted_backbone_features()(backbone, jnp.zeros((1, p, p, 3)))[0]
@@ -180,7 +183,7 @@ def main(argv):
     train_lib.check_config(config)
     train_lib.check_checkpoint_config(workdir, _with_eval_fields(config, saved), step)
   output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else workdir / "eval"
-  if _get(config, "data.dataset"):
+  if _get(config, "data.dataset") not in (None, "", "folder"):   # "folder": the bundled photos
     return _run_dataset(config, workdir, step, output)
   backbone, feats, _ = features_lib.prepare_features(config)
   state = train_lib.load_trained(workdir, config, feats.psi_inputs.shape[-1], step)

@@ -598,7 +598,8 @@ def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
 
 
 def train_sample_features(model: WindowModel, source, proto: Protocol, *, max_images: int,
-                          max_points: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+                          max_points: int, seed: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Backbone graph features and ψ pre-head features of a bounded sample of a training split.
 
   Up to ``max_images`` images (evenly spaced over the split), each resized as at evaluation
@@ -606,13 +607,14 @@ def train_sample_features(model: WindowModel, source, proto: Protocol, *, max_im
   (uniform subsample, ``seed``).
 
   Returns:
-    ``(graph_features (n, C), pre_logits (n, D'))`` float32.
+    ``(graph_features (n, C), pre_logits (n, D'), psi_clusters (n,))``: float32 features and
+    ψ's argmax cluster of each kept token.
   """
   n = len(source)
   if n == 0:
     raise ValueError(f"the K-means split {source.split!r} of {source.name} has no images")
   picks = np.unique(np.linspace(0, n - 1, min(n, max(1, int(max_images)))).round().astype(int))
-  feats, pres = [], []
+  feats, pres, psi = [], [], []
   for i in picks:
     img = reference_resize(source[int(i)].image, proto)
     h, w = img.shape[:2]
@@ -620,11 +622,12 @@ def train_sample_features(model: WindowModel, source, proto: Protocol, *, max_im
     out = model.patch_outputs(img[y0:y0 + proto.window, x0:x0 + proto.window])
     feats.append(np.asarray(out["feats"]).reshape(-1, out["feats"].shape[-1]))
     pres.append(np.asarray(out["pre"]).reshape(-1, out["pre"].shape[-1]))
-  feats, pres = np.concatenate(feats), np.concatenate(pres)
+    psi.append(np.asarray(jnp.argmax(out["logits"], axis=-1)).ravel())
+  feats, pres, psi = np.concatenate(feats), np.concatenate(pres), np.concatenate(psi)
   if len(feats) > max_points:
     keep = np.sort(np.random.default_rng(seed).choice(len(feats), max_points, replace=False))
-    feats, pres = feats[keep], pres[keep]
-  return feats, pres
+    feats, pres, psi = feats[keep], pres[keep], psi[keep]
+  return feats, pres, psi
 
 
 def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, source,
@@ -637,7 +640,8 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
   (classes × clusters) confusion of every method is pooled (``evaluation.confusion_counts``);
   only the pooled matrices and the first ``eval.num_overlays`` images' maps are kept. K-means
   (backbone graph features) and Ours* (ψ's pre-head features) are fit on
-  `train_sample_features` of ``train_source``, with K (ψ's) and C (the dataset's) clusters.
+  `train_sample_features` of ``train_source``, with K (ψ's), C (the dataset's) and as many
+  clusters as ψ uses on that sample (``report["kmeans_fit"]["psi_clusters_used"]``).
 
   Args:
     config: the training config with ``data.dataset`` and the ``eval`` section.
@@ -665,13 +669,16 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
     raise ValueError(f"{name} split {source.split!r} has no images")
   key = jax.random.key(int(config.seed))
   model = WindowModel(config, params, backbone, {})
-  train_feats, train_pre = train_sample_features(
+  train_feats, train_pre, train_psi = train_sample_features(
       model, train_source, proto, max_images=int(ev.kmeans_train_images),
       max_points=int(ev.kmeans_max_points), seed=int(config.seed))
   kmeans_args = dict(max_points=int(ev.kmeans_max_points), n_init=int(ev.kmeans_n_init),
                      max_iter=int(ev.kmeans_max_iter))
+  # K-means also at the number of clusters ψ uses on the training sample: majority voting
+  # rewards clusters used, so this is the fair comparison at ψ's granularity.
+  used = int(len(np.unique(train_psi)))
   for base, points, feat in (("kmeans", train_feats, "feats"), ("ours_star", train_pre, "pre")):
-    for count in dict.fromkeys((k, num_classes)):
+    for count in dict.fromkeys((k, num_classes, used)):
       model.centroids[f"{base}_{count}"] = (feat, fit_kmeans(jax.random.fold_in(key, count),
                                                              points, count, **kmeans_args))
   methods = ["psi"] + list(model.centroids)
@@ -701,7 +708,8 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
       "dataset": {"name": name, "split": source.split, "images": ids,
                   "num_images": len(ids), "classes": [str(c) for c in names], "pixels": pixels},
       "protocol": dataclasses.asdict(proto),
-      "kmeans_fit": {"split": train_source.split, "tokens": int(len(train_feats))},
+      "kmeans_fit": {"split": train_source.split, "tokens": int(len(train_feats)),
+                     "psi_clusters_used": used},
       "backbone": {"name": backbone.config.name,
                    "weights_note": getattr(backbone.config, "weights_note", "")},
       "results": {m: {key_: v for key_, v in r.items() if key_ != "lookup"}
