@@ -113,6 +113,25 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.eval.kmeans_max_iter = 100
   c.eval.overlays = True
 
+  # --- Evaluation on a dataset's validation split (evaluate_neuralef --config.data.dataset=...;
+  # spectral_jax.neuralef.evaluate.evaluate_dataset). 0 / "" = the dataset's reference value
+  # (evaluate.PROTOCOLS: the NeuralEF segmentor's im_size, window_size, window_stride).
+  c.data.dataset = ""           # pascal_context | cityscapes | ade20k; "" = the bundled photos
+  c.data.data_dir = ""          # where the archives were extracted
+  c.data.split = ""             # evaluation reads it only from its own command line (a trained
+                                # config's split is the training split); else the eval split
+  c.data.tfds_dir = ""          # a prepared copy (datasets.prepare) instead of data_dir
+  c.eval.limit = 0              # evaluate the first N images only (0: all)
+  c.eval.short_side = 0         # mmseg test resize: short side (Pascal Context 520)
+  c.eval.max_ratio = 0          # ... long side at most max_ratio × short_side
+  c.eval.window = 0             # sliding window (Pascal Context 480)
+  c.eval.stride = 0             # ... and its stride (Pascal Context 320)
+  c.eval.kmeans_split = ""      # K-means baselines fit on this split ("" = train / training)
+  c.eval.kmeans_train_images = 200  # ... on at most this many of its images (then max_points)
+  c.eval.num_overlays = 4       # overlays of the first N evaluation images
+  c.eval.save_predictions = False  # predictions/<method>/<image id>.npy (int32 cluster ids)
+  # --- end of the dataset-evaluation block
+
   if preset == "cpu":
     c.data.image_size = 224     # 16×16 patches
     c.train.batch_size = 4      # B·N = 1024 tokens: ψ's forward/backward dominates on a CPU
