@@ -116,10 +116,9 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   # --- Evaluation on a dataset's validation split (evaluate_neuralef --config.data.dataset=...;
   # spectral_jax.neuralef.evaluate.evaluate_dataset). 0 / "" = the dataset's reference value
   # (evaluate.PROTOCOLS: the NeuralEF segmentor's im_size, window_size, window_stride).
-  c.data.dataset = ""           # pascal_context | cityscapes | ade20k; "" = the bundled photos
-  c.data.data_dir = ""          # where the archives were extracted
-  c.data.split = ""             # evaluation reads it only from its own command line (a trained
-                                # config's split is the training split); else the eval split
+  # data.dataset / data.data_dir as for training (above; "" = the bundled photos); data.split is
+  # read only from evaluate_neuralef's own command line (a trained config's split is the
+  # training split), else the dataset's evaluation split.
   c.data.tfds_dir = ""          # a prepared copy (datasets.prepare) instead of data_dir
   c.eval.limit = 0              # evaluate the first N images only (0: all)
   c.eval.short_side = 0         # mmseg test resize: short side (Pascal Context 520)
