@@ -179,7 +179,10 @@ def main(argv):
                            f"{', '.join(allowed)} apply to the checkpoint's config (pass "
                            "--config=FILE to give a whole config)")
         _set(config, field, value)
-    features_lib.check_data_config(config.data)
+    if _get(config, "data.dataset") in (None, "", "folder"):
+      # (an evaluation dataset's fields are checked by _dataset_sources, tfds_dir included;
+      # the training pipeline's checks would demand a data_dir)
+      features_lib.check_data_config(config.data)
     train_lib.check_config(config)
     train_lib.check_checkpoint_config(workdir, _with_eval_fields(config, saved), step)
   output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else workdir / "eval"
