@@ -457,14 +457,26 @@ def _lobpcg_core(a, b, m, x, tol, largest, max_iters, *, k: int, krylov_blocks: 
     return _State(it=s.it + 1, x=x, ax=ax, bx=bx, p=p, ap=ap, bp=bp, p_valid=p_valid,
                   theta=theta, res=res, anorm=anorm, bnorm=bnorm, b_ok=b_ok)
 
-  s = jax.lax.while_loop(cond, body, state)
+  def refresh(s: _State) -> _State:
+    # The loop updates A·X and B·X by recurrence; in float32 they drift from A applied to X,
+    # so a pair can pass the loop's test while its true residual is above tol (seen on some
+    # CPUs). Recompute them and the residuals; the outer loop resumes until the true
+    # residuals pass (or max_iters / a failed B check stops it, reported as not converged).
+    ax = apply_a(s.x)
+    bx = apply_b(s.x) if b is not None else None
+    bxv = s.x if b is None else bx
+    theta = jnp.sum(s.x * ax, axis=0) / jnp.sum(s.x * bxv, axis=0)   # Rayleigh quotients
+    r = ax - bxv * theta[None, :]
+    return s._replace(ax=ax, bx=bx, theta=theta,
+                      res=_relative_residuals(r, s.x, theta, s.anorm, s.bnorm))
 
-  # Honest report: residuals and Rayleigh quotients recomputed from the returned vectors.
-  x = s.x[:, :k]
-  ax = apply_a(x)
-  bx = apply_b(x) if b is not None else x
-  theta = jnp.sum(x * ax, axis=0) / jnp.sum(x * bx, axis=0)
-  res = _relative_residuals(ax - bx * theta[None, :], x, theta, s.anorm, s.bnorm)
+  # The start state's A·X is fresh, and every exit of the inner loop is refreshed, so the
+  # final state's residuals are those of A applied to the returned vectors.
+  s = jax.lax.while_loop(cond, lambda s: refresh(jax.lax.while_loop(cond, body, s)),
+                         refresh(state))
+
+  # Honest report: Rayleigh quotients and residuals of the returned vectors (refresh above).
+  x, theta, res = s.x[:, :k], s.theta[:k], s.res[:k]
   converged = (res <= tol) & s.b_ok
   result = LobpcgResult(
       eigenvalues=sign * theta, eigenvectors=x, residual_norms=res, iterations=s.it,
