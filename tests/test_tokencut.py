@@ -90,3 +90,16 @@ def test_padding_changes_nothing(voc_keys, rng, method):
   np.testing.assert_array_equal(np.asarray(comp)[:h, :w], ref_t["component"])
   np.testing.assert_array_equal(np.asarray(masks)[:, :h, :w], ref_m["masks"])
   assert not np.asarray(comp)[~valid].any() and not np.asarray(masks)[:, ~valid].any()
+
+
+def test_border_rule_takes_the_side_away_from_the_frame():
+  """A centred blob (v = 1) in a frame of v = −3: the seed rule follows |v| to the frame, the
+  border rule takes the blob."""
+  v = np.full((8, 10), -3.0)
+  v[2:6, 3:7] = 1.0
+  valid = jnp.ones((8, 10), bool)
+  seed_side, _ = tc.orient(jnp.asarray(v), valid)
+  border_side, seed = tc.orient(jnp.asarray(v), valid, rule="border")
+  np.testing.assert_array_equal(np.asarray(seed_side) > 0, v < 0)
+  np.testing.assert_array_equal(np.asarray(border_side) > 0, v > 0)
+  assert v.ravel()[int(seed)] > 0

@@ -48,12 +48,20 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.dsm.features = "keys"    # graph features: "keys" (DSM), "queries", "values" or "tokens"
   c.dsm.image_weight = 0.0   # λ of the colour graph; 0 = features only (reference command line)
   c.dsm.method = "auto"      # eigensolver: "auto", "eigh", "lobpcg"
-  c.dsm.foreground = "minority"  # side of y₁ that is the object: "minority" (SPEC) or "border"
+  c.dsm.foreground = "minority"  # side of y₁ that is the object: "minority" (SPEC) or "border";
+  # TokenCut/MaskCut: "minority" = their published seed rule, "border" = the border rule
   c.dsm.connectivity = dsm.CONNECTIVITY           # 4 (SPEC); the DSM code's skimage uses 8
   c.dsm.upsample = "nearest" # object mask: "nearest" patch mask or "bilinear" y₁ then threshold
   c.dsm.num_segments = dsm.NUM_SEGMENTS           # multi-region segments per image
   c.dsm.adaptive_segments = False                 # per-image count from the largest eigengap
   c.dsm.segment_eigenvectors = 0                  # m eigenvectors for K-means; 0 = all K − 1
+  # Object discovery (spectral_jax.dsm.objects): "dsm" (reference DSM: one box from y₁),
+  # "tokencut", "maskcut" (N = max_objects cuts) or "multi_region" (a box per segment).
+  c.dsm.discovery = "dsm"
+  c.dsm.tau = -1.0           # TokenCut/MaskCut fixed τ; < 0 = published (0.2 / 0.15)
+  c.dsm.tau_quantile = 0.0   # τ = this quantile of each image's similarities; 0 = fixed τ
+  c.dsm.graph_eps = 1e-5     # ε, the binarised graph's non-edge weight
+  c.dsm.max_objects = dsm.MAX_OBJECTS             # boxes per photo ("boxes"); MaskCut's N
 
   # Dense CRF on the object mask (spectral_jax.crf; DSM's parameters).
   c.crf = ml_collections.ConfigDict()

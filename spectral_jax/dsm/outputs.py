@@ -4,8 +4,10 @@ Host NumPy at the output edge (``dsm.batching`` yields a photo and its row of th
 ``DSMResult``; everything here reads NumPy). Files for a photo with output stem ``STEM``:
 
 * ``STEM.mask.png`` object mask 255 / 0; ``STEM.segments.png`` multi-region labels (palette
-  PNG, 0 = background); ``STEM.overlay.png`` mask, segments and box over the photo (longer
-  side ≤ 1024); ``STEM.eigenvectors.png`` the photo and y₁..y_m as heat maps;
+  PNG, 0 = background); ``STEM.instances.png`` one id per discovered object (palette PNG,
+  id m + 1 = ``"boxes"[m]``, 0 = background); ``STEM.overlay.png`` mask, segments and boxes
+  over the photo (longer side ≤ 1024); ``STEM.eigenvectors.png`` the photo and y₁..y_m as
+  heat maps;
 * ``STEM.json`` the record returned by :func:`write_photo`;
 * ``STEM.semantic.png`` (:func:`write_semantic`) dataset clusters c + 1, 0 = background.
 """
@@ -24,7 +26,7 @@ from spectral_jax import crf, image_ops, metrics, viz
 from spectral_jax.data import images as image_io
 from spectral_jax.dsm import localisation, masks, semantic
 
-KINDS = ("overlay", "eigenvectors", "mask", "segments")
+KINDS = ("overlay", "eigenvectors", "mask", "segments", "instances")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,20 @@ def photo_warnings(photo, res, image_size: int) -> list[str]:
   return warnings
 
 
+def photo_boxes(photo, res) -> np.ndarray:
+  """(P, 4) int32 the discovered objects' boxes at the photo's size, best first (P ≤ M)."""
+  pr = res.patches
+  return localisation.scale_boxes(np.asarray(pr.boxes)[np.asarray(pr.box_valid, bool)],
+                                  photo.input_hw, photo.size).reshape(-1, 4)
+
+
+def photo_instances(photo, res, *, patch_size: int) -> np.ndarray:
+  """(H, W) int32 instance ids at the photo's size (nearest, as the mask)."""
+  h, w = photo.grid
+  return masks.upsample_patch_map(res.patches.instances[:h, :w], patch_size=patch_size,
+                                  input_hw=photo.input_hw, output_hw=photo.size)
+
+
 def photo_mask_and_box(photo, res, *, patch_size: int, settings: RenderSettings):
   """(mask (H, W) bool, box (4,) int32, segments (H, W) int32) at the photo's size."""
   h, w = photo.grid
@@ -123,7 +139,7 @@ def photo_mask_and_box(photo, res, *, patch_size: int, settings: RenderSettings)
 def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
                 settings: RenderSettings, image_size: int, timings: dict,
                 ground_truth=None) -> dict:
-  """Writes ``stem.{mask,segments,overlay,eigenvectors}.png`` and ``stem.json``.
+  """Writes ``stem.{mask,segments,instances,overlay,eigenvectors}.png`` and ``stem.json``.
 
   Args:
     photo: a ``dsm.batching.Photo`` with ``original`` kept.
@@ -142,11 +158,14 @@ def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
   h, w = photo.grid
   pr, rgb = res.patches, photo.original
   mask, box, segments = photo_mask_and_box(photo, res, patch_size=patch_size, settings=settings)
+  boxes = photo_boxes(photo, res)
   stem.parent.mkdir(parents=True, exist_ok=True)
   image_io.write_png(f"{stem}.mask.png", np.where(mask, 255, 0).astype(np.uint8))
   viz.label_png(f"{stem}.segments.png", segments)
+  viz.label_png(f"{stem}.instances.png", photo_instances(photo, res, patch_size=patch_size))
+  shown_boxes = boxes if len(boxes) else box[None]
   image_io.write_png(f"{stem}.overlay.png", image_ops.limit_side(
-      viz.overlay(rgb, mask, segments, box), settings.overlay_max_side))
+      viz.overlay(rgb, mask, segments, shown_boxes), settings.overlay_max_side))
   shown = image_ops.resize_to_height(rgb, settings.panel_height)
   m = min(settings.panel_eigenvectors, pr.eigenvectors.shape[-1] - 1)
   vectors = pr.eigenvectors.reshape(pr.fiedler.shape + (-1,))[:h, :w, 1:1 + m]
@@ -164,7 +183,9 @@ def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
       "input_size": [photo.input_hw[1], photo.input_hw[0]], "grid": [h, w],
       "patch_size": patch_size,
       "box": [int(v) for v in box],
-      "box_format": "[x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive",
+      "boxes": [[int(v) for v in b] for b in boxes],
+      "box_format": "[x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive; \"boxes\": one "
+                    "per discovered object, best first (instance id i + 1 in instances.png)",
       "foreground_fraction": float(mask.mean()),
       "eigenvalues": [float(v) for v in pr.eigenvalues],
       "eigensolver_converged": bool(pr.converged),

@@ -38,6 +38,7 @@ CORNER_REVERSE = 3        # MaskCut reverses a cut with at least this many corne
 MAX_OVERLAP = 0.5         # MaskCut drops a mask with IoU above this with the previous one
 MIN_AREA = 0.01           # ... or covering at most this fraction of the patches
 CONNECTIVITY = 4          # scipy.ndimage.label's default, as both references call it
+CUT_RULES = ("seed", "border")  # which side of a cut is the object (see orient)
 _NORM_EPS = 1e-12         # torch.nn.functional.normalize's eps
 
 
@@ -146,7 +147,7 @@ def second_eigenvector(a: jax.Array, valid: jax.Array | None = None, method: str
   return y[:, 1], jnp.all(info.converged)
 
 
-def orient(v: jax.Array, valid: jax.Array, corner_rule: bool = False
+def orient(v: jax.Array, valid: jax.Array, corner_rule: bool = False, rule: str = "seed"
            ) -> tuple[jax.Array, jax.Array]:
   """The foreground side of a cut: ``s·(v − mean) > 0`` with s = ±1 as the references choose.
 
@@ -163,15 +164,24 @@ def orient(v: jax.Array, valid: jax.Array, corner_rule: bool = False
     v: (h, w) cut vector (any sign).
     valid: (h, w) bool real patches (a top-left rectangle).
     corner_rule: MaskCut's object-centric reversal.
+    rule: "seed" (the references, above) or "border" (not in the papers): the side of the mean
+      split covering at most half of the image's border patches is the foreground, as
+      ``dsm.border_side`` for DSM; ``corner_rule`` is then not used.
   Returns:
     ``(oriented (h, w) = s·(v − mean), 0 on padding; seed () int32 flat index)``; the
     foreground is ``oriented > 0`` and the seed (the argmax of s·v) lies in it.
   """
+  if rule not in CUT_RULES:
+    raise ValueError(f"rule must be one of {CUT_RULES}; got {rule!r}")
   count = jnp.maximum(jnp.sum(valid), 1)
   mean = jnp.sum(jnp.where(valid, v, 0)) / count
   seed_abs = jnp.argmax(jnp.where(valid, jnp.abs(v), -1.0).ravel())
   s = jnp.where(v.ravel()[seed_abs] > mean, 1.0, -1.0)
-  if corner_rule:
+  if rule == "border":
+    ring = regions.border_weights(valid) > 0
+    above = jnp.sum(ring & (v > mean))
+    s = jnp.where(above > jnp.sum(ring) / 2, -1.0, 1.0)
+  elif corner_rule:
     side = valid & (s * (v - mean) > 0)
     rows, cols = jnp.sum(valid[:, 0]), jnp.sum(valid[0, :])
     corners = (side[0, 0].astype(jnp.int32) + side[0, cols - 1] + side[rows - 1, 0]
@@ -193,7 +203,7 @@ def seed_component(foreground: jax.Array, seed: jax.Array,
 
 def tokencut(features: jax.Array, valid: jax.Array, *, tau: float = TAU, eps: float = EPS,
              tau_quantile: float | None = None, method: str = "auto",
-             connectivity: int = CONNECTIVITY):
+             connectivity: int = CONNECTIVITY, rule: str = "seed"):
   """TokenCut on one image.
 
   Args:
@@ -202,6 +212,7 @@ def tokencut(features: jax.Array, valid: jax.Array, *, tau: float = TAU, eps: fl
     tau, eps, tau_quantile: see :func:`binary_graph`.
     method: eigensolver, see :func:`second_eigenvector`.
     connectivity: of the seed's component (4 as the reference).
+    rule: the foreground side, "seed" (TokenCut) or "border" (:func:`orient`).
   Returns:
     ``(oriented (h, w) float, component (h, w) bool, converged () bool)``: the foreground side
     is ``oriented > 0``; the object is ``component``.
@@ -210,7 +221,7 @@ def tokencut(features: jax.Array, valid: jax.Array, *, tau: float = TAU, eps: fl
   flat = valid.reshape(h * w)
   a, _ = binary_graph(features, tau, eps, tau_quantile=tau_quantile, nodes=flat)
   v, ok = second_eigenvector(a, flat, method)
-  oriented, seed = orient(v.reshape(h, w), valid)
+  oriented, seed = orient(v.reshape(h, w), valid, rule=rule)
   return oriented, seed_component(oriented > 0, seed, connectivity), ok
 
 
@@ -221,7 +232,7 @@ def _iou(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def maskcut(features: jax.Array, valid: jax.Array, *, num_cuts: int = NUM_CUTS,
             tau: float = MASKCUT_TAU, eps: float = EPS, tau_quantile: float | None = None,
-            method: str = "auto", connectivity: int = CONNECTIVITY):
+            method: str = "auto", connectivity: int = CONNECTIVITY, rule: str = "seed"):
   """MaskCut on one image: ``num_cuts`` cuts, each on the graph without the patches found.
 
   Args:
@@ -232,6 +243,8 @@ def maskcut(features: jax.Array, valid: jax.Array, *, num_cuts: int = NUM_CUTS,
       in the graph).
     method: eigensolver.
     connectivity: of each seed's component.
+    rule: the foreground side, "seed" (MaskCut: seed and corner prior) or "border"
+      (:func:`orient`).
   Returns:
     ``(oriented (N, h, w) float per cut, masks (N, h, w) bool, converged () bool)``; a dropped
     cut's mask is empty; masks are disjoint, in cut order.
@@ -246,7 +259,7 @@ def maskcut(features: jax.Array, valid: jax.Array, *, num_cuts: int = NUM_CUTS,
     feats = jnp.where(painting.reshape(h * w, 1), 0.0, features.astype(jnp.float32))
     a, _ = binary_graph(feats, tau, eps, tau_quantile=tau_quantile, nodes=nodes)
     v, converged = second_eigenvector(a, flat, method)
-    oriented, seed = orient(v.reshape(h, w), valid, corner_rule=True)
+    oriented, seed = orient(v.reshape(h, w), valid, corner_rule=True, rule=rule)
     mask = seed_component(oriented > 0, seed, connectivity)
     drop = (i > 0) & ((_iou(previous, mask) > MAX_OVERLAP) | (jnp.sum(mask) / real <= MIN_AREA))
     mask = mask & ~drop
@@ -259,7 +272,7 @@ def maskcut(features: jax.Array, valid: jax.Array, *, num_cuts: int = NUM_CUTS,
 
 
 __all__ = [
-    "CONNECTIVITY", "CORNER_REVERSE", "EPS", "MASKCUT_TAU", "MAX_OVERLAP", "MIN_AREA",
+    "CONNECTIVITY", "CORNER_REVERSE", "CUT_RULES", "EPS", "MASKCUT_TAU", "MAX_OVERLAP", "MIN_AREA",
     "NUM_CUTS", "TAU", "binary_graph", "cosine_similarity", "maskcut", "orient",
     "second_eigenvector", "seed_component", "similarity_quantile", "tokencut",
 ]
