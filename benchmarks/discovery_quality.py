@@ -29,7 +29,8 @@ from spectral_jax.data import samples
 
 # name → (overrides of the segment config's dsm section, description)
 VARIANTS = {
-    "dsm": ({"discovery": "dsm"}, "DSM reference: y₁ minority side, largest component"),
+    "dsm": ({"discovery": "dsm", "foreground": "minority"},
+            "DSM reference: y₁ minority side, largest component"),
     "dsm_border": ({"discovery": "dsm", "foreground": "border"},
                    "DSM, side of y₁ touching the border least"),
     "tokencut": ({"discovery": "tokencut", "tau_quantile": 0.0},
@@ -42,8 +43,15 @@ VARIANTS = {
     "maskcut_q0.3": ({"discovery": "maskcut", "tau_quantile": 0.3}, "MaskCut, τ = q0.3, N = 3"),
     "maskcut_q0.5": ({"discovery": "maskcut", "tau_quantile": 0.5}, "MaskCut, τ = q0.5, N = 3"),
     "maskcut_q0.7": ({"discovery": "maskcut", "tau_quantile": 0.7}, "MaskCut, τ = q0.7, N = 3"),
+    "tokencut_q0.5_border": ({"discovery": "tokencut", "tau_quantile": 0.5,
+                              "foreground": "border"},
+                             "TokenCut, τ = q0.5, the side touching the border least"),
+    "maskcut_q0.5_border": ({"discovery": "maskcut", "tau_quantile": 0.5,
+                             "foreground": "border"},
+                            "MaskCut, τ = q0.5, N = 3, the side touching the border least"),
     "multi_region": ({"discovery": "multi_region"},
-                     "DSM multi-region: a box per non-background segment, by area"),
+                     "DSM multi-region: a box per non-background segment, least on the border "
+                     "first (the default)"),
 }
 
 
