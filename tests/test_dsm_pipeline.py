@@ -145,6 +145,9 @@ def test_bad_images_are_refused_or_flagged(backbone, photos):
     ("image_weight", float("nan"), "finite"), ("connectivity", 6, "4 or 8"),
     ("foreground", "left", "foreground must be"), ("num_segments", 1, "at least 2"),
     ("segment_eigenvectors", 30, "segment_eigenvectors"), ("method", "qr", "method must be"),
+    ("discovery", "lost", "discovery must be one of"), ("tau_quantile", 1.0, "tau_quantile must lie"),
+    ("tau", float("inf"), "tau must be"), ("graph_eps", 0.0, "graph_eps"),
+    ("max_objects", 0, "max_objects must be"),
 ])
 def test_bad_config_names_the_field(backbone, field, value, fragment):
   with pytest.raises(ValueError, match=fragment):

@@ -63,7 +63,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # default: the best of them on the bundled photos, BUILD_NOTES "Object discovery").
   c.dsm.discovery = "multi_region"
   c.dsm.tau = -1.0           # TokenCut/MaskCut fixed τ; < 0 = published (0.2 / 0.15)
-  c.dsm.tau_quantile = 0.0   # τ = this quantile of each image's similarities; 0 = fixed τ
+  c.dsm.tau_quantile = 0.5   # τ = this quantile of each image's similarities; 0 = the
+                             # published fixed τ (a complete graph on DINOv2 keys)
   c.dsm.graph_eps = 1e-5     # ε, the binarised graph's non-edge weight
   c.dsm.max_objects = dsm.MAX_OBJECTS             # boxes per photo ("boxes"); MaskCut's N
 
