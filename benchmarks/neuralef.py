@@ -15,17 +15,31 @@ problem: B·N = 9216 tokens (16 crops × 24×24 patches), K = 256, ψ input 1152
   ``torch.nn.utils.parametrizations.orthogonal``); ``F.gumbel_softmax``; the loss with autograd
   (R̂ from ``psi.detach()``); ``torch.optim.Adam``.
 
-Printed: median step time over ``--repeats`` (after one warm-up), tokens/s, the ratio, and XLA's
+Printed: median step time over ``--repeats`` (after one warm-up call each, whose time is printed:
+compilation is not in the medians), tokens/s, the ratio of the medians and the per-repeat
+ratios (the two steps alternate within each repeat, so a change of load on a shared machine
+hits both sides of a ratio alike), the machine's load average, and XLA's
 compiled memory analysis of the kernel construction alone with and without blockwise top-k
 (temp bytes: the working set beyond inputs and outputs). Same machine, same run. Flags set the
 sizes, so it runs unchanged on a GPU (``--torch_device cuda``).
 
+``--backbone`` times the **full step** of issue #14 instead: augmented uint8 crops in → the
+frozen DINOv2 ViT-S/14 (offline weights) → ψ inputs (blocks 0 and 6, last-block keys), graph
+features (last-block keys) and pixel grids → the step above. JAX: ``make_image_train_step`` (one
+jitted program with the backbone inside); PyTorch: Hugging Face ``Dinov2Model`` (the same
+weights, ``sdpa`` attention, ``inference_mode``) with hooks for the keys, ``F.interpolate`` for
+the grids, then the reference step. Crops are ``--grid``·14 px (336 at the reference grid).
+
 Run: PYTHONPATH=. python benchmarks/neuralef.py [--images 16 --grid 24 --repeats 3]
+     PYTHONPATH=. python benchmarks/neuralef.py --backbone [--images 16 --grid 24]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -58,18 +72,51 @@ def _inputs(args, seed=0):
   }
 
 
-def jax_step_time(args, batch) -> float:
+def jax_step_fn(args, batch):
+  """One call = one jitted step (kernel + ψ + loss + grad + Adam), waiting for its result."""
   config = _config(args)
   step = train_lib.make_train_step(config)
-  state = train_lib.init_state(config, args.psi_dim)
-  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  return _stepper(step, train_lib.init_state(config, args.psi_dim),
+                  {k: jnp.asarray(v) for k, v in batch.items()})
+
+
+def _stepper(step, state, batch):
+  """``run()``: one step on ``batch`` from the previous call's state, waiting for its result."""
   holder = [state]
 
   def run():
     new, metrics = step(holder[0], batch)
-    jax.block_until_ready(metrics["loss"])
+    jax.block_until_ready((new, metrics))
     holder[0] = new
-  return testing.median_time(run, args.repeats)
+  return run
+
+
+def _crops(args, patch: int, seed=0) -> np.ndarray:
+  """(B, S, S, 3) uint8 crops, S = grid·patch (random pixels: no cost here depends on content)."""
+  side = args.grid * patch
+  return np.random.default_rng(seed).integers(0, 256, (args.images, side, side, 3), np.uint8)
+
+
+def jax_full_step_fn(args, backbone, crops):
+  """One call = one jitted step with the frozen backbone inside (`make_image_train_step`)."""
+  config = _config(args)
+  step = train_lib.make_image_train_step(config, backbone)
+  return _stepper(step, train_lib.init_state(config, 3 * int(backbone.config.width)),
+                  {"images": jnp.asarray(crops)})
+
+
+def paired_times(fns: dict, repeats: int) -> dict[str, list[float]]:
+  """Seconds of each function per repeat, the functions called in turn within every repeat
+  (so a change of machine load hits both sides of a ratio alike); after one untimed warm-up
+  call each, whose time (compilation included) is returned under ``"<name>_first"``."""
+  times = {}
+  for name, fn in fns.items():
+    times[f"{name}_first"] = [testing.timed_call(fn)[1]]
+    times[name] = []
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      times[name].append(testing.timed_call(fn)[1])
+  return times
 
 
 def kernel_memory(args, batch, form: str, block_size) -> dict:
@@ -88,7 +135,34 @@ def kernel_memory(args, batch, form: str, block_size) -> dict:
 # ----------------------------------------------------------------------------- PyTorch reference
 
 
-def torch_step_fn(args, batch, device: str):
+def torch_backbone_inputs(backbone, crops, device: str):
+  """``inputs()`` → (ψ inputs, graph features, pixel grids) of ``crops`` by HF Dinov2Model: the
+  backbone part of the reference step (run on every call, like the JAX full step)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
+  from spectral_jax.backbones import reference  # pylint: disable=import-outside-toplevel
+  from spectral_jax.neuralef import psi as psi_lib  # pylint: disable=import-outside-toplevel
+
+  cfg = backbone.config
+  model = reference.hf_model(cfg, backbone.params, attn_implementation="sdpa").to(device)
+  low, mid = psi_lib.feature_levels(cfg.depth)
+  grid = (crops.shape[1] // cfg.patch_size, crops.shape[2] // cfg.patch_size)
+  uint8 = torch.from_numpy(crops).to(device)
+
+  def inputs():
+    rgb = uint8.permute(0, 3, 1, 2).float() / 255.0
+    pixels = (rgb - torch.tensor(cfg.mean, device=device)[:, None, None]) / torch.tensor(
+        cfg.std, device=device)[:, None, None]
+    out = reference.hf_features(model, pixels, cfg)
+    x = torch.cat([out["blocks"][low], out["blocks"][mid], out["keys"]], dim=-1).clone()
+    grids = F.interpolate(rgb, grid, mode="bilinear", align_corners=False)
+    return x, out["keys"].clone(), grids.permute(0, 2, 3, 1).contiguous()
+  return inputs
+
+
+def torch_step_fn(args, batch, device: str, inputs=None):
+  """The reference step; ``inputs()`` (e.g. `torch_backbone_inputs`) gives each step's (ψ
+  inputs, graph features, grids), else ``batch``'s arrays are used every step."""
   import torch  # pylint: disable=import-outside-toplevel
   from torch import nn  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
@@ -133,11 +207,13 @@ def torch_step_fn(args, batch, device: str):
     def forward(self, x):
       return self.head(self.norm(self.blocks(x)))
 
-  psi = Psi(args.psi_dim, args.K).to(device)
+  if inputs is None:
+    fixed = tuple(torch.from_numpy(batch[k]).to(device)
+                  for k in ("psi_inputs", "graph_features", "image_grids"))
+    inputs = lambda: fixed
+  x, feats, _ = inputs()
+  psi = Psi(x.shape[-1], args.K).to(device)
   opt = torch.optim.Adam(psi.parameters(), lr=1e-3)
-  x = torch.from_numpy(batch["psi_inputs"]).to(device)
-  feats = torch.from_numpy(batch["graph_features"]).to(device)
-  grids = torch.from_numpy(batch["image_grids"]).to(device)
   b, n_img = feats.shape[:2]
   beta, t, alpha = 20.48 / args.K, 0.01, 0.3
 
@@ -157,6 +233,7 @@ def torch_step_fn(args, batch, device: str):
     return d[:, None] * adj * d[None, :]
 
   def step():
+    x, feats, grids = inputs()
     with torch.no_grad():
       f = F.normalize(feats.reshape(b * n_img, -1), dim=-1)
       sim = f @ f.T
@@ -195,22 +272,45 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--torch_device", default="cpu")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--backbone", action="store_true",
+                      help="the full step: uint8 crops through the frozen DINOv2 ViT-S/14 first")
   args = parser.parse_args()
 
   batch = _inputs(args)
   tokens = args.images * args.grid * args.grid
+  if args.backbone:
+    from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+    net = backbones.load_pretrained("dinov2_vits14")
+    crops = _crops(args, net.config.patch_size)
+    args.psi_dim, args.graph_dim = 3 * net.config.width, net.config.width
   print(f"B·N = {args.images}×{args.grid}² = {tokens} tokens, K = {args.K}, k = {args.k}, "
         f"ψ input {args.psi_dim}, graph features {args.graph_dim}; JAX on "
-        f"{jax.devices()[0].platform}, {args.repeats} repeats (median)")
-  t_jax = jax_step_time(args, batch)
-  print(f"JAX  step ({args.form}, block {args.block_size}): {t_jax:8.3f} s  "
-        f"{tokens / t_jax:10.0f} tokens/s")
+        f"{jax.devices()[0].platform}, {args.repeats} repeats (median)"
+        + (f"; full step from {crops.shape[1]}-px uint8 crops through the frozen "
+           f"{net.config.name}" if args.backbone else ""))
+  fns = {"jax": jax_full_step_fn(args, net, crops) if args.backbone else jax_step_fn(args, batch)}
   if not args.skip_torch:
     import torch  # pylint: disable=import-outside-toplevel
-    t_torch = testing.median_time(torch_step_fn(args, batch, args.torch_device), args.repeats)
+    inputs = (torch_backbone_inputs(net, crops, args.torch_device) if args.backbone else None)
+    fns["torch"] = torch_step_fn(args, batch, args.torch_device, inputs)
+  load_before = os.getloadavg()[0]
+  times = paired_times(fns, args.repeats)
+  t_jax = statistics.median(times["jax"])
+  print(f"JAX  step ({args.form}, block {args.block_size}): {t_jax:8.3f} s  "
+        f"{tokens / t_jax:10.0f} tokens/s  {args.images / t_jax:6.2f} images/s  (first call, with compilation: "
+        f"{times['jax_first'][0]:.1f} s)")
+  if not args.skip_torch:
+    t_torch = statistics.median(times["torch"])
+    ratios = [b / a for a, b in zip(times["jax"], times["torch"])]
     print(f"torch step (reference, {args.torch_device}, {torch.get_num_threads()} threads): "
-          f"{t_torch:8.3f} s  {tokens / t_torch:10.0f} tokens/s")
-    print(f"speed-up JAX / torch: {t_torch / t_jax:.2f}×")
+          f"{t_torch:8.3f} s  {tokens / t_torch:10.0f} tokens/s  {args.images / t_torch:6.2f} "
+          f"images/s  (first call "
+          f"{times['torch_first'][0]:.1f} s)")
+    print(f"speed-up JAX / torch: {t_torch / t_jax:.2f}× (ratio of medians); per interleaved "
+          f"pair: {', '.join(f'{r:.2f}' for r in ratios)} (median "
+          f"{statistics.median(ratios):.2f}×)")
+  print(f"per-repeat seconds: {json.dumps({k: [round(t, 2) for t in v] for k, v in times.items()})}"
+        f"; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
   print("kernel construction + one product, XLA memory analysis:")
   for form in train_lib.KERNEL_FORMS:
     for block in (None, args.block_size):

@@ -1,14 +1,18 @@
-r"""Deep Spectral Methods on a benchmark: CorLoc (VOC07 / VOC12) or single-object segmentation
-(ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011), beside the paper's number.
+r"""Deep Spectral Methods on a benchmark: CorLoc (VOC07 / VOC12 / COCO20k), single-object
+segmentation (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011) or semantic segmentation (VOC2012 val),
+beside the paper's number.
 
-  python -m experiments.evaluate_dsm --dataset=voc07|voc12|ecssd|duts|dut_omron|cub \
+  python -m experiments.evaluate_dsm \
+      --dataset=voc07|voc12|coco20k|ecssd|duts|dut_omron|cub|voc12_semantic \
       --data_dir=DIR --out=OUT [--split=SPLIT] [--limit=N] [--overwrite] [--config.*=...]
 
 DIR is where the official archives were extracted (see spectral_jax/datasets/voc.py and
 saliency.py for the archive names); nothing is downloaded. Writes OUT/metrics.json (CorLoc:
-"corloc", "num_images", "num_hits"; masks: "iou", "accuracy", "max_f_beta", "num_images"),
+"corloc", "num_images", "num_hits", "object_recall"; masks: "iou", "accuracy", "max_f_beta",
+"num_images"; semantic: "miou", "pixel_accuracy", "per_class_iou" (class → IoU), "num_images"),
 OUT/boxes.json (image id → DSM box [x0, y0, x1, y1] in pixels, x1/y1 exclusive),
-OUT/per_image.json and, with --config.save_masks=True, OUT/masks/<id>.png. The work is
+OUT/per_image.json and, with --config.save_masks=True, OUT/masks/<id>.png (the object mask, or
+the semantic map: 0 = background, cluster c as c + 1). The work is
 ``spectral_jax.evaluation.evaluate_dsm``; exit code 0 on success, 1 when the data is missing or
 nothing could be evaluated, 2 for a usage error.
 """
@@ -26,10 +30,10 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import common
-from spectral_jax import _cli, backbones, datasets, dsm, evaluation
+from spectral_jax import _cli, backbones, datasets, dsm, evaluation, viz
 from spectral_jax.data import images as image_io
 
-KINDS = ("boxes", "mask")
+KINDS = ("boxes", "mask", "semantic")
 NAMES = tuple(n for n in datasets.DATASETS if datasets.kind(n) in KINDS)
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -55,16 +59,22 @@ def config_from_flags():
 
 def check_config(cfg) -> dsm.PipelineConfig:
   """Validates the settings before any work. Raises _cli.UsageError naming the field."""
-  if cfg.dataset not in NAMES:
+  if datasets.canonical_name(cfg.dataset) not in NAMES:
     raise _cli.UsageError(f"--dataset must be one of {', '.join(NAMES)}; got {cfg.dataset!r}")
-  if not cfg.data_dir:
+  cfg.dataset = datasets.canonical_name(cfg.dataset)  # an alias reports as its dataset
+  cfg.semantic.enabled = datasets.kind(cfg.dataset) == "semantic"  # the crops it needs
+  if not cfg.data_dir and not cfg.tfds_dir:
     raise _cli.UsageError("--data_dir is required: the folder the official archives were "
-                          "extracted into")
+                          "extracted into (or --config.tfds_dir: a prepared copy)")
   if not cfg.out:
     raise _cli.UsageError("--out is required: a new folder for metrics.json and boxes.json")
   if cfg.limit < 0 or cfg.batch_size < 1 or cfg.image_size < 0 or cfg.prefetch < 1:
     raise _cli.UsageError(f"limit and image_size must be ≥ 0, batch_size and prefetch ≥ 1 (got "
                           f"{cfg.limit}, {cfg.image_size}, {cfg.batch_size}, {cfg.prefetch})")
+  if cfg.semantic.matching not in ("hungarian", "majority") or cfg.semantic.absent not in (
+      "zero", "skip"):
+    raise _cli.UsageError("semantic.matching must be hungarian or majority and semantic.absent "
+                          f"zero or skip (got {cfg.semantic.matching!r}, {cfg.semantic.absent!r})")
   if cfg.dsm.upsample not in dsm.UPSAMPLE_METHODS:
     raise _cli.UsageError(f"dsm.upsample must be one of {dsm.UPSAMPLE_METHODS}")
   if cfg.backbone.name not in backbones.BACKBONES:
@@ -92,8 +102,15 @@ def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
   """(metric, measured, paper) rows: CorLoc in %, segmentation scores as fractions."""
   paper = evaluation.PAPER.get(name, {})
   fmt = lambda v, pct: "—" if v is None else (f"{v:.1f}" if pct else f"{v:.3f}")
+  if "miou" in measured:
+    return [(label, fmt(100 * measured[key], True), fmt(paper.get(key), True))
+            for key, label in (("miou", "mIoU (%)"), ("pixel_accuracy", "pixel acc. (%)"))]
   if "corloc" in measured:
-    return [("CorLoc (%)", fmt(100 * measured["corloc"], True), fmt(paper.get("corloc"), True))]
+    rows = [("CorLoc (%)", fmt(100 * measured["corloc"], True), fmt(paper.get("corloc"), True))]
+    if "object_recall" in measured:
+      rows.append(("recall@0.5 (%)", fmt(100 * measured["object_recall"]["recall"], True),
+                   fmt(None, True)))
+    return rows
   return [(label, fmt(measured[key], False), fmt(paper.get(key), False))
           for key, label in (("iou", "IoU"), ("accuracy", "accuracy"),
                              ("max_f_beta", "maxFβ (β²=0.3)"))]
@@ -103,9 +120,14 @@ def run(cfg) -> dict:
   t0 = time.perf_counter()
   pipeline_config = check_config(cfg)
   out = check_out(cfg)
-  dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None)  # before creating out
-  out.mkdir(parents=True, exist_ok=True)
+  dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None,  # before creating out
+                          tfds_dir=cfg.tfds_dir or None)
   kind = datasets.kind(cfg.dataset)
+  if kind == "semantic":
+    with _cli.usage_errors():
+      evaluation.check_semantic_setup(pipeline_config, dataset, cfg.semantic.num_clusters,
+                                      cfg.semantic.matching)
+  out.mkdir(parents=True, exist_ok=True)
   backbone = common.load_backbone(cfg)
   segmenter = dsm.make_pipeline(backbone, pipeline_config)
   n = min(cfg.limit or len(dataset), len(dataset))
@@ -120,13 +142,18 @@ def run(cfg) -> dict:
   def save_mask(image_id, mask):
     path = out / "masks" / f"{image_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_io.write_png(path, np.where(mask, 255, 0).astype(np.uint8))
+    if mask.dtype == bool:
+      image_io.write_png(path, np.where(mask, 255, 0).astype(np.uint8))
+    else:  # a semantic map: 0 = background, cluster c as c + 1
+      viz.label_png(path, mask)
 
   result = evaluation.evaluate_dsm(
       segmenter, dataset, kind=kind, image_size=cfg.image_size, batch_size=cfg.batch_size,
       limit=cfg.limit or None, seed=cfg.seed, upsample=cfg.dsm.upsample, prefetch=cfg.prefetch,
       bucket_step=cfg.bucket_step, on_error=skip,
-      on_mask=save_mask if cfg.save_masks else None)
+      on_mask=save_mask if cfg.save_masks else None, num_clusters=cfg.semantic.num_clusters,
+      pca_dim=cfg.semantic.pca_dim, matching=cfg.semantic.matching,
+      absent=cfg.semantic.absent)
   record = dict(result.metrics, dataset=cfg.dataset, split=dataset.split,
                 paper=evaluation.PAPER.get(cfg.dataset), failures=result.failures,
                 box_format="[x0, y0, x1, y1] pixels of the image, x1/y1 exclusive",
@@ -140,6 +167,11 @@ def run(cfg) -> dict:
   print(f"{'metric':<16} {'measured':>9} {'paper':>7}")
   for metric, measured, paper in rows:
     print(f"{metric:<16} {measured:>9} {paper:>7}")
+  per_class = {k: v for k, v in result.metrics.get("per_class_iou", {}).items() if v is not None}
+  if per_class:   # classes in neither ground truth nor prediction have no IoU: not listed
+    print("IoU per class (%):")
+    for name, iou in per_class.items():
+      print(f"  {name:<14} {100 * iou:>9.1f}")
   print(f"(paper: {(evaluation.PAPER.get(cfg.dataset) or {}).get('source', '—')})\n"
         f"metrics.json, boxes.json, per_image.json in {out}/ ({record['wall_s']:.1f} s)")
   return record

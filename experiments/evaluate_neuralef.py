@@ -1,6 +1,15 @@
-r"""Evaluate a trained NeuralEF ψ against K-means baselines on the labelled sample photos (SPEC §5).
+r"""Evaluate a trained NeuralEF ψ against K-means baselines (SPEC §5–6).
 
   python -m experiments.evaluate_neuralef --workdir runs/neuralef_cpu
+  python -m experiments.evaluate_neuralef --workdir W --config.data.dataset=pascal_context \
+      --config.data.data_dir=DIR [--config.data.split=val] [--config.eval.limit=N]
+
+With ``data.dataset`` (pascal_context, cityscapes or ade20k) the dataset's validation split is
+evaluated as the reference does (``neuralef.evaluate.evaluate_dataset``: mmseg's test resize,
+sliding windows, K-means fit on a sample of the train split), streamed; the table is printed
+beside the paper's numbers and <output_dir>/report.json and metrics.json are written
+(``--config.eval.save_predictions=True`` adds predictions/<method>/<image id>.npy). Without
+it, the bundled photos below are evaluated.
 
 Uses the config stored with the checkpoint (pass --config to override it; it must then match
 the checkpoint). Writes <output_dir>/report.json and overlays/<image>.png (image | ground truth |
@@ -23,7 +32,15 @@ from ml_collections import config_flags
 
 from spectral_jax import _cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config (default: the checkpoint's).")
+# The default file only makes --config.X overrides parse; without --config=FILE the checkpoint's
+# config is used, with the dataset-evaluation fields given as --config.X applied to it.
+_DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent / "configs" / "neuralef.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Config (default: the checkpoint's, with the --config.data."
+    "dataset / data_dir / split / tfds_dir and --config.eval.* overrides given).")
+# Fields that say what to evaluate, not how ψ was trained: overridable on the checkpoint's
+# config, and never compared with it.
+EVAL_FIELDS = ("data.dataset", "data.data_dir", "data.split", "data.tfds_dir")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/neuralef", "Training workdir (checkpoints).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Report folder (default: <workdir>/eval).")
@@ -46,6 +63,96 @@ def _training_summary(workdir: pathlib.Path, state) -> dict:
   return summary
 
 
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config.get(part) if hasattr(config, "get") else None
+  return config
+
+
+def _set(config, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  with config.unlocked():
+    for part in parents:
+      if part not in config:
+        config[part] = type(config)()
+      config = config[part]
+    config[leaf] = value
+
+
+def _overrides() -> dict:
+  """The --config.X flags given on the command line: {"X": value}."""
+  return {name[len("config."):]: flags.FLAGS[name].value for name in flags.FLAGS
+          if name.startswith("config.") and flags.FLAGS[name].present}
+
+
+def _with_eval_fields(config, source):
+  """``config`` with the `EVAL_FIELDS` (and the eval section) of ``source``."""
+  config = config.copy_and_resolve_references()
+  for field in EVAL_FIELDS:
+    value = _get(source, field)
+    if value is not None:
+      _set(config, field, value)
+    elif _get(config, field) is not None:   # a checkpoint from before the field existed
+      parent, leaf = field.rsplit(".", 1)
+      with config.unlocked():
+        del _get(config, parent)[leaf]
+  return config
+
+
+def _dataset_sources(config, split_given: bool):
+  """The evaluation split and the K-means split of ``config.data.dataset`` (usage errors for a
+  bad name, a missing layout or split). ``data.split`` is the training split in a training
+  config, so it is read only when given on this command line (``split_given``); otherwise the
+  dataset's evaluation split is used."""
+  from spectral_jax import datasets  # pylint: disable=g-import-not-at-top
+  from spectral_jax.neuralef import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  data = config.data
+  name = datasets.canonical_name(str(data.dataset))
+  proto = eval_lib.protocol(config, name)   # ValueError: not a NeuralEF dataset
+  if not data.data_dir and not data.tfds_dir:
+    raise ValueError(f"--config.data.data_dir is required with data.dataset={name}: the folder "
+                     "the official archives were extracted to")
+  kwargs = dict(tfds_dir=data.tfds_dir or None)
+  try:
+    split = (data.split or None) if split_given else None
+    source = datasets.load(name, data.data_dir or None, split, **kwargs)
+    train = datasets.load(name, data.data_dir or None, proto.train_split, **kwargs)
+  except datasets.MissingDataError as e:
+    raise ValueError(str(e)) from e
+  eval_lib.check_dataset(source, name)
+  return source, train
+
+
+def _run_dataset(config, workdir, step, output):
+  from spectral_jax import backbones  # pylint: disable=g-import-not-at-top
+  from spectral_jax.neuralef import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
+  from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
+  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  with _cli.usage_errors():
+    source, train_source = _dataset_sources(config, "data.split" in _overrides())
+  backbone = backbones.load(config.backbone.name, config.backbone.weights)
+  p = int(backbone.config.patch_size)
+  input_dim = features_lib.jitted_backbone_features()(backbone, jnp.zeros((1, p, p, 3)))[0]
+  state = train_lib.load_trained(workdir, _with_eval_fields(config, train_lib.saved_config(
+      workdir, step)), int(input_dim.shape[-1]), step)
+  report = eval_lib.evaluate_dataset(config, state.params, backbone, source, train_source,
+                                     output_dir=output, progress=bool(config.log.progress),
+                                     extra={"training": _training_summary(workdir, state)})
+  print(f"backbone: {report['backbone']['name']} — {report['backbone']['weights_note']}")
+  d, proto = report["dataset"], report["protocol"]
+  print(f"dataset: {d['name']} {d['split']} ({d['num_images']} images, {len(d['classes'])} "
+        f"classes, {d['pixels']} labelled pixels); short side {proto['short_side']}, window "
+        f"{proto['window']}, stride {proto['stride']}; K-means fit on {report['kmeans_fit']['tokens']}"
+        f" {report['kmeans_fit']['split']} tokens; ψ at step {int(state.step)}")
+  print(eval_lib.format_report(report))
+  print("\nbeside the paper (majority voting, %):")
+  print(eval_lib.format_paper_table(report))
+  print(f"report: {output / 'report.json'}, {output / 'metrics.json'}")
+  return 0
+
+
 def main(argv):
   if len(argv) > 1:
     raise _cli.UsageError(f"unexpected arguments {argv[1:]}; this command takes flags only")
@@ -56,16 +163,33 @@ def main(argv):
   workdir = _cli.directory_flag("workdir", _WORKDIR.value)
   if _OUTPUT.value:
     _cli.directory_flag("output_dir", _OUTPUT.value)
-  config = _cli.config_from_flag(_CONFIG)
+  flag_config = _cli.config_from_flag(_CONFIG)
+  explicit = flags.FLAGS["config"].present
   with _cli.usage_errors():  # everything checked before the backbone is loaded
     step = train_lib.resolve_step(workdir, _STEP.value)  # no checkpoints: FileNotFoundError
-    config = config or train_lib.saved_config(workdir, step)
-    features_lib.check_data_config(config.data)
+    saved = train_lib.saved_config(workdir, step)
+    if explicit:
+      config = flag_config
+    else:
+      config = saved.copy_and_resolve_references()
+      for field, value in _overrides().items():
+        allowed = EVAL_FIELDS + train_lib.RUNTIME_FIELDS
+        if not any(field == a or field.startswith(a + ".") for a in allowed):
+          raise ValueError(f"--config.{field} changes how ψ was trained; only "
+                           f"{', '.join(allowed)} apply to the checkpoint's config (pass "
+                           "--config=FILE to give a whole config)")
+        _set(config, field, value)
+    if _get(config, "data.dataset") in (None, "", "folder"):
+      # (an evaluation dataset's fields are checked by _dataset_sources, tfds_dir included;
+      # the training pipeline's checks would demand a data_dir)
+      features_lib.check_data_config(config.data)
     train_lib.check_config(config)
-    train_lib.check_checkpoint_config(workdir, config, step)
+    train_lib.check_checkpoint_config(workdir, _with_eval_fields(config, saved), step)
+  output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else workdir / "eval"
+  if _get(config, "data.dataset") not in (None, "", "folder"):   # "folder": the bundled photos
+    return _run_dataset(config, workdir, step, output)
   backbone, feats, _ = features_lib.prepare_features(config)
   state = train_lib.load_trained(workdir, config, feats.psi_inputs.shape[-1], step)
-  output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else workdir / "eval"
   report = eval_lib.evaluate(config, state.params, backbone, feats, output_dir=output,
                              extra={"training": _training_summary(workdir, state)})
   print(f"backbone: {report['backbone']['name']} — {report['backbone']['weights_note']}")

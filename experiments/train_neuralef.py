@@ -1,4 +1,4 @@
-r"""Train the NeuralEF segmentor's ψ on cached backbone features (SPEC §2, §5).
+r"""Train the NeuralEF segmentor's ψ on cached backbone features or a dataset (SPEC §2, §5).
 
   # the bundled sample photos, reference settings (batch 16 of 336-px crops, K = 256)
   python -m experiments.train_neuralef --workdir runs/neuralef
@@ -8,6 +8,9 @@ r"""Train the NeuralEF segmentor's ψ on cached backbone features (SPEC §2, §5
   # any image folder; override any config field
   python -m experiments.train_neuralef --workdir runs/mine --config.data.images=/path/to/images \
       --config.train.num_steps=5000
+  # a dataset through the grain pipeline (fresh augmentation every step, backbone in the step)
+  python -m experiments.train_neuralef --workdir runs/pc --config.data.dataset=pascal_context \
+      --config.data.data_dir=/data   # or cityscapes | ade20k | folder (any image folder)
 
 Rerunning the same command resumes from the latest checkpoint in --workdir (Ctrl-C, SIGINT or
 SIGTERM save one first and exit with status 130, also when the process was started with SIGINT
@@ -21,6 +24,7 @@ Multi-host: start one process per host with --coordinator=HOST:PORT --num_proces
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 from absl import flags
@@ -51,6 +55,16 @@ def validated_config(jax, workdir: pathlib.Path):
     if _STOP_AT.value is not None and _STOP_AT.value < 1:
       raise ValueError(f"--stop_at must be ≥ 1; got {_STOP_AT.value}")
     features_lib.check_data_config(config.data)
+    if config.backbone.overrides:
+      try:
+        overrides = json.loads(config.backbone.overrides)
+      except ValueError as e:
+        raise ValueError(f"backbone.overrides must be a JSON object; {e}") from e
+      if not isinstance(overrides, dict) or config.backbone.weights != "random":
+        raise ValueError("backbone.overrides must be a JSON object and needs "
+                         "backbone.weights=random")
+      if not config.data.dataset:
+        raise ValueError("backbone.overrides applies to data.dataset runs only")
     patch = backbones.get_config(config.backbone.name).patch_size
     train_lib.check_config(config, patch_size=patch, devices=jax.device_count())
     train_lib.check_checkpoint_config(workdir, config)
@@ -73,6 +87,8 @@ def main(argv):
   from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
 
   config = validated_config(jax, workdir)
+  if config.data.dataset:
+    return _train_from_dataset(jax, config, workdir)
   images = features_lib.training_images(config.data.images, config.data.recursive)
   with _cli.usage_errors():  # enough views for one batch, before the backbone runs
     train_lib.steps_per_epoch(len(images) * int(config.data.views_per_image),
@@ -85,12 +101,45 @@ def main(argv):
   print(f"devices: {jax.device_count()} ({jax.process_count()} process(es)), global batch "
         f"{config.train.batch_size}", flush=True)
   result = train_lib.train(config, workdir, feats, stop_at=_STOP_AT.value)
+  return _report(jax, config, result, workdir)
+
+
+def _train_from_dataset(jax, config, workdir):
+  """--config.data.dataset=NAME: the grain pipeline, the backbone inside the step."""
+  from spectral_jax import backbones  # pylint: disable=g-import-not-at-top
+  from spectral_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
+  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  data = config.data
+  source = pipeline.training_source(data.dataset, data.data_dir, data.split,
+                                    recursive=data.recursive)
+  with _cli.usage_errors():
+    pipeline.shard_bounds(len(source), jax.process_index(), jax.process_count())
+  overrides = json.loads(config.backbone.overrides) if config.backbone.overrides else None
+  backbone = backbones.load(config.backbone.name, config.backbone.weights, overrides=overrides)
+  print(f"backbone {backbone.config.name} ({config.backbone.dtype}): {backbone.weights_note}")
+  print(f"data: {data.dataset} {source.split!r}, {len(source)} images, fresh {data.image_size}-px "
+        f"crops every step (grain, {data.num_workers} workers)")
+  print(f"devices: {jax.device_count()} ({jax.process_count()} process(es)), global batch "
+        f"{config.train.batch_size}", flush=True)
+  result = train_lib.train(config, workdir, source=source, backbone=backbone,
+                           stop_at=_STOP_AT.value)
+  return _report(jax, config, result, workdir)
+
+
+def _report(jax, config, result, workdir):
   if result.resumed_from is not None:
     print(f"resumed from step {result.resumed_from}")
   if result.history:
     first, last = result.history[0], result.history[-1]
     print(f"loss {first['loss']:.5f} (step {first['step']}) -> {last['loss']:.5f} "
           f"(step {last['step']})")
+  if result.fidelity is not None:
+    f, k = result.fidelity, int(config.psi.k)
+    print(f"fidelity (ψ vs the batch kernel's top-{k} eigenvectors, {workdir}/fidelity.json): "
+          f"mean |cos| in order {f[f'cos_in_order_mean@{k}']:.3f}, largest principal angle "
+          f"{f[f'angle_max_deg@{k}']:.1f}° (mean {f[f'angle_mean_deg@{k}']:.1f}°), Rayleigh/λ "
+          f"{f[f'rayleigh_over_lambda_mean@{k}']:.3f}")
   step = int(jax.device_get(result.state.step))
   if result.interrupted:
     print(f"interrupted: checkpoint saved at step {step}; rerun the same command to resume")

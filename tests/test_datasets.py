@@ -64,9 +64,11 @@ def test_voc_accepts_the_devkit_parent_the_devkit_or_the_year_folder(voc_tree, s
   assert ds.root.name == "VOC2007" and ds.ids == list(VOC_IDS) and ds.name == "voc07"
 
 
-def test_voc_segmentation_split_reads_class_masks(voc_tree):
-  ds = datasets.load("voc12_seg", voc_tree[0])
+@pytest.mark.parametrize("name", ["voc12_semantic", "voc12_seg"])   # the old name is an alias
+def test_voc_segmentation_split_reads_class_masks(voc_tree, name):
+  ds = datasets.load(name, voc_tree[0])
   assert ds.ids == [VOC_IDS[0]] and ds[0].class_mask.shape == (375, 500)
+  assert datasets.kind(name) == "semantic" and ds.num_classes == len(ds.class_names) == 21
 
 
 def test_voc_xml_is_one_based_inclusive(tmp_path):

@@ -5,6 +5,7 @@ boxes.json / the saved masks and the fixture's ground truth."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +56,10 @@ def test_voc_corloc_matches_numpy_from_boxes_json(voc_run):
       assert box[2] <= 500 and box[3] <= 375          # inside the 500 × 375 photo
       hits += bool(np.any(_np_box_iou(box, gt) >= 0.5))
   assert m["corloc"] == pytest.approx(hits / 3) and m["num_hits"] == hits
+  # one DSM box per image: it can find at most one object, so recall = hits / all boxes
+  assert m["object_recall"]["num_gt"] == sum(len(t["boxes"]) for t in truth.values()) == 38
+  assert m["object_recall"]["num_matched"] == hits
+  assert m["object_recall"]["recall"] == pytest.approx(hits / 38)
   assert m["dataset"] == "voc07" and m["split"] == "trainval"
 
 
@@ -89,7 +94,8 @@ def test_ecssd_scores_match_numpy_from_saved_masks(ecssd_tree, tmp_path):
 
 
 def test_limit_and_refused_out(voc_run, voc_tree, tmp_path):
-  out, _, _ = voc_run
+  out = tmp_path / "out"              # a copy: voc_run's outputs stay for the other tests
+  shutil.copytree(voc_run[0], out)
   again = _run(["--dataset=voc07", f"--data_dir={voc_tree[0]}", f"--out={out}"])
   assert again.returncode == 2 and "already holds files" in again.stderr
   assert len(again.stderr.strip().splitlines()) == 1
@@ -99,9 +105,27 @@ def test_limit_and_refused_out(voc_run, voc_tree, tmp_path):
   assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
 
 
+def test_prepared_copy_gives_the_same_metrics_boxes_and_per_image(voc_run, voc_tree, tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  from spectral_jax import datasets  # pylint: disable=import-outside-toplevel
+  files_out = voc_run[0]
+  tfds_dir = tmp_path / "tfds"
+  datasets.prepare("voc07", voc_tree[0], tfds_dir=tfds_dir, progress=False)
+  out = tmp_path / "out"
+  done = _run(["--dataset=voc07", f"--config.tfds_dir={tfds_dir}", f"--out={out}"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  for name in ("boxes.json", "per_image.json"):
+    assert json.loads((out / name).read_text()) == json.loads((files_out / name).read_text())
+  drop = lambda m: {k: v for k, v in m.items() if k not in ("config", "wall_s")}
+  got, want = (json.loads((o / "metrics.json").read_text()) for o in (out, files_out))
+  assert drop(got) == drop(want) and got["config"]["tfds_dir"] == str(tfds_dir)
+
+
 @pytest.mark.parametrize("args,code,text", [
     (["--dataset=voc2007"], 2, "--dataset must be one of voc07, voc12"),
     (["--dataset=cub"], 1, "segmentations.tgz"),
+    (["--dataset=ecssd", "--config.tfds_dir=/nonexistent/tfds"], 1,
+     "tfds_dir '/nonexistent/tfds' does not exist"),
 ])
 def test_bad_dataset_and_missing_data_are_one_line_errors(tmp_path, args, code, text):
   out = tmp_path / "out"
@@ -111,10 +135,12 @@ def test_bad_dataset_and_missing_data_are_one_line_errors(tmp_path, args, code, 
   assert not out.exists()        # nothing created when the data is missing
 
 
-def test_reading_and_evaluating_never_imports_tensorflow(voc_tree, ecssd_tree):
-  """Training and evaluation must stay TensorFlow-free (tfds may be installed beside)."""
+def test_reading_and_evaluating_never_imports_tensorflow(voc_tree, ecssd_tree, tmp_path):
+  """Training and evaluation must stay TensorFlow-free (tfds may be installed beside): the file
+  readers import neither TensorFlow nor tfds; preparing with the tfds builders, reading the
+  prepared ArrayRecord, iterating it with grain and evaluating it import no TensorFlow."""
   code = f"""
-import sys
+import importlib.util, sys
 from spectral_jax import backbones, datasets, dsm, evaluation
 voc = datasets.load("voc12", {str(voc_tree[0])!r})
 [voc[i] for i in range(len(voc))]
@@ -126,10 +152,94 @@ seg = dsm.make_pipeline(bb, dsm.PipelineConfig(num_eigenvectors=6, num_segments=
 r = evaluation.evaluate_dsm(seg, ds, kind="mask", image_size=56, batch_size=2, progress=False)
 assert r.metrics["num_images"] == 3, r.metrics
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
-print("imported:", bad)
+print("imported by the file readers:", bad)
+if not bad and importlib.util.find_spec("tensorflow_datasets"):
+  out = {str(tmp_path / "tfds")!r}
+  datasets.prepare("voc12", {str(voc_tree[0])!r}, tfds_dir=out, progress=False)
+  datasets.prepare("ecssd", {str(ecssd_tree[0])!r}, tfds_dir=out, progress=False)
+  prepared = datasets.load("voc12", tfds_dir=out)
+  [prepared[i] for i in range(len(prepared))]
+  list(datasets.iterate(prepared, shuffle=True, shard_index=0, shard_count=1))
+  r2 = evaluation.evaluate_dsm(seg, datasets.load("ecssd", tfds_dir=out), kind="mask",
+                               image_size=56, batch_size=2, progress=False)
+  assert r2.metrics == r.metrics, (r2.metrics, r.metrics)
+  assert "tensorflow_datasets" in sys.modules
+  bad = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
+  print("imported by the prepared path:", bad)
 sys.exit(1 if bad else 0)
 """
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stdout[-500:] + done.stderr[-2000:]
+
+
+def _semantic_tree(voc_tree, base):
+  """A copy of the VOC2012 fixture whose val split has two images with class masks: the VOC
+  photo and its mirror (greyscale JPEG; its class mask mirrored)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  src = pathlib.Path(voc_tree[0]) / "VOCdevkit" / "VOC2012"
+  root = base / "VOCdevkit" / "VOC2012"
+  shutil.copytree(src, root)
+  i0, i1 = sorted(voc_tree[1])[:2]
+  with Image.open(root / "SegmentationClass" / f"{i0}.png") as img:
+    mirrored = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored.save(root / "SegmentationClass" / f"{i1}.png")
+  (root / "ImageSets/Segmentation/val.txt").write_text(f"{i0}\n{i1}\n")
+  return {i: np.asarray(Image.open(root / "SegmentationClass" / f"{i}.png")) for i in (i0, i1)}
+
+
+def _brute_force_semantic(preds, truths, num_classes=21, ignore=255):
+  """mIoU (absent classes 0) and pixel accuracy of the best one-to-one label → class map,
+  found by trying every injective map (few labels)."""
+  import itertools  # pylint: disable=import-outside-toplevel
+  labels = 1 + max(int(p.max()) for p in preds)
+  conf = np.zeros((num_classes, labels), np.int64)
+  for p, t in zip(preds, truths):
+    for c in range(num_classes):
+      for j in range(labels):
+        conf[c, j] += np.sum((t == c) & (p == j))
+  assert conf.sum() == sum(np.sum(t != ignore) for t in truths)
+  best = None
+  for classes in itertools.permutations(range(num_classes), labels):
+    ious, hits = [], 0
+    for j, c in enumerate(classes):
+      tp = conf[c, j]
+      union = conf[c].sum() + conf[:, j].sum() - tp
+      ious.append(tp / union if union else 0.0)
+      hits += tp
+    if best is None or sum(ious) > best[0] + 1e-12:
+      best = (sum(ious), hits)
+  return best[0] / num_classes, best[1] / conf.sum()
+
+
+def test_voc12_semantic_miou_matches_brute_force_from_written_maps(voc_tree, tmp_path):
+  truth = _semantic_tree(voc_tree, tmp_path / "data")
+  out = tmp_path / "out"
+  done = _run(["--dataset=voc12_semantic", f"--data_dir={tmp_path / 'data'}", f"--out={out}",
+               "--config.save_masks=True"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  preds = [np.asarray(Image.open(out / "masks" / f"{i}.png")) for i in truth]
+  assert [p.shape for p in preds] == [t.shape for t in truth.values()]
+  assert max(int(p.max()) for p in preds) <= m["num_clusters"]    # 0 = background, c + 1
+  miou, acc = _brute_force_semantic(preds, list(truth.values()))
+  assert m["num_images"] == 2 and m["matching"] == "hungarian"
+  np.testing.assert_allclose([m["miou"], m["pixel_accuracy"]], [miou, acc], rtol=1e-6)  # f32
+  assert list(m["per_class_iou"])[:2] == ["background", "aeroplane"]
+  assert len(m["per_class_iou"]) == 21
+  assert np.mean([v or 0.0 for v in m["per_class_iou"].values()]) == pytest.approx(miou)
+  line = next(l for l in done.stdout.splitlines() if l.startswith("mIoU"))
+  assert line.split()[-2:] == [f"{100 * m['miou']:.1f}", "30.8"]
+
+
+def test_semantic_alias_and_too_many_clusters_are_refused_before_work(voc_tree, tmp_path):
+  """voc12_seg is accepted (alias); 25 clusters + background cannot match VOC's 21 classes
+  one-to-one: one line, exit 2, nothing written (majority matching would accept them)."""
+  _semantic_tree(voc_tree, tmp_path / "data")
+  out = tmp_path / "out"
+  done = _run(["--dataset=voc12_seg", f"--data_dir={tmp_path / 'data'}", f"--out={out}",
+               "--config.semantic.num_clusters=25"])
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert "26 labels cannot map one-to-one onto voc12's 21 classes" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -113,3 +113,202 @@ def test_confusion_counts_skip_ignore_and_check_ranges():
   assert c.sum() == 5
   with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
     evaluation.confusion_counts(t, p, 2, 3)
+
+
+# ----------------------------------------------------------------------------- multi-object
+
+
+def _np_object_recall(preds, gts, thr=0.5):
+  """Greedy one-to-one matching in prediction order, written as a plain loop."""
+  matched = total = 0
+  for p, g in zip(preds, gts):
+    total += len(g)
+    taken = set()
+    for box in p:
+      cands = [(_np_iou(box, gb), j) for j, gb in enumerate(g) if j not in taken]
+      if cands:
+        iou, j = max(cands)
+        if iou >= thr:
+          taken.add(j)
+          matched += 1
+  return matched, total
+
+
+def test_object_recall_greedy_in_prediction_order(rng):
+  gt = [np.array([[0, 0, 10, 10], [4, 0, 14, 10]]), np.zeros((0, 4)), np.array([[0, 0, 8, 8]])]
+  # image 0: the first prediction fits box 1 best (IoU 0.82 vs 0.67), so the second, which
+  # only fits box 1, finds it taken; image 1 has no ground truth; image 2 none predicted.
+  pred = [np.array([[3, 0, 13, 10], [5, 0, 14, 10]]), np.array([[0, 0, 5, 5]]), np.zeros((0, 4))]
+  assert _np_iou(pred[0][0], gt[0][1]) > _np_iou(pred[0][0], gt[0][0]) >= 0.5
+  assert _np_iou(pred[0][1], gt[0][0]) < 0.5
+  out = evaluation.object_recall(pred, gt)
+  assert out == {"recall": 1 / 3, "num_gt": 3, "num_matched": 1, "iou_threshold": 0.5}
+  assert evaluation.object_recall(pred[::-1][:1] + pred[1:], gt)["num_matched"] == 0
+  # random scenes against the loop
+  for _ in range(20):
+    gts, preds = [], []
+    for _ in range(3):
+      xy = rng.integers(0, 40, (rng.integers(0, 5), 2))
+      gts.append(np.c_[xy, xy + rng.integers(5, 20, xy.shape)])
+      xy = rng.integers(0, 40, (rng.integers(0, 6), 2))
+      preds.append(np.c_[xy, xy + rng.integers(5, 20, xy.shape)])
+    if sum(map(len, gts)) == 0:
+      continue
+    m, t = _np_object_recall(preds, gts, 0.3)
+    out = evaluation.object_recall(preds, gts, iou_threshold=0.3)
+    assert (out["num_matched"], out["num_gt"]) == (m, t)
+
+
+def test_object_recall_errors():
+  with pytest.raises(ValueError, match="undefined without ground-truth"):
+    evaluation.object_recall([np.zeros((1, 4))], [np.zeros((0, 4))])
+  with pytest.raises(ValueError, match="1 images but the ground truth has 2"):
+    evaluation.object_recall([np.zeros((0, 4))], [np.zeros((1, 4))] * 2)
+  with pytest.raises(ValueError, match=r"pred_boxes\[0\] must be \(N, 4\)"):
+    evaluation.object_recall([np.zeros((2, 3))], [np.ones((1, 4))])
+
+
+def _np_inter_over_first(a, b):
+  w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+  h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+  return w * h / ((a[2] - a[0]) * (a[3] - a[1]))
+
+
+def _np_ap50(preds, scores, gts, ignore=None, max_dets=100):
+  """COCO's class-agnostic AP at IoU 0.5 (101 recall points), written out in NumPy: per image
+  the top-scoring predictions take the best free ground truth (not ignored first); a prediction
+  on an ignored box (intersection ≥ 0.5 of its own area) is dropped."""
+  ignore = ignore or [np.zeros(len(g), bool) for g in gts]
+  rows, npos = [], 0
+  for p, s, g, ig in zip(preds, scores, gts, ignore):
+    npos += int((~ig).sum())
+    used = np.zeros(len(g), bool)
+    for d in np.argsort(-np.asarray(s), kind="stable")[:max_dets]:
+      best, best_iou = None, 0.5
+      for j in range(len(g)):
+        if ig[j]:
+          continue
+        iou = _np_iou(p[d], g[j])
+        if not used[j] and iou >= best_iou:
+          best, best_iou = j, iou
+      if best is not None:
+        used[best] = True
+        rows.append((s[d], 1))
+        continue
+      if not any(_np_inter_over_first(p[d], g[j]) >= 0.5 for j in range(len(g)) if ig[j]):
+        rows.append((s[d], 0))
+  rows.sort(key=lambda r: -r[0])
+  tp = np.cumsum([r[1] for r in rows])
+  fp = np.cumsum([1 - r[1] for r in rows])
+  recall = tp / npos
+  precision = tp / np.maximum(tp + fp, 1)
+  precision = np.maximum.accumulate(precision[::-1])[::-1]
+  points = np.linspace(0, 1, 101)
+  idx = np.searchsorted(recall, points, side="left")
+  return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))
+
+
+def test_ap50_matches_a_numpy_coco_computation_on_hand_made_cases():
+  pytest.importorskip("pycocotools")
+  gt = [np.array([[0, 0, 10, 10], [20, 20, 40, 40]]), np.zeros((0, 4)), np.array([[5, 5, 25, 25]])]
+  # perfect detector: AP 1
+  perfect = evaluation.ap50(gt, [np.array([0.9, 0.8]), np.zeros(0), np.array([0.7])], gt)
+  assert perfect == pytest.approx(1.0) and _np_ap50(gt, [[0.9, 0.8], [], [0.7]], gt) == 1.0
+  # scores 0.95 FP (an image without objects), 0.9 TP, 0.8 FP (a duplicate of the same box),
+  # 0.7 TP (IoU 0.6), 0.6 FP (IoU 0.4); the box [20, 20, 40, 40] is missed.
+  pred = [np.array([[0, 0, 10, 10], [0, 0, 10, 11]]), np.array([[0, 0, 9, 9]]),
+          np.array([[5, 5, 25, 17], [12, 12, 30, 30]])]          # IoU 240/400 = 0.6, then 0.4
+  scores = [np.array([0.9, 0.8]), np.array([0.95]), np.array([0.7, 0.6])]
+  assert _np_iou(pred[2][0], gt[2][0]) == pytest.approx(0.6)
+  assert _np_iou(pred[2][1], gt[2][0]) < 0.5
+  # precision, interpolated: 0.5 up to recall 2/3 (recall points 0..0.66), then 0
+  assert _np_ap50(pred, scores, gt) == pytest.approx(67 * 0.5 / 101)
+  assert evaluation.ap50(pred, scores, gt) == pytest.approx(_np_ap50(pred, scores, gt), abs=1e-12)
+  # an ignored box: the prediction on it is dropped, not a false positive
+  ignore = [np.array([False, True]), np.zeros(0, bool), np.array([False])]
+  pred_on_ignored = [np.array([[0, 0, 10, 10], [22, 22, 38, 38]]), pred[1], pred[2]]
+  scores2 = [np.array([0.9, 0.99]), scores[1], scores[2]]
+  want = _np_ap50(pred_on_ignored, scores2, gt, ignore)
+  assert want == pytest.approx(_np_ap50([pred_on_ignored[0][:1]] + pred[1:],   # as if absent
+                                        [scores2[0][:1]] + scores[1:], [gt[0][:1]] + gt[1:]))
+  got = evaluation.ap50(pred_on_ignored, scores2, gt, gt_ignore=ignore)
+  assert got == pytest.approx(want, abs=1e-12)
+  # COCO's xywh: a prediction one pixel wider than the ground truth has IoU 100/110 — a hit;
+  # a half-overlap (IoU 1/3) is not (an off-by-one conversion would move both)
+  # (COCOeval divides by tp + fp + machine epsilon, hence approx for a precision of 1)
+  assert evaluation.ap50([np.array([[0, 0, 11, 10]])], [np.ones(1)], [gt[0][:1]]) == \
+      pytest.approx(1.0)
+  assert evaluation.ap50([np.array([[5, 0, 15, 10]])], [np.ones(1)], [gt[0][:1]]) == 0.0
+  assert evaluation.ap50([np.zeros((0, 4))], [np.zeros(0)], [gt[0]]) == 0.0
+
+
+def test_ap50_errors():
+  pytest.importorskip("pycocotools")
+  with pytest.raises(ValueError, match="undefined without ground-truth"):
+    evaluation.ap50([np.ones((1, 4))], [np.ones(1)], [np.zeros((0, 4))])
+  with pytest.raises(ValueError, match="1 boxes but 2 scores"):
+    evaluation.ap50([np.ones((1, 4))], [np.ones(2)], [np.ones((1, 4))])
+  with pytest.raises(ValueError, match="NaN"):
+    evaluation.ap50([np.ones((1, 4))], [np.array([np.nan])], [np.ones((1, 4))])
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+
+def _np_starts(size, window, stride):
+  """Every multiple of the stride that fits, plus a window flush with the border if needed."""
+  if size <= window:
+    return [0]
+  starts = list(range(0, size - window + 1, stride))
+  return starts + ([size - window] if starts[-1] + window < size else [])
+
+
+def test_window_starts_follow_mmseg():
+  assert evaluation.window_starts(11, 4, 3) == [0, 3, 6, 7]     # last aligned to the border
+  assert evaluation.window_starts(10, 4, 3) == [0, 3, 6]        # 6 + 4 = 10 already
+  assert evaluation.window_starts(3, 4, 2) == [0]               # shorter than the window
+  for size in range(1, 40):
+    for window in range(1, 12):
+      for stride in range(1, window + 1):
+        assert evaluation.window_starts(size, window, stride) == _np_starts(size, window, stride)
+
+
+def test_sliding_window_pointwise_fn_is_exact(rng):
+  image = rng.random((37, 29, 3)).astype(np.float32)
+  fn = lambda x: np.concatenate([np.sin(x), x ** 2 + 0.1], -1).astype(np.float32)
+  out = evaluation.sliding_window(fn, image, window=(16, 12), stride=(5, 7))
+  assert out.shape == (37, 29, 6) and out.dtype == np.float32
+  np.testing.assert_array_equal(out, fn(image))
+
+
+def test_sliding_window_translation_dependent_fn_matches_a_numpy_loop(rng):
+  image = rng.random((23, 31, 2)).astype(np.float32)
+  calls = []
+
+  def fn(crop):   # depends on where a pixel sits in its crop (and on the crop as a whole)
+    calls.append(crop.shape)
+    h, w = crop.shape[:2]
+    pos = np.arange(h)[:, None, None] * 0.5 + np.arange(w)[None, :, None] * 0.25
+    return crop * pos + crop.mean()
+
+  window, stride = (10, 8), (4, 6)
+  out = evaluation.sliding_window(fn, image, window=window, stride=stride)
+  want, n = np.zeros((23, 31, 2)), np.zeros((23, 31, 1))
+  ys, xs = _np_starts(23, 10, 4), _np_starts(31, 8, 6)
+  for y in ys:
+    for x in xs:
+      want[y:y + 10, x:x + 8] += fn(image[y:y + 10, x:x + 8])
+      n[y:y + 10, x:x + 8] += 1
+  np.testing.assert_allclose(out, want / n, rtol=1e-6)           # float32 output
+  assert calls[:len(ys) * len(xs)] == [(10, 8, 2)] * (len(ys) * len(xs))
+
+
+def test_sliding_window_image_smaller_than_the_window(rng):
+  image = rng.random((5, 7, 3)).astype(np.float32)
+  fn = lambda x: x * np.arange(x.shape[1])[None, :, None] + x.shape[0]
+  np.testing.assert_array_equal(evaluation.sliding_window(fn, image, window=8, stride=4),
+                                fn(image).astype(np.float32))
+  with pytest.raises(ValueError, match="no window covers"):
+    evaluation.sliding_window(fn, image, window=4, stride=5)
+  with pytest.raises(ValueError, match="at the crop's size"):
+    evaluation.sliding_window(lambda x: x[::2], image, window=4, stride=2)

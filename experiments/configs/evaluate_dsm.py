@@ -1,8 +1,10 @@
-"""DSM evaluated on a benchmark (CorLoc or single-object segmentation): configuration.
+"""DSM evaluated on a benchmark (CorLoc, single-object or semantic segmentation): configuration.
 
   python -m experiments.evaluate_dsm --dataset=voc07 --data_dir=DIR --out=OUT
   python -m experiments.evaluate_dsm --dataset=ecssd --data_dir=DIR --out=OUT \
       --config.image_size=0 --config.dsm.upsample=bilinear
+  python -m experiments.evaluate_dsm --dataset=voc12_semantic --data_dir=DIR --out=OUT \
+      --config.semantic.matching=majority
 
 The backbone, DSM and batching fields are the segment command's (experiments/configs/
 segment.py, same defaults: DINOv2 ViT-S/14 offline weights, K = 20, λ = 0, 448 px).
@@ -21,17 +23,22 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {preset!r}; choose default or test")
   base = segment_config.get_config(preset)
   c = ml_collections.ConfigDict()
-  c.dataset = ""             # voc07, voc12, ecssd, duts, dut_omron, cub (spectral_jax.datasets)
+  c.dataset = ""             # voc07, voc12, coco20k, ecssd, ..., voc12_semantic
+  #                            (the names in spectral_jax.datasets.DATASETS)
   c.data_dir = ""            # the folder the official archives were extracted into
+  c.tfds_dir = ""            # read the copy experiments.prepare_dataset wrote there instead
   c.split = ""               # "" = the benchmark's split (VOC: trainval; saliency/CUB: test)
   c.out = ""                 # output folder (required)
   c.overwrite = False        # allow an --out that already holds files
   c.limit = 0                # evaluate the first N images only (0 = all)
-  c.save_masks = False       # single-object: also write OUT/masks/<id>.png (255 = object)
+  c.save_masks = False       # also write OUT/masks/<id>.png (single-object: 255 = object;
+  #                            semantic: palette PNG, 0 = background, cluster c as c + 1)
   for field in ("image_size", "batch_size", "bucket_step", "prefetch", "seed",
                 "compilation_cache", "backbone", "dsm", "semantic"):
     c[field] = base[field]
-  c.semantic.enabled = False  # not used by these protocols
+  c.semantic.enabled = False  # the command turns it on for the semantic datasets
+  c.semantic.matching = "hungarian"   # DSM's one-to-one matching; "majority" (NeuralEF's)
+  c.semantic.absent = "zero"          # classes in neither gt nor prediction: IoU 0 (DSM), "skip"
   if preset == "test":
     c.image_size = 112
   return c

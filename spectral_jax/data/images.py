@@ -8,6 +8,7 @@ Non-RGB inputs are converted: grayscale and palette images to RGB, RGBA composit
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
 
@@ -63,15 +64,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no image file at {str(path)!r}")
+  return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+  """An encoded image file's bytes (JPEG, PNG, ...) as (H, W, 3) uint8 RGB, exactly as
+  :func:`read_image` decodes that file (same conversions). ``name`` is used in errors.
+
+  Raises:
+    ImageReadError: the bytes are not a readable image.
+  """
+  return _decode(io.BytesIO(data), name)
+
+
+def _decode(file, name: str) -> np.ndarray:
   try:
-    with Image.open(path) as img:
+    with Image.open(file) as img:
       img.load()
       img = ImageOps.exif_transpose(img)
       rgb = to_rgb_uint8(img)
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    raise ImageReadError(f"cannot read {str(path)!r} as an image: {e}") from e
+    raise ImageReadError(f"cannot read {name!r} as an image: {e}") from e
   if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-    raise ImageReadError(f"{str(path)!r} decodes to an empty image of shape {rgb.shape}")
+    raise ImageReadError(f"{name!r} decodes to an empty image of shape {rgb.shape}")
   return rgb
 
 

@@ -11,7 +11,21 @@ a folder); its order is kept.
 Boxes: COCO's float ``[x, y, w, h]`` → ``[floor(x), floor(y), ceil(x + w), ceil(y + h)]``
 (0-based, x1/y1 exclusive, clipped to the image), so the integer box covers the float one.
 Every annotation of the image is kept (crowd ones too); ``labels`` are COCO category ids
-(1..90). Boxes only: no instance masks (they would need pycocotools' polygon / RLE decoding).
+(1..90) and ``crowd`` the ``iscrowd`` flags.
+
+Masks (``masks=True``, needs pycocotools: ``pip install -e '.[data]'``), decoded as COCO's
+``annToMask``: a polygon list is rasterised with ``mask.frPyObjects`` and its parts merged
+(polygons of fewer than 3 points have no area and are dropped), an uncompressed RLE (``counts``
+a list, how COCO stores ``iscrowd`` regions) goes through ``frPyObjects``, a compressed RLE is
+decoded as it is. pycocotools' rasteriser covers a pixel by where the polygon passes through it
+(a 0..10 square covers pixels 0..9: area 100), not by PIL's rule (``ImageDraw.polygon`` also
+fills the pixels the outline touches: 0..10); the two differ only on boundary pixels.
+
+* ``instance_masks`` (N, H, W) bool: one per annotation, in the order of ``boxes``.
+* ``instance_mask`` (H, W) uint8: annotation k as k + 1 (painted in order, later over earlier),
+  crowd regions 255 (ignore, as COCO's evaluation ignores them) where no single instance lies.
+* ``class_mask`` (H, W) uint8: the category id (1..90) of the instance painted there, crowd
+  regions 255 where no single instance lies, 0 = background.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ import json
 import math
 import pathlib
 import re
+import warnings
 
 import numpy as np
 
@@ -64,12 +79,15 @@ class COCO20k(core.DataSource):
     data_dir: the folder holding ``train2014/`` and ``annotations/`` (or its ``coco/``).
     ids_file: the image list (see the module docstring); None: ``coco_20k_filenames.txt`` in
       the COCO folder.
+    split: "train" (COCO20k is a subset of train2014).
+    masks: decode the instance masks (pycocotools).
   Raises:
     core.MissingDataError: the images, the json or the list is missing, or a listed image is
       not in the json.
   """
 
-  def __init__(self, data_dir, ids_file=None, split: str = "train"):
+  def __init__(self, data_dir, ids_file=None, split: str = "train", masks: bool = True):
+    self.masks = masks
     if split != "train":
       raise ValueError(f"COCO20k is a subset of train2014; split must be 'train', got {split!r}")
     self.name, self.split = "coco20k", split
@@ -105,5 +123,72 @@ class COCO20k(core.DataSource):
     boxes = np.asarray([coco_box(a["bbox"], hw) for a in anns], np.int32).reshape(-1, 4)
     labels = np.asarray([a["category_id"] for a in anns], np.int32)
     flags = np.zeros(len(anns), bool)
-    return core.Record(id=image_id, image=image, boxes=boxes, labels=labels, difficult=flags,
-                       truncated=flags.copy(), path=str(self.image_path(image_id)))
+    crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool)
+    record = core.Record(id=image_id, image=image, boxes=boxes, labels=labels, difficult=flags,
+                         truncated=flags.copy(), crowd=crowd,
+                         path=str(self.image_path(image_id)))
+    if self.masks:
+      record.instance_masks = np.zeros((len(anns), *hw), bool)
+      for k, a in enumerate(anns):
+        record.instance_masks[k] = annotation_mask(a, hw, f"COCO {image_id} annotation "
+                                                           f"{a.get('id')}")
+      record.instance_mask, record.class_mask = label_maps(record.instance_masks, labels, crowd)
+    return record
+
+
+def _mask_api():
+  try:
+    from pycocotools import mask  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("COCO instance masks need pycocotools: pip install -e '.[data]' (or pip "
+                      "install pycocotools), or read boxes only with masks=False") from e
+  # pycocotools 2.0.11's decode passes copy=False to np.array on NumPy 2 (a DeprecationWarning
+  # per mask, harmless: the result is a copy); silenced for that module and message only.
+  warnings.filterwarnings("ignore", message="__array__ implementation doesn.t accept a copy",
+                          category=DeprecationWarning, module="pycocotools")
+  return mask
+
+
+def annotation_mask(ann: dict, hw, where: str = "COCO annotation") -> np.ndarray:
+  """(H, W) bool mask of one COCO annotation's ``segmentation`` (see the module docstring).
+
+  Raises:
+    ValueError: no segmentation, or one in neither the polygon nor the RLE format.
+  """
+  mask_api = _mask_api()
+  h, w = int(hw[0]), int(hw[1])
+  segm = ann.get("segmentation")
+  if isinstance(segm, list):
+    polygons = [[float(v) for v in poly] for poly in segm if len(poly) >= 6]
+    if not polygons:
+      return np.zeros((h, w), bool)
+    rle = mask_api.merge(mask_api.frPyObjects(polygons, h, w))
+  elif isinstance(segm, dict) and "counts" in segm and "size" in segm:
+    if [int(v) for v in segm["size"]] != [h, w]:
+      raise ValueError(f"{where}: RLE size {segm['size']} is not the image's {[h, w]}")
+    rle = mask_api.frPyObjects(segm, h, w) if isinstance(segm["counts"], list) else segm
+  else:
+    raise ValueError(f"{where}: 'segmentation' must be a polygon list or an RLE dict; got "
+                     f"{type(segm).__name__}")
+  return mask_api.decode(rle).astype(bool)
+
+
+def label_maps(instance_masks: np.ndarray, labels: np.ndarray,
+               crowd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(instance_mask, class_mask) (H, W) uint8 from (N, H, W) masks (see the module docstring).
+
+  Raises:
+    ValueError: more than 254 annotations (ids must stay below the ignore value 255).
+  """
+  n = len(instance_masks)
+  if n > core.IGNORE - 1:
+    raise ValueError(f"{n} annotations in one image: instance ids would reach the ignore value "
+                     f"{core.IGNORE}")
+  instance = np.zeros(instance_masks.shape[1:], np.uint8)
+  classes = np.zeros(instance_masks.shape[1:], np.uint8)
+  for k in np.flatnonzero(crowd):
+    instance[instance_masks[k]] = classes[instance_masks[k]] = core.IGNORE
+  for k in np.flatnonzero(~np.asarray(crowd, bool)):
+    instance[instance_masks[k]] = k + 1
+    classes[instance_masks[k]] = labels[k]
+  return instance, classes

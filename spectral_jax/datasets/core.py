@@ -39,6 +39,9 @@ class Record:
     class_mask: (H, W) uint8 semantic labels, 255 = ignore; None where the image has none.
     instance_mask: (H, W) uint8 instance ids (0 background, 255 ignore); None where none.
     mask: (H, W) bool single-object (salient) foreground; None where none.
+    instance_masks: (N, H, W) bool, one mask per box (overlaps kept); None where none.
+    crowd: (N,) bool COCO ``iscrowd`` (a group of objects: an "ignore" region for AP); empty
+      where the format has none.
     path: the image file.
   """
 
@@ -51,6 +54,8 @@ class Record:
   class_mask: np.ndarray | None = None
   instance_mask: np.ndarray | None = None
   mask: np.ndarray | None = None
+  instance_masks: np.ndarray | None = None
+  crowd: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), bool))
   path: str = ""
 
   @property
@@ -166,12 +171,17 @@ def read_binary_mask(path: pathlib.Path, archive: str) -> np.ndarray:
   return a > 127
 
 
-def centre_crop(a: np.ndarray) -> np.ndarray:
-  """The centred square of side min(H, W) (torchvision ``CenterCrop`` offsets)."""
-  h, w = a.shape[:2]
+def centre_window(h: int, w: int) -> tuple[int, int, int, int]:
+  """(y0, x0, y1, x1) of the centred square of side min(h, w) (torchvision ``CenterCrop``)."""
   s = min(h, w)
   y0, x0 = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-  return a[y0:y0 + s, x0:x0 + s]
+  return y0, x0, y0 + s, x0 + s
+
+
+def centre_crop(a: np.ndarray) -> np.ndarray:
+  """The centred square of side min(H, W) of an (H, W, ...) array."""
+  y0, x0, y1, x1 = centre_window(*a.shape[:2])
+  return a[y0:y1, x0:x1]
 
 
 # ----------------------------------------------------------------------------- iteration

@@ -25,6 +25,12 @@ import pathlib
 from spectral_jax.data import images as image_io
 from spectral_jax.datasets import core
 
+# The archives each benchmark is extracted from (named in errors and in the tfds builders).
+ARCHIVES = {"ecssd": "ECSSD's images.zip and ground_truth_mask.zip",
+            "duts": "DUTS-TE.zip",
+            "dut_omron": "DUT-OMRON-image.zip and DUT-OMRON-gt-pixelwise.zip.zip",
+            "cub": "CUB_200_2011.tgz and segmentations.tgz"}
+
 
 class FolderPairs(core.DataSource):
   """Images in one folder, masks ``STEM.png`` in another, paired by file stem (sorted).
@@ -64,20 +70,20 @@ class FolderPairs(core.DataSource):
 
 
 def ecssd(data_dir, split: str = "test") -> FolderPairs:
-  archive = "ECSSD's images.zip and ground_truth_mask.zip"
+  archive = ARCHIVES["ecssd"]
   root = core.find_root(data_dir, ["ECSSD"], marker="images", dataset="ECSSD", archives=archive)
   return FolderPairs("ecssd", root, "images", "ground_truth_mask", archive, split)
 
 
 def duts_te(data_dir, split: str = "test") -> FolderPairs:
-  archive = "DUTS-TE.zip"
+  archive = ARCHIVES["duts"]
   root = core.find_root(data_dir, ["DUTS-TE", "DUTS/DUTS-TE"], marker="DUTS-TE-Image",
                         dataset="DUTS-TE", archives=archive)
   return FolderPairs("duts", root, "DUTS-TE-Image", "DUTS-TE-Mask", archive, split)
 
 
 def dut_omron(data_dir, split: str = "test") -> FolderPairs:
-  archive = "DUT-OMRON-image.zip and DUT-OMRON-gt-pixelwise.zip.zip"
+  archive = ARCHIVES["dut_omron"]
   root = core.find_root(data_dir, ["DUT-OMRON", "DUT_OMRON"], marker="DUT-OMRON-image",
                         dataset="DUT-OMRON", archives=archive)
   return FolderPairs("dut_omron", root, "DUT-OMRON-image", "pixelwiseGT-new-PNG", archive, split)
@@ -93,7 +99,7 @@ class CUB(core.DataSource):
     crop: centre-crop image and mask to a square (DSM's protocol for CUB).
   """
 
-  archive = "CUB_200_2011.tgz and segmentations.tgz"
+  archive = ARCHIVES["cub"]
 
   def __init__(self, data_dir, split: str = "test", crop: bool = True):
     if split not in ("test", "train"):

@@ -31,6 +31,7 @@ from spectral_jax.datasets import core
 CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
                         23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 CITYSCAPES_FIRST_NONVOID = 7  # STEGO / NeuralEF: labelIds 7..33 → 0..26
+ADE20K_SPLIT_ALIASES = {"val": "validation", "train": "training"}
 
 
 def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
@@ -166,7 +167,7 @@ class ADE20K(_Semantic):
   num_classes = 150
 
   def __init__(self, data_dir, split: str = "validation"):
-    split = {"val": "validation", "train": "training"}.get(split, split)
+    split = ADE20K_SPLIT_ALIASES.get(split, split)
     if split not in ("training", "validation"):
       raise ValueError(f"ADE20K splits are 'training' and 'validation'; got {split!r}")
     self.name, self.split = "ade20k", split

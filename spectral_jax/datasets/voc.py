@@ -105,6 +105,7 @@ class VOC(core.DataSource):
     if task not in TASKS:
       raise ValueError(f"task must be one of {sorted(TASKS)}; got {task!r}")
     self.year, self.task, self.masks = year, task, masks
+    self.num_classes, self.class_names = len(CLASS_NAMES), CLASS_NAMES  # class_mask's labels
     self.archive = ARCHIVES[year]
     self.name, self.split = f"voc{year[2:]}", split
     self.root = core.find_root(data_dir, [f"VOCdevkit/VOC{year}", f"VOC{year}"],

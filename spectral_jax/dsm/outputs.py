@@ -200,6 +200,41 @@ def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
   return record
 
 
+def cluster_segments(kept: list, *, num_clusters: int, pca_dim: int,
+                     seed: int = 0) -> list[np.ndarray]:
+  """Dataset-level clusters of every photo's segment crops (DSM §3.4, SPEC §4).
+
+  Args:
+    kept: per photo ``(photo, segments (h, w), valid (S,), embeddings (S, C))``.
+    num_clusters, pca_dim: see ``semantic.cluster_embeddings``; seed: its PRNG seed.
+  Returns:
+    Per photo an (S,) int32 lookup, segment id → cluster in [0, C) (0 where not ``valid``).
+  """
+  embeddings = [e[v] for _, _, v, e in kept]
+  clusters = np.asarray(semantic.cluster_embeddings(
+      jax.random.key(seed), np.concatenate(embeddings), num_clusters, pca_dim=pca_dim))
+  lookups = []
+  for (_, _, valid, _), cl in zip(kept, np.split(clusters,
+                                                 np.cumsum([len(e) for e in embeddings])[:-1])):
+    lookup = np.zeros(valid.shape, np.int32)
+    lookup[valid] = cl
+    lookups.append(lookup)
+  return lookups
+
+
+def semantic_labels(photo, segments: np.ndarray, valid: np.ndarray, lookup: np.ndarray, *,
+                    patch_size: int) -> np.ndarray:
+  """(H, W) int32 semantic map of one photo at its own size: 0 = background, cluster c as c + 1.
+
+  Args:
+    photo: a ``dsm.batching.Photo`` (its ``input_hw`` and ``size``).
+    segments: (h, w) its segment map; valid: (S,); lookup: (S,) from :func:`cluster_segments`.
+  """
+  labels = np.asarray(semantic.semantic_map(segments, lookup, valid))
+  return masks.upsample_patch_map(labels, patch_size=patch_size, input_hw=photo.input_hw,
+                                  output_hw=photo.size)
+
+
 def write_semantic(kept: list, stems: list[pathlib.Path], *, num_clusters: int, pca_dim: int,
                    patch_size: int, seed: int = 0) -> dict:
   """Dataset-level clusters of all segment crops → ``stem.semantic.png`` (0 = background).
@@ -211,18 +246,11 @@ def write_semantic(kept: list, stems: list[pathlib.Path], *, num_clusters: int, 
   Returns:
     A summary: crops, clusters and their sizes.
   """
-  embeddings = [e[v] for _, _, v, e in kept]
-  all_emb = np.concatenate(embeddings)
-  clusters = np.asarray(semantic.cluster_embeddings(jax.random.key(seed), all_emb, num_clusters,
-                                                    pca_dim=pca_dim))
-  per_image = np.split(clusters, np.cumsum([len(e) for e in embeddings])[:-1])
-  for (photo, seg, valid, _), cl, stem in zip(kept, per_image, stems):
-    lookup = np.zeros(valid.shape, np.int32)
-    lookup[valid] = cl
-    labels = np.asarray(semantic.semantic_map(seg, lookup, valid))
-    labels = masks.upsample_patch_map(labels, patch_size=patch_size, input_hw=photo.input_hw,
-                                      output_hw=photo.size)
-    viz.label_png(f"{stem}.semantic.png", labels)
-  return {"num_crops": int(len(all_emb)), "num_clusters": int(num_clusters),
+  lookups = cluster_segments(kept, num_clusters=num_clusters, pca_dim=pca_dim, seed=seed)
+  for (photo, seg, valid, _), lookup, stem in zip(kept, lookups, stems):
+    viz.label_png(f"{stem}.semantic.png",
+                  semantic_labels(photo, seg, valid, lookup, patch_size=patch_size))
+  clusters = np.concatenate([lk[v] for lk, (_, _, v, _) in zip(lookups, kept)])
+  return {"num_crops": int(len(clusters)), "num_clusters": int(num_clusters),
           "cluster_sizes": np.bincount(clusters, minlength=num_clusters).tolist(),
           "labels": "0 = background, c + 1 = dataset cluster c"}

@@ -13,7 +13,10 @@ Training and evaluation live in submodules (imported on demand, they pull in orb
 backbones): ``neuralef.features`` (backbone features of augmented crops, cached on disk),
 ``neuralef.train`` (the loop and data order; it re-exports ``neuralef.step``: state, the
 shard_map train step, and ``neuralef.checkpoint``: orbax checkpoints and config checks),
-``neuralef.evaluate`` (argmax clusters, K-means baselines, matching, mIoU, overlays).
+``neuralef.evaluate`` (argmax clusters, K-means baselines, matching, mIoU, overlays),
+``neuralef.fidelity`` (ψ against the batch kernel's top-K eigenvectors: cosines, principal
+angles, Rayleigh quotients; the training probe), ``neuralef.pod_plan`` (the sharded step
+compiled for a mesh with abstract inputs: per-device FLOPs, memory, collective bytes).
 """
 
 from spectral_jax.neuralef.loss import BETA_TIMES_K

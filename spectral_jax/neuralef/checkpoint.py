@@ -1,7 +1,9 @@
 """NeuralEF checkpoints: orbax save/restore of the training state with its config beside it.
 
 A checkpoint (``<workdir>/checkpoints/<step>``) holds two items: ``state`` (the `TrainState`,
-StandardSave) and ``config`` (the run's config as JSON). Restoring compares the stored config
+StandardSave) and ``config`` (the run's config as JSON), and for runs fed by the grain pipeline
+a third, ``data``: every process's input-iterator state at that step (JSON, gathered from all
+processes; `restore_data_state` gives each process its own). Restoring compares the stored config
 with the current one outside `RUNTIME_FIELDS` and refuses a different one
 (`ConfigMismatchError`, listing every differing field), so a resumed run is the run it continues.
 """
@@ -18,7 +20,9 @@ import ml_collections
 from flax import traverse_util
 
 # Config sections that may change between an interrupted run and its resumption.
-RUNTIME_FIELDS = ("checkpoint", "log", "eval", "data.cache_dir", "data.extract_batch_size")
+RUNTIME_FIELDS = ("checkpoint", "log", "eval", "data.cache_dir", "data.extract_batch_size",
+                  "data.num_threads", "data.prefetch")
+ITEMS = ("state", "config", "data")
 
 
 class ConfigMismatchError(ValueError):
@@ -59,16 +63,19 @@ def checkpoint_manager(directory: str | pathlib.Path, config: ml_collections.Con
   options = ocp.CheckpointManagerOptions(save_interval_steps=int(config.checkpoint.every),
                                          max_to_keep=int(config.checkpoint.keep), create=True)
   return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
-                               item_names=("state", "config"))
+                               item_names=ITEMS)
 
 
 def save_checkpoint(manager, state, config: ml_collections.ConfigDict, *,
-                    force: bool = False, step: int | None = None) -> bool:
+                    force: bool = False, step: int | None = None,
+                    data_state: Any = None) -> bool:
   """Saves ``state`` at its step (if due, or ``force``), with the config as JSON beside it.
 
   ``step``: ``state.step`` as a host int, if the caller knows it. Then a step that is not due
   returns False without touching ``state`` (no host-device sync, so the training loop keeps
   dispatching ahead); without it, ``state.step`` is read from the device.
+  ``data_state``: this process's input-iterator state matching ``state`` (JSON data), saved
+  as the ``data`` item with every other process's (all processes must pass one).
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
@@ -78,9 +85,45 @@ def save_checkpoint(manager, state, config: ml_collections.ConfigDict, *,
     return False
   if not force and not manager.should_save(step):
     return False
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json(config))),
-      force=force)
+  items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json(config)))
+  if data_state is not None:
+    items["data"] = ocp.args.JsonSave({"processes": gather_process_json(data_state)})
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def gather_process_json(value: Any) -> list[Any]:
+  """``value`` (JSON data) of every process, in process order (a collective: all call it)."""
+  text = json.dumps(value, sort_keys=True)
+  if jax.process_count() == 1:
+    return [json.loads(text)]
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  raw = np.frombuffer(text.encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([raw.size], np.int32))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:raw.size] = raw
+  rows = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode()) for row, n in
+          zip(rows.reshape(len(sizes.ravel()), -1), sizes.ravel())]
+
+
+def restore_data_state(manager, step: int) -> Any:
+  """This process's input-iterator state saved at ``step`` (None: the checkpoint has none).
+
+  Raises:
+    ValueError: it was saved by another number of processes.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  if not (pathlib.Path(manager.directory) / str(step) / "data").exists():
+    return None
+  saved = manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+  states = saved["processes"]
+  if len(states) != jax.process_count():
+    raise ValueError(f"the checkpoint at step {step} holds the input state of {len(states)} "
+                     f"process(es); this run has {jax.process_count()}: resume with "
+                     f"{len(states)} process(es) or start a new workdir")
+  return states[jax.process_index()]
 
 
 def _check_same_config(saved: dict[str, Any], config: ml_collections.ConfigDict, step: int,
@@ -133,7 +176,7 @@ def _read_only_manager(workdir: str | pathlib.Path):
   directory = pathlib.Path(workdir).absolute() / "checkpoints"
   if not directory.is_dir():
     raise FileNotFoundError(f"no checkpoints in {str(directory)!r}; train first")
-  return ocp.CheckpointManager(directory, item_names=("state", "config"),
+  return ocp.CheckpointManager(directory, item_names=ITEMS,
                                options=ocp.CheckpointManagerOptions(read_only=True))
 
 
@@ -190,7 +233,8 @@ def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.
 
 
 __all__ = [
-    "ConfigMismatchError", "RUNTIME_FIELDS", "check_checkpoint_config", "checkpoint_manager",
-    "config_differences", "config_json", "resolve_step", "restore_checkpoint", "save_checkpoint",
+    "ConfigMismatchError", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
+    "checkpoint_manager", "config_differences", "config_json", "gather_process_json",
+    "resolve_step", "restore_checkpoint", "restore_data_state", "save_checkpoint",
     "saved_config", "training_fields",
 ]

@@ -24,6 +24,7 @@ Then mIoU over the classes present in the ground truth or the prediction and pix
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 from collections.abc import Sequence
@@ -43,7 +44,6 @@ from spectral_jax.neuralef import features as features_lib
 from spectral_jax.neuralef import train as train_lib
 
 MATCHINGS = ("majority", "hungarian")
-CONFUSION_CHUNK = 1 << 20  # pixels per confusion-matrix call
 UNMATCHED = -1
 
 
@@ -196,6 +196,9 @@ def matched_scores(confusion: np.ndarray, lookup: np.ndarray) -> dict[str, Any]:
   square = np.zeros((c + 1, c + 1), np.int64)  # the extra class collects unmatched clusters
   target = np.where(lookup == UNMATCHED, c, lookup)
   np.add.at(square[:c].T, target, confusion.T)
+  # float32, as evaluation.semantic_scores: JAX's default int32 overflows on a large dataset's
+  # pooled counts (Cityscapes val: 1.05e9 pixels)
+  square = square.astype(np.float32)
   iou = np.asarray(metrics.iou_per_class(square))[:c]
   return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
           "pixel_accuracy": float(np.asarray(metrics.pixel_accuracy(square))),
@@ -214,23 +217,12 @@ def score_predictions(labels: Sequence[np.ndarray], predictions: Sequence[np.nda
     ``{"clusters": M, "clusters_used": (clusters predicted on labelled pixels), "majority":
     {...}, "hungarian": {...}, "lookup": {...}}`` with the `matched_scores` of each matching.
   """
-  target = np.concatenate([np.asarray(label, np.int32).ravel() for label in labels])
-  pred = np.concatenate([np.asarray(p, np.int32).ravel() for p in predictions])
-  # Fixed-size chunks (padded with ignored pixels): one compile, int64 pooling on the host.
-  pad = -len(target) % CONFUSION_CHUNK
-  target = np.pad(target, (0, pad), constant_values=metrics.IGNORE_INDEX)
-  pred = np.pad(pred, (0, pad))
+  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
   confusion = np.zeros((num_classes, num_clusters), np.int64)
-  for s in range(0, len(target), CONFUSION_CHUNK):
-    confusion += np.asarray(metrics.confusion_matrix(
-        jnp.asarray(target[s:s + CONFUSION_CHUNK]), jnp.asarray(pred[s:s + CONFUSION_CHUNK]),
-        num_classes, num_clusters), np.int64)
-  used = int((confusion.sum(axis=0) > 0).sum())
-  out: dict[str, Any] = {"clusters": num_clusters, "clusters_used": used, "lookup": {}}
-  for method in MATCHINGS:
-    lookup = match_clusters(confusion, method)
-    out[method] = matched_scores(confusion, lookup)
-    out["lookup"][method] = lookup
+  for label, pred in zip(labels, predictions):
+    confusion += evaluation.confusion_counts(label, pred, num_classes, num_clusters,
+                                             ignore=metrics.IGNORE_INDEX)
+  out = confusion_scores(confusion)
   return out
 
 
@@ -369,7 +361,9 @@ def _write_overlays(folder: pathlib.Path, images, methods, results) -> None:
     for name in shown:
       lookup = results[name]["lookup"]["majority"]
       tiles.append(overlay(im.rgb, lookup[methods[name][1][i]].astype(np.int32)))
-    Image.fromarray(np.concatenate(tiles, axis=1)).save(folder / f"{im.name}.png")
+    path = folder / f"{im.name}.png"   # a dataset id may hold folders (Cityscapes' city/)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
 
 
 METHOD_TITLES = {"psi": "NeuralEF ψ (argmax)", "kmeans": "K-means, backbone features",
@@ -391,8 +385,379 @@ def format_report(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+
+
+# ----------------------------------------------------------------------------- dataset evaluation
+
+# The paper's table (SPEC §6; NeuralEF segmentor, ViT-S): mIoU and pixel accuracy in %, None
+# where the paper quotes no figure.
+PAPER = {
+    "pascal_context": {"psi": {"miou": 38.8, "pixel_accuracy": 70.4},
+                       "kmeans": {"miou": 28.9, "pixel_accuracy": None},
+                       "ours_star": {"miou": 39.6, "pixel_accuracy": None}},
+    "cityscapes": {"psi": {"miou": 28.2, "pixel_accuracy": 83.4},
+                   "kmeans": {"miou": 22.4, "pixel_accuracy": None},
+                   "ours_star": {"miou": 30.0, "pixel_accuracy": None}},
+    "ade20k": {"psi": {"miou": 21.6, "pixel_accuracy": 63.3},
+               "kmeans": {"miou": 19.2, "pixel_accuracy": None},
+               "ours_star": {"miou": 23.6, "pixel_accuracy": None}},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+  """The reference evaluation resize and sliding window of one dataset.
+
+  The NeuralEF segmentor (built on Segmenter) reads validation images through mmseg's test
+  pipeline with ``img_scale = (max_ratio·short_side, short_side)``, ``keep_ratio=True`` (the
+  short side becomes ``short_side`` unless the long side would exceed ``max_ratio·short_side``);
+  inference then upsamples an image whose short side is below ``window`` to that size, slides
+  ``window``-square crops ``stride`` apart, averages the logits, and resizes them bilinearly to
+  the original image (config.yml: ``im_size``, ``window_size``, ``window_stride``).
+  """
+  short_side: int
+  max_ratio: int
+  window: int
+  stride: int
+  num_classes: int
+  train_split: str
+
+
+PROTOCOLS = {
+    "pascal_context": Protocol(520, 4, 480, 320, 59, "train"),
+    "cityscapes": Protocol(1024, 2, 768, 512, 27, "train"),
+    "ade20k": Protocol(512, 4, 512, 512, 150, "training"),
+}
+
+
+def protocol(config: ml_collections.ConfigDict, dataset: str) -> Protocol:
+  """``PROTOCOLS[dataset]`` with the non-zero ``config.eval`` overrides (short_side, max_ratio,
+  window, stride, kmeans_split); also checks eval.limit, kmeans_train_images, num_overlays.
+
+  Raises:
+    ValueError: an unknown dataset, a negative value, or a stride larger than the window.
+  """
+  if dataset not in PROTOCOLS:
+    raise ValueError(f"data.dataset must be one of {', '.join(PROTOCOLS)}; got {dataset!r}")
+  ref, ev = PROTOCOLS[dataset], config.eval
+  fields = {}
+  for name in ("short_side", "max_ratio", "window", "stride"):
+    value = int(ev.get(name, 0) or 0)
+    if value < 0:
+      raise ValueError(f"eval.{name} must be ≥ 0 (0: the reference value); got {value}")
+    fields[name] = value or getattr(ref, name)
+  for name, low in (("limit", 0), ("kmeans_train_images", 1), ("num_overlays", 0)):
+    if int(ev.get(name, low)) < low:
+      raise ValueError(f"eval.{name} must be ≥ {low}; got {ev.get(name)}")
+  if fields["stride"] > fields["window"]:
+    raise ValueError(f"eval.stride {fields['stride']} is larger than eval.window "
+                     f"{fields['window']}: some pixels would be in no window")
+  return dataclasses.replace(ref, train_split=ev.get("kmeans_split", "") or ref.train_split,
+                             **fields)
+
+
+def check_dataset(source, dataset: str) -> int:
+  """The class count C of ``source``, checked against ``dataset``'s benchmark label set (59,
+  27 or 150; Cityscapes' 19 trainIds accepted too).
+
+  Raises:
+    ValueError: not a semantic source, or another class count.
+  """
+  expected = (PROTOCOLS[dataset].num_classes,) + ((19,) if dataset == "cityscapes" else ())
+  num_classes = int(getattr(source, "num_classes", 0) or 0)
+  if num_classes not in expected:
+    raise ValueError(f"{getattr(source, 'name', dataset)} has {num_classes} classes but the "
+                     f"{dataset} benchmark has {' or '.join(map(str, expected))}: not its "
+                     "label set")
+  return num_classes
+
+
+def reference_resize(rgb: np.ndarray, proto: Protocol) -> np.ndarray:
+  """mmcv's ``imrescale`` to ``(max_ratio·short_side, short_side)`` then Segmenter's upsampling
+  of a short side below the window (PIL bilinear; the reference uses cv2 / torch bilinear).
+
+  Args:
+    rgb: (H, W, 3) uint8.
+  Returns:
+    (H', W', 3) uint8.
+  """
+  h, w = rgb.shape[:2]
+  scale = min(proto.max_ratio * proto.short_side / max(h, w), proto.short_side / min(h, w))
+  h, w = int(h * scale + 0.5), int(w * scale + 0.5)
+  if min(h, w) < proto.window:   # Segmenter's ``resize(im, window_size)``
+    ratio = max(h, w) / min(h, w)
+    h, w = ((proto.window, int(ratio * proto.window)) if h < w else
+            (int(ratio * proto.window), proto.window))
+  return image_ops.resize_to(rgb, (h, w)) if (h, w) != rgb.shape[:2] else rgb
+
+
+def _pad_to_patches(crop: np.ndarray, patch: int) -> np.ndarray:
+  """(h, w, 3) float in [0, 1] → padded bottom / right to multiples of ``patch`` with the
+  ImageNet mean (0 after normalisation, as Segmenter pads the normalised image with 0)."""
+  from spectral_jax.backbones import vit  # pylint: disable=import-outside-toplevel
+  h, w = crop.shape[:2]
+  ph, pw = -h % patch, -w % patch
+  if not ph and not pw:
+    return crop
+  out = np.empty((h + ph, w + pw, 3), np.float32)
+  out[...] = np.asarray(vit.IMAGENET_MEAN, np.float32)
+  out[:h, :w] = crop
+  return out
+
+
+class WindowModel:
+  """Per-window outputs of the backbone and ψ, computed once per distinct crop.
+
+  ``scores(crop, method)`` → (h, w, K_method) float32 scores at the crop's pixels: the crop is
+  padded to whole patches, the backbone and ψ run once (memoised by the crop's bytes, so every
+  method's sliding window reuses them), the per-patch scores (ψ logits / τ_min, or −‖x − c‖²
+  to a method's centroids) are upsampled bilinearly to the padded size and the padding cut
+  off (Segmenter's ``padding`` / ``unpadding``).
+  """
+
+  def __init__(self, config, params, backbone, centroids: dict[str, tuple[str, jax.Array]]):
+    self.patch = int(backbone.config.patch_size)
+    self._extract = features_lib.jitted_backbone_features()
+    self._infer = jax.jit(lambda prm, x: psi_inference(config, prm, x))
+    self._up = jax.jit(lambda s, size: image_ops.resize_to_grid(s, size, convention="torch"),
+                       static_argnums=1)
+    self.config, self.params, self.backbone, self.centroids = config, params, backbone, centroids
+    self._memo: dict[tuple, dict[str, jax.Array]] = {}
+
+  def patch_outputs(self, crop: np.ndarray) -> dict[str, jax.Array]:
+    """(h, w, 3) uint8 → {"logits": (gh, gw, K), "pre": (gh, gw, D'), "feats": (gh, gw, C)}."""
+    key = (crop.shape, hashlib.sha1(np.ascontiguousarray(crop).tobytes()).hexdigest())
+    if key not in self._memo:
+      if len(self._memo) > 64:
+        self._memo.clear()
+      x = _pad_to_patches(np.asarray(crop, np.float32) / 255.0, self.patch)
+      grid = (x.shape[0] // self.patch, x.shape[1] // self.patch)
+      psi_in, graph = self._extract(self.backbone, jnp.asarray(x[None]))
+      logits, pre = self._infer(self.params, psi_in)
+      self._memo[key] = {"logits": logits[0].reshape(*grid, -1), "pre": pre[0].reshape(*grid, -1),
+                         "feats": graph[0].reshape(*grid, -1)}
+    return self._memo[key]
+
+  def scores(self, crop: np.ndarray, method: str) -> np.ndarray:
+    out = self.patch_outputs(crop)
+    if method == "psi":
+      s = out["logits"]
+    else:
+      feat, centroids = self.centroids[method]
+      s = negative_sq_distances(out[feat], centroids)
+    gh, gw = s.shape[:2]
+    up = self._up(s, (gh * self.patch, gw * self.patch))
+    return np.asarray(up[:crop.shape[0], :crop.shape[1]])
+
+
+def predict_image(model: WindowModel, rgb: np.ndarray, proto: Protocol,
+                  methods: Sequence[str]) -> dict[str, np.ndarray]:
+  """Cluster maps of one image at its own size, by the reference inference (`Protocol`).
+
+  Args:
+    model: the window model; rgb: (H, W, 3) uint8; methods: "psi" and names of
+      ``model.centroids``.
+  Returns:
+    method → (H, W) int32 cluster ids (argmax of the window-averaged scores resized bilinearly
+    to (H, W)).
+  """
+  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
+  resized = reference_resize(rgb, proto)
+  out = {}
+  for method in methods:
+    merged = evaluation.sliding_window(lambda crop, m=method: model.scores(crop, m), resized,
+                                       window=proto.window, stride=proto.stride)
+    out[method] = np.asarray(upsample_argmax(merged, rgb.shape[:2]))
+  return out
+
+
+def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
+  """Both matchings of a pooled (C classes, M clusters) confusion: ``{"clusters", "clusters_used",
+  "majority": {...}, "hungarian": {...}, "lookup": {matching: (M,)}}``, each matching's
+  ``miou`` (classes in ground truth or prediction), ``pixel_accuracy`` and per-class ``iou``.
+
+  ``evaluation.semantic_scores`` scores majority voting and one-to-one Hungarian matching; only
+  Hungarian with more clusters than classes (unmatched clusters count as errors) goes through
+  `matched_scores`."""
+  confusion = np.asarray(confusion, np.int64)
+  out: dict[str, Any] = {"clusters": int(confusion.shape[1]),
+                         "clusters_used": int((confusion.sum(axis=0) > 0).sum()), "lookup": {}}
+  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
+  c, m = confusion.shape
+  for method in MATCHINGS:
+    if method == "hungarian" and m > c:   # unmatched clusters: beyond semantic_scores
+      lookup = match_clusters(confusion, method)
+      out[method] = matched_scores(confusion, lookup)
+    else:
+      s = evaluation.semantic_scores(confusion, method, absent="skip")
+      lookup = np.asarray(s["lookup"], np.int64)
+      out[method] = {"miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
+                     "iou": [None if np.isnan(v) else v for v in s["iou_per_class"]]}
+    out["lookup"][method] = lookup
+  return out
+
+
+def train_sample_features(model: WindowModel, source, proto: Protocol, *, max_images: int,
+                          max_points: int, seed: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Backbone graph features and ψ pre-head features of a bounded sample of a training split.
+
+  Up to ``max_images`` images (evenly spaced over the split), each resized as at evaluation
+  (`reference_resize`) and centre-cropped to one window; at most ``max_points`` tokens kept
+  (uniform subsample, ``seed``).
+
+  Returns:
+    ``(graph_features (n, C), pre_logits (n, D'), psi_clusters (n,))``: float32 features and
+    ψ's argmax cluster of each kept token.
+  """
+  n = len(source)
+  if n == 0:
+    raise ValueError(f"the K-means split {source.split!r} of {source.name} has no images")
+  picks = np.unique(np.linspace(0, n - 1, min(n, max(1, int(max_images)))).round().astype(int))
+  feats, pres, psi = [], [], []
+  for i in picks:
+    img = reference_resize(source[int(i)].image, proto)
+    h, w = img.shape[:2]
+    y0, x0 = max(h - proto.window, 0) // 2, max(w - proto.window, 0) // 2
+    out = model.patch_outputs(img[y0:y0 + proto.window, x0:x0 + proto.window])
+    feats.append(np.asarray(out["feats"]).reshape(-1, out["feats"].shape[-1]))
+    pres.append(np.asarray(out["pre"]).reshape(-1, out["pre"].shape[-1]))
+    psi.append(np.asarray(jnp.argmax(out["logits"], axis=-1)).ravel())
+  feats, pres, psi = np.concatenate(feats), np.concatenate(pres), np.concatenate(psi)
+  if len(feats) > max_points:
+    keep = np.sort(np.random.default_rng(seed).choice(len(feats), max_points, replace=False))
+    feats, pres, psi = feats[keep], pres[keep], psi[keep]
+  return feats, pres, psi
+
+
+def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, source,
+                     train_source, *, output_dir: str | pathlib.Path | None = None,
+                     extra: dict[str, Any] | None = None, progress: bool = False
+                     ) -> dict[str, Any]:
+  """ψ, K-means and Ours* on a semantic dataset's split, streamed (SPEC §5–6).
+
+  Per image: the reference resize and sliding-window inference (`predict_image`), then the
+  (classes × clusters) confusion of every method is pooled (``evaluation.confusion_counts``);
+  only the pooled matrices and the first ``eval.num_overlays`` images' maps are kept. K-means
+  (backbone graph features) and Ours* (ψ's pre-head features) are fit on
+  `train_sample_features` of ``train_source``, with K (ψ's), C (the dataset's) and as many
+  clusters as ψ uses on that sample (``report["kmeans_fit"]["psi_clusters_used"]``).
+
+  Args:
+    config: the training config with ``data.dataset`` and the ``eval`` section.
+    params: ψ's parameters; backbone: the frozen backbone.
+    source: the evaluation ``DataSource`` (``num_classes``, records with ``class_mask``).
+    train_source: the ``DataSource`` the K-means baselines are fit on.
+    output_dir: ``report.json``, ``metrics.json``, ``overlays/`` and (``eval.save_predictions``)
+      ``predictions/<method>/<image id>.npy`` go there; None: nowhere.
+    extra: more report entries.
+  Returns:
+    The report (as `evaluate`'s, plus ``"paper"`` and ``"protocol"``).
+  Raises:
+    ValueError: the dataset's class count differs from the protocol's, an image without a
+      class mask, or too few training tokens for K-means.
+  """
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
+  name = str(config.data.dataset)
+  proto = protocol(config, name)
+  num_classes = check_dataset(source, name)
+  ev, k = config.eval, int(config.psi.k)
+  limit = int(ev.get("limit", 0) or 0)
+  n = min(len(source), limit) if limit else len(source)
+  if n == 0:
+    raise ValueError(f"{name} split {source.split!r} has no images")
+  key = jax.random.key(int(config.seed))
+  model = WindowModel(config, params, backbone, {})
+  train_feats, train_pre, train_psi = train_sample_features(
+      model, train_source, proto, max_images=int(ev.kmeans_train_images),
+      max_points=int(ev.kmeans_max_points), seed=int(config.seed))
+  kmeans_args = dict(max_points=int(ev.kmeans_max_points), n_init=int(ev.kmeans_n_init),
+                     max_iter=int(ev.kmeans_max_iter))
+  # K-means also at the number of clusters ψ uses on the training sample: majority voting
+  # rewards clusters used, so this is the fair comparison at ψ's granularity.
+  used = int(len(np.unique(train_psi)))
+  for base, points, feat in (("kmeans", train_feats, "feats"), ("ours_star", train_pre, "pre")):
+    for count in dict.fromkeys((k, num_classes, used)):
+      model.centroids[f"{base}_{count}"] = (feat, fit_kmeans(jax.random.fold_in(key, count),
+                                                             points, count, **kmeans_args))
+  methods = ["psi"] + list(model.centroids)
+  clusters = {m: k if m == "psi" else int(model.centroids[m][1].shape[0]) for m in methods}
+  confusion = {m: np.zeros((num_classes, clusters[m]), np.int64) for m in methods}
+  out_dir = pathlib.Path(output_dir) if output_dir is not None else None
+  shown, ids, pixels = [], [], 0
+  for i in tqdm(range(n), desc=f"NeuralEF {name}", unit="img", disable=not progress):
+    rec = source[i]
+    if rec.class_mask is None:
+      raise ValueError(f"{name} image {rec.id} has no class mask")
+    preds = predict_image(model, rec.image, proto, methods)
+    for m, pred in preds.items():
+      confusion[m] += evaluation.confusion_counts(rec.class_mask, pred, num_classes, clusters[m])
+    pixels += int((rec.class_mask != metrics.IGNORE_INDEX).sum())
+    ids.append(rec.id)
+    if out_dir is not None and ev.get("save_predictions", False):
+      for m, pred in preds.items():
+        path = out_dir / "predictions" / m / f"{rec.id}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, pred.astype(np.int32))
+    if len(shown) < int(ev.get("num_overlays", 0) or 0):
+      shown.append((LabelledImage(rec.id, rec.image, rec.class_mask.astype(np.int32)), preds))
+  results = {m: confusion_scores(c) for m, c in confusion.items()}
+  names = list(getattr(source, "class_names", None) or range(num_classes))
+  report = {
+      "dataset": {"name": name, "split": source.split, "images": ids,
+                  "num_images": len(ids), "classes": [str(c) for c in names], "pixels": pixels},
+      "protocol": dataclasses.asdict(proto),
+      "kmeans_fit": {"split": train_source.split, "tokens": int(len(train_feats)),
+                     "psi_clusters_used": used},
+      "backbone": {"name": backbone.config.name,
+                   "weights_note": getattr(backbone.config, "weights_note", "")},
+      "results": {m: {key_: v for key_, v in r.items() if key_ != "lookup"}
+                  for m, r in results.items()},
+      "paper": PAPER[name],
+      **(extra or {}),
+  }
+  if out_dir is not None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "metrics.json").write_text(json.dumps(summary_metrics(report), indent=1))
+    if shown:
+      images = [im for im, _ in shown]
+      per_method = {m: (clusters[m], [p[m] for _, p in shown]) for m in methods}
+      _write_overlays(out_dir / "overlays", images, per_method, results)
+  return report
+
+
+def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
+  """The headline figures of a dataset report: per method mIoU and pixel accuracy (fractions)
+  for both matchings, and ``num_images``."""
+  return {"dataset": report["dataset"]["name"], "split": report["dataset"]["split"],
+          "num_images": report["dataset"]["num_images"],
+          **{m: {match: {"miou": r[match]["miou"], "pixel_accuracy": r[match]["pixel_accuracy"]}
+                 for match in MATCHINGS} for m, r in report["results"].items()}}
+
+
+def format_paper_table(report: dict[str, Any]) -> str:
+  """The measured figures (majority voting, the paper's matching; %) beside the paper's."""
+  paper = report.get("paper", {})
+  fmt = lambda v: "—" if v is None else f"{v:.1f}"
+  lines = [f"{'method':34s} {'mIoU':>6s} {'paper':>6s} {'acc':>6s} {'paper':>6s}"]
+  k = report["results"]["psi"]["clusters"]
+  for name, r in report["results"].items():   # the paper's baselines have ψ's K clusters
+    base = name if name == "psi" else name.rsplit("_", 1)[0]
+    ref = paper.get(base, {}) if r["clusters"] == k else {}
+    title = f"{METHOD_TITLES.get(base, name)} ({r['clusters']})"
+    lines.append(f"{title:34s} {100 * r['majority']['miou']:6.1f} {fmt(ref.get('miou')):>6s} "
+                 f"{100 * r['majority']['pixel_accuracy']:6.1f} "
+                 f"{fmt(ref.get('pixel_accuracy')):>6s}")
+  return "\n".join(lines)
+
+
 __all__ = [
     "LabelledImage", "MATCHINGS", "UNMATCHED", "eval_resize", "evaluate", "fit_kmeans",
     "format_report", "labelled_samples", "match_clusters", "matched_scores",
     "negative_sq_distances", "overlay", "psi_inference", "score_predictions", "upsample_argmax",
+    "PAPER", "PROTOCOLS", "Protocol", "WindowModel", "check_dataset", "confusion_scores", "evaluate_dataset",
+    "format_paper_table", "predict_image", "protocol", "reference_resize", "summary_metrics",
+    "train_sample_features",
 ]

@@ -153,6 +153,42 @@ def backbone_features(backbone, images: jax.Array) -> tuple[jax.Array, jax.Array
   return psi_lib.psi_features(feats.blocks[0], feats.blocks[1], high), high
 
 
+def training_batch(backbone, images: jax.Array) -> dict[str, jax.Array]:
+  """The training batch (`FeatureSet.batch`'s arrays) of crops, computed on device (SPEC §1, §5).
+
+  What `extract_feature_set` stores for the same crops, as one traceable function: the frozen
+  backbone's ψ inputs and graph features (`backbone_features`, under ``stop_gradient``) and
+  the crops' pixel grids (``graphs.resize_to_grid(convention="torch")``).
+
+  Args:
+    backbone: a ``backbones.Backbone`` (its ``config.dtype`` is the compute dtype).
+    images: (B, H, W, 3) uint8 crops, or floats in [0, 1]; cropped to multiples of the patch.
+  Returns:
+    ``{"psi_inputs": (B, N, 3C), "graph_features": (B, N, C), "image_grids": (B, h, w, 3)}``,
+    float32.
+  """
+  p = backbone.config.patch_size
+  grid = (images.shape[1] // p, images.shape[2] // p)
+  crops = images[:, :grid[0] * p, :grid[1] * p]
+  floats = crops.astype(jnp.float32) / 255.0 if crops.dtype == jnp.uint8 else crops
+  psi_inputs, graph_feats = jax.lax.stop_gradient(backbone_features(backbone, floats))
+  return {"psi_inputs": psi_inputs.astype(jnp.float32),
+          "graph_features": graph_feats.astype(jnp.float32),
+          "image_grids": graphs.resize_to_grid(crops, grid, convention="torch")}
+
+
+def with_compute_dtype(backbone, dtype: str):
+  """``backbone`` computing in ``dtype`` ("float32" or "bfloat16"; parameters unchanged)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"backbone.dtype must be 'float32' or 'bfloat16'; got {dtype!r}")
+  if backbone.config.dtype == dtype:
+    return backbone
+  cfg = backbone.config.to_dict() if hasattr(backbone.config, "to_dict") else dict(backbone.config)
+  return backbone.replace(config=ml_collections.FrozenConfigDict({**cfg, "dtype": dtype}))
+
+
 def jitted_backbone_features():
   """`backbone_features` under `jax.jit` with the backbone's CPU compiler options (an outer jit
   decides them; see `backbones.compiler_options`): ``f(backbone, images)``."""
@@ -463,6 +499,10 @@ def check_data_config(data_config) -> None:
   Raises:
     ValueError: naming the bad field.
   """
+  if data_config.get("dataset", ""):
+    from spectral_jax.datasets import pipeline  # pylint: disable=import-outside-toplevel
+    pipeline.check_pipeline_config(data_config)
+    return
   augment_config(data_config)
   if data_config.cache_dtype not in ("float32", "float16"):
     raise ValueError(f"data.cache_dtype must be 'float32' or 'float16'; got "
@@ -499,5 +539,6 @@ __all__ = [
     "prepare_features", "training_images", "FeatureCacheError", "FeatureSet", "augmented_views",
     "backbone_features",
     "backbone_identity", "cache_key", "cached_feature_set", "extract_feature_set",
-    "high_level_features", "load_cached", "params_fingerprint", "save_cached",
+    "high_level_features", "load_cached", "params_fingerprint", "save_cached", "training_batch",
+    "with_compute_dtype",
 ]

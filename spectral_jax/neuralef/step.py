@@ -57,6 +57,7 @@ from spectral_jax.graphs._edges import row_ids as _row_ids  # pylint: disable=g-
 
 AXIS = "data"
 BATCH_KEYS = ("psi_inputs", "graph_features", "image_grids")
+IMAGE_KEY = "images"  # the batch entry of `make_image_train_step` (crops; the backbone runs inside)
 KERNEL_FORMS = ("dense", "knn")
 
 
@@ -161,6 +162,10 @@ def check_config(config: ml_collections.ConfigDict, *, patch_size: int | None = 
   for name in ("checkpoint.every", "checkpoint.keep", "log.every"):
     section, field = name.split(".")
     need(int(config[section][field]) >= 1, name, "≥ 1", config[section][field])
+  need(int(config.log.get("fidelity_every", 0)) >= 0, "log.fidelity_every", "≥ 0 (0: off)",
+       config.log.get("fidelity_every"))
+  need(config.log.get("fidelity_outputs", "softmax") in ("softmax", "logits"),
+       "log.fidelity_outputs", "'softmax' or 'logits'", config.log.get("fidelity_outputs"))
   if devices is not None and int(t.batch_size) % devices:
     raise ValueError(f"train.batch_size = {t.batch_size} must be a multiple of the {devices} "
                      "devices (each device holds the same number of crops)")
@@ -409,6 +414,52 @@ def _make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Ca
   return lambda state, batch: compiled(state, {key: batch[key] for key in BATCH_KEYS})
 
 
+def make_image_train_step(config: ml_collections.ConfigDict, backbone,
+                          mesh: Mesh | None = None) -> Callable:
+  """The jitted step ``(state, batch) -> (state, metrics)`` on **images**: the frozen backbone
+  runs inside it (issue #14 item 1).
+
+  ``batch["images"]`` (B, S, S, 3) uint8 crops (or floats in [0, 1]) → on each device, for its
+  rows: ``features.training_batch`` (the backbone under ``stop_gradient``, in
+  ``config.backbone.dtype``, "float32" or "bfloat16"; ψ inputs, graph features and pixel grids
+  in float32) → the step of `make_train_step` (kernel, ψ, loss and update in float32). One
+  jitted program (with ``backbones.compiler_options()``), a ``shard_map`` over ``mesh``'s
+  ``'data'`` axis; the backbone's parameters are an argument, replicated, never updated.
+
+  Args:
+    config: the training config (``backbone.dtype`` optional, default "float32").
+    backbone: a ``backbones.Backbone``.
+    mesh: as for `make_train_step`.
+  Returns:
+    The step; batch entries other than ``images`` are dropped before the compiled function.
+  """
+  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+  from spectral_jax.neuralef import features  # pylint: disable=import-outside-toplevel
+
+  backbone = features.with_compute_dtype(backbone, str(config.backbone.get("dtype", "float32")))
+  key = (json.dumps(training_fields(config_json(config)), sort_keys=True), mesh,
+         json.dumps(backbone.config.to_dict(), sort_keys=True, default=list))
+  if key not in _STEP_CACHE:
+    cfg = ml_collections.ConfigDict(config.to_dict())
+    tx = make_optimizer(cfg)
+    grad_fn = make_loss_and_grad(cfg, axis_name=None if mesh is None else AXIS)
+
+    def local_step(state, net, batch):
+      feats = features.training_batch(net, batch[IMAGE_KEY])
+      return _apply_update(cfg, tx, state, *grad_fn(state, feats))
+
+    options = backbones.compiler_options() or None
+    if mesh is None:
+      _STEP_CACHE[key] = jax.jit(local_step, compiler_options=options)
+    else:
+      _STEP_CACHE[key] = jax.jit(
+          jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), {IMAGE_KEY: P(AXIS)}),
+                        out_specs=(P(), P())), compiler_options=options)
+  compiled = _STEP_CACHE[key]
+  net = replicate(backbone, mesh)
+  return lambda state, batch: compiled(state, net, {IMAGE_KEY: batch[IMAGE_KEY]})
+
+
 # ----------------------------------------------------------------------------- placement
 
 
@@ -455,8 +506,8 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
 
 
 __all__ = [
-    "AXIS", "BATCH_KEYS", "KERNEL_FORMS", "TrainState", "batch_kernel_matmul", "check_config",
-    "data_mesh", "device_batch", "init_state", "learning_rate_schedule", "make_loss_and_grad",
-    "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
+    "AXIS", "BATCH_KEYS", "IMAGE_KEY", "KERNEL_FORMS", "TrainState", "batch_kernel_matmul",
+    "check_config", "data_mesh", "device_batch", "init_state", "learning_rate_schedule",
+    "make_image_train_step", "make_loss_and_grad", "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
     "replicate",
 ]

@@ -30,7 +30,10 @@ import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from spectral_jax.neuralef import fidelity as fidelity_lib
 from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
 from spectral_jax.neuralef.checkpoint import ConfigMismatchError
 from spectral_jax.neuralef.checkpoint import check_checkpoint_config
@@ -44,6 +47,7 @@ from spectral_jax.neuralef.checkpoint import saved_config
 from spectral_jax.neuralef.checkpoint import training_fields
 from spectral_jax.neuralef.step import AXIS
 from spectral_jax.neuralef.step import BATCH_KEYS
+from spectral_jax.neuralef.step import IMAGE_KEY
 from spectral_jax.neuralef.step import KERNEL_FORMS
 from spectral_jax.neuralef.step import TrainState
 from spectral_jax.neuralef.step import batch_kernel_matmul
@@ -52,6 +56,7 @@ from spectral_jax.neuralef.step import data_mesh
 from spectral_jax.neuralef.step import device_batch
 from spectral_jax.neuralef.step import init_state
 from spectral_jax.neuralef.step import learning_rate_schedule
+from spectral_jax.neuralef.step import make_image_train_step
 from spectral_jax.neuralef.step import make_loss_and_grad
 from spectral_jax.neuralef.step import make_optimizer
 from spectral_jax.neuralef.step import make_train_step
@@ -93,6 +98,7 @@ class TrainResult:
   history: list[dict[str, Any]]
   interrupted: bool
   resumed_from: int | None
+  fidelity: dict[str, Any] | None = None  # the last `_FidelityHook` summary (process 0)
 
 
 class _Logger:
@@ -139,10 +145,139 @@ def _record(step: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any
   return record
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, features, *,
+class FeatureFeeder:
+  """Batches of cached features: step s's views are `batch_indices` (a function of s)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, features, mesh: Mesh):
+    self.features, self.mesh = features, mesh
+    self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
+    num_views, num_tokens, self.input_dim = features.psi_inputs.shape
+    check_config(config, tokens=self.batch_size * num_tokens, devices=mesh.size)
+    steps_per_epoch(num_views, self.batch_size)
+
+  def make_step(self, config):
+    return make_train_step(config, self.mesh)
+
+  def restore(self, manager, step):  # the order is a function of the step: nothing to restore
+    del manager, step
+
+  def batch(self, step: int):
+    indices = batch_indices(step, len(self.features), self.batch_size, self.seed)
+    return device_batch(self.features.batch, indices, self.mesh), {}
+
+  def state(self):
+    return None
+
+  def fidelity_batch(self):
+    """Step 0's views (host arrays): the fixed batch of `_FidelityHook`."""
+    return self.features.batch(batch_indices(0, len(self.features), self.batch_size, self.seed))
+
+  def close(self):
+    pass
+
+
+class ImageFeeder:
+  """Batches of augmented crops from the grain pipeline; the backbone runs in the step.
+
+  Each process draws its own rows of the global batch from its shard
+  (``datasets.pipeline.training_dataset``) and the global ``images`` array is assembled with
+  ``jax.make_array_from_process_local_data`` over the ``'data'`` axis. The iterator's state is
+  checkpointed (``data`` item) and restored on resume.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, source, backbone, mesh: Mesh):
+    from spectral_jax.datasets import pipeline  # pylint: disable=import-outside-toplevel
+
+    self.config, self.backbone, self.mesh = config, backbone, mesh
+    self.batch_size = int(config.train.batch_size)
+    self.input_dim = 3 * int(backbone.config.width)
+    check_config(config, patch_size=int(backbone.config.patch_size), devices=mesh.size)
+    self.sharding = NamedSharding(mesh, P(AXIS))
+    rows = process_rows(self.batch_size, self.sharding)
+    if rows.stop - rows.start != self.batch_size // jax.process_count():
+      raise ValueError(f"each of the {jax.process_count()} processes must hold the same number "
+                       f"of devices (this one holds rows {rows} of the batch)")
+    self.dataset = pipeline.training_dataset(
+        source, pipeline.train_augment_config(config.data), batch_size=rows.stop - rows.start,
+        seed=int(config.seed), num_threads=int(config.data.num_threads),
+        prefetch=int(config.data.prefetch), num_workers=int(config.data.num_workers))
+    self.iterator = iter(self.dataset)
+    self._encode = pipeline.encode_state
+
+  def make_step(self, config):
+    return make_image_train_step(config, self.backbone, self.mesh)
+
+  def restore(self, manager, step):
+    from spectral_jax.neuralef.checkpoint import restore_data_state  # pylint: disable=import-outside-toplevel
+    saved = restore_data_state(manager, step)
+    if saved is None:
+      raise ValueError(f"the checkpoint at step {step} holds no input-pipeline state (it was "
+                       "written by a feature-cache run); resume with the same data settings")
+    self.iterator.set_state(saved)
+
+  def batch(self, step: int):
+    del step  # the iterator's position is the step's (restored with the checkpoint)
+    local = next(self.iterator)
+    images = np.asarray(local["image"])
+    batch = {IMAGE_KEY: jax.make_array_from_process_local_data(
+        self.sharding, images, (self.batch_size, *images.shape[1:]))}
+    return batch, {"image_index": [int(i) for i in np.asarray(local["index"])],
+                   "aug": np.asarray(local["aug"]).tolist()}
+
+  def state(self):
+    return json.loads(self._encode(self.iterator.get_state()))
+
+  def fidelity_batch(self):
+    """The features of this process's first batch of the run (a fresh iterator, so the
+    training iterator's position is untouched): the fixed batch of `_FidelityHook`."""
+    from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
+    from spectral_jax.neuralef import features  # pylint: disable=import-outside-toplevel
+    images = np.asarray(next(iter(self.dataset))["image"])
+    fn = jax.jit(features.training_batch, compiler_options=backbones.compiler_options() or None)
+    return jax.device_get(fn(self.backbone, images))
+
+  def close(self):
+    close = getattr(self.iterator, "close", None)
+    if close is not None:
+      close()
+
+
+class _FidelityHook:
+  """ψ against the batch kernel's eigenvectors on a fixed batch (``neuralef.fidelity``), every
+  ``log.fidelity_every`` steps (0: never) and at the last step: its summary goes into that
+  step's record (``fidelity/…`` keys) and the last full result to ``workdir/fidelity.json``.
+  The fixed batch is the feeder's ``fidelity_batch()`` (step 0's views, or the features of this
+  process's first crops); the hook runs on process 0 only, on logged steps only."""
+
+  def __init__(self, config, feeder, workdir: pathlib.Path, enabled: bool):
+    self.every = int(config.log.get("fidelity_every", 0)) if enabled else 0
+    self.path, self.summary, self.probe = workdir / "fidelity.json", None, None
+    if self.every:
+      self.probe = fidelity_lib.make_probe(config, feeder.fidelity_batch())
+
+  def due(self, step: int) -> bool:
+    return bool(self.every) and step % self.every == 0
+
+  def __call__(self, step: int, state: TrainState, record: dict[str, Any]) -> None:
+    self.summary, result = self.probe(state)
+    record.update({f"fidelity/{k}": v for k, v in self.summary.items()})
+    arrays = {k: np.asarray(v).tolist() for k, v in result.items() if not isinstance(v, dict)}
+    arrays.update({f"{k}_deg": {str(m): np.degrees(np.asarray(a)).tolist() for m, a in v.items()}
+                   for k, v in result.items() if isinstance(v, dict)})
+    self.path.write_text(json.dumps({"step": step, "summary": self.summary, **arrays}) + "\n")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, features=None, *,
           mesh: Mesh | None = None, stop_at: int | None = None,
-          callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
-  """Trains ψ on a `features.FeatureSet`, resuming from ``workdir``'s latest checkpoint.
+          callback: Callable[[int, dict[str, Any]], None] | None = None,
+          source=None, backbone=None) -> TrainResult:
+  """Trains ψ, resuming from ``workdir``'s latest checkpoint.
+
+  Two inputs: ``features`` (a `features.FeatureSet` of cached views; step s reads
+  `batch_indices`), or ``source`` with ``backbone`` (a dataset, ``datasets.pipeline``: fresh
+  augmented crops every step from the grain pipeline, the frozen backbone inside the jitted
+  step, `make_image_train_step`; the pipeline's state is checkpointed with the run, and each
+  logged record also holds this process's ``image_index`` and drawn ``aug`` parameters).
 
   Checkpoints (orbax) go to ``workdir/checkpoints`` every ``checkpoint.every`` steps, at the end,
   and when the run is interrupted (KeyboardInterrupt, e.g. Ctrl-C or a SIGTERM turned into one):
@@ -161,30 +296,43 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
     stop_at: stop after this step (a shorter run of the same schedule; resumable).
     callback: called as ``callback(step, record)`` after every logged step; raising
       KeyboardInterrupt there behaves like Ctrl-C.
+    source, backbone: a ``datasets`` source of training images and the frozen backbone
+      (instead of ``features``).
   Returns:
     A `TrainResult`.
   Raises:
     ConfigMismatchError: ``workdir`` holds a checkpoint of another config.
     ValueError: a batch that does not fit the data or the devices.
   """
+  if (features is None) == (source is None) or (source is not None and backbone is None):
+    raise ValueError("train needs either features, or source and backbone")
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = data_mesh() if mesh is None else mesh
-  batch_size, total = int(config.train.batch_size), int(config.train.num_steps)
-  num_views, num_tokens, input_dim = features.psi_inputs.shape
-  check_config(config, tokens=batch_size * num_tokens, devices=mesh.size)
-  steps_per_epoch(num_views, batch_size)
+  feeder = (FeatureFeeder(config, features, mesh) if source is None
+            else ImageFeeder(config, source, backbone, mesh))
+  try:
+    return _loop(config, workdir, feeder, mesh, stop_at, callback)
+  finally:
+    feeder.close()
+
+
+def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
+  total = int(config.train.num_steps)
   stop = total if stop_at is None else min(int(stop_at), total)
   is_main = jax.process_index() == 0
 
-  state = replicate(init_state(config, input_dim), mesh)
+  state = replicate(init_state(config, feeder.input_dim), mesh)
   manager = checkpoint_manager(workdir / "checkpoints", config)
   resumed_from = manager.latest_step()
   if resumed_from is not None:
     state = restore_checkpoint(manager, state, config, resumed_from)
+    feeder.restore(manager, resumed_from)
   step = int(jax.device_get(state.step))
+  data_state = feeder.state()
   logger = _Logger(workdir, bool(config.log.tensorboard), step, is_main)
-  train_step = make_train_step(config, mesh)
+  train_step = feeder.make_step(config)
+  hook = _FidelityHook(config, feeder, workdir, is_main and step < stop)
   history, interrupted = [], False
   bar = None
   if is_main and config.log.progress and step < stop:
@@ -193,14 +341,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   clock, clock_step = time.perf_counter(), step
   try:
     while step < stop:
-      indices = batch_indices(step, num_views, batch_size, int(config.seed))
-      batch = device_batch(features.batch, indices, mesh)
+      batch, info = feeder.batch(step)
       new_state, metrics = train_step(state, batch)
-      state, step = new_state, step + 1
-      if step % int(config.log.every) == 0 or step == stop or step == 1:
+      state, step, data_state = new_state, step + 1, feeder.state()
+      probe = hook.probe is not None and (hook.due(step) or step == stop)
+      if step % int(config.log.every) == 0 or step == stop or step == 1 or probe:
         jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
         now = time.perf_counter()
         record = _record(step, metrics, (now - clock) / (step - clock_step))
+        record.update(info)
+        if probe:  # not timed as a step
+          hook(step, state, record)
+          now = time.perf_counter()
         clock, clock_step = now, step
         history.append(record)
         logger.write(record)
@@ -210,10 +362,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
           callback(step, record)
       if bar is not None:
         bar.update(1)
-      save_checkpoint(manager, state, config, force=step == stop, step=step)
+      save_checkpoint(manager, state, config, force=step == stop, step=step,
+                      data_state=data_state)
   except KeyboardInterrupt:
     interrupted = True
-    save_checkpoint(manager, state, config, force=True)
+    save_checkpoint(manager, state, config, force=True, data_state=data_state)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -221,7 +374,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
     if bar is not None:
       bar.close()
   return TrainResult(state=state, history=history, interrupted=interrupted,
-                     resumed_from=resumed_from)
+                     resumed_from=resumed_from, fidelity=hook.summary)
 
 
 def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
@@ -235,10 +388,11 @@ def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
 
 
 __all__ = [
-    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "KERNEL_FORMS", "RUNTIME_FIELDS", "TrainResult",
-    "TrainState", "batch_indices", "batch_kernel_matmul", "check_checkpoint_config",
-    "check_config", "checkpoint_manager", "config_differences", "config_json", "data_mesh",
-    "device_batch", "init_state", "learning_rate_schedule", "load_trained", "make_loss_and_grad",
+    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "FeatureFeeder", "IMAGE_KEY", "ImageFeeder",
+    "KERNEL_FORMS", "RUNTIME_FIELDS", "TrainResult", "TrainState", "batch_indices",
+    "batch_kernel_matmul", "check_checkpoint_config", "check_config", "checkpoint_manager",
+    "config_differences", "config_json", "data_mesh", "device_batch", "init_state",
+    "learning_rate_schedule", "load_trained", "make_image_train_step", "make_loss_and_grad",
     "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
     "replicate", "resolve_step", "restore_checkpoint", "save_checkpoint", "saved_config",
     "steps_per_epoch", "train", "training_fields",

@@ -1,0 +1,76 @@
+"""Tests for spectral_jax.neuralef.pod_plan: collectives parsed from compiled HLO.
+
+References: closed-form sizes of a hand-made shard_map program (an all-gather of a known block
+and a psum of a known matrix) compiled for 4 fake CPU devices in a subprocess, and a
+hand-written HLO excerpt.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from spectral_jax.neuralef import pod_plan
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+HLO = textwrap.dedent("""\
+    HloModule jit_f, num_partitions=4
+
+    ENTRY %main (param.1: f32[4,3]) -> (f32[3,3], f32[16,3]) {
+      %param.1 = f32[4,3]{1,0} parameter(0), sharding={devices=[4,1]<=[4]}
+      %dot.3 = f32[3,3]{1,0} dot(%param.1, %param.1), lhs_contracting_dims={0}
+      %all_gather.3 = f32[16,3]{1,0} all-gather(%param.1), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}
+      %psum.7 = f32[3,3]{1,0} all-reduce(%dot.3), channel_id=2, replica_groups=[1,4]<=[4], to_apply=%add
+      %ags = (bf16[4,3]{1,0}, bf16[16,3]{1,0}) all-gather-start(bf16[4,3]{1,0} %x), replica_groups={{0,1,2,3}}
+      %agd = bf16[16,3]{1,0} all-gather-done(%ags)
+      ROOT %t = (f32[3,3]{1,0}, f32[16,3]{1,0}) tuple(%psum.7, %all_gather.3)
+    }
+""")
+
+
+def test_collectives_of_a_hand_written_module():
+  found = pod_plan.collectives(HLO, num_devices=4)
+  assert [c.op for c in found] == ["all-gather", "all-reduce", "all-gather"]
+  gather, psum, async_gather = found
+  assert (gather.result_bytes, gather.operand_bytes, gather.group_size) == (16 * 3 * 4, 4 * 3 * 4, 4)
+  assert gather.moved_bytes == pytest.approx(3 / 4 * 16 * 3 * 4)
+  assert (psum.result_bytes, psum.operand_bytes, psum.group_size) == (36, 36, 4)
+  assert psum.moved_bytes == pytest.approx(2 * 3 / 4 * 36)
+  # the async pair is counted once, its start's tuple result less the operand
+  assert async_gather.result_bytes == 16 * 3 * 2 and async_gather.result_shapes[-1] == (16, 3)
+  assert pod_plan.shape_bytes("(f32[2,3]{1,0}, s32[5]{0}, pred[])") == 24 + 20 + 1
+
+
+_SCRIPT = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from spectral_jax.neuralef import pod_plan
+    mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    def f(x):                                          # x: (5, 3) rows per device
+      return jax.lax.psum(x.T @ x, "data"), jax.lax.all_gather(x, "data", tiled=True)
+    fn = jax.jit(jax.shard_map(f, mesh=mesh, in_specs=P("data"), out_specs=(P(), P()),
+                               check_vma=False))
+    x = jax.ShapeDtypeStruct((20, 3), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+    found = pod_plan.collectives(fn.lower(x).compile().as_text(), mesh.size)
+    print(json.dumps([[c.op, c.result_bytes, c.operand_bytes, c.group_size, c.moved_bytes]
+                      for c in found]))
+""")
+
+
+def test_collectives_of_a_compiled_shard_map_program():
+  """4 devices, 5 × 3 float32 rows each: the all-gather returns 20 × 3 (240 bytes, each device
+  sends 3/4 of it), the psum reduces a 3 × 3 matrix (36 bytes, 2 · 3/4 · 36 sent)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  found = sorted(json.loads(proc.stdout.strip().splitlines()[-1]))
+  assert found == [["all-gather", 240, 60, 4, pytest.approx(180.0)],
+                   ["all-reduce", 36, 36, 4, pytest.approx(54.0)]]
