@@ -24,7 +24,7 @@ import numpy as np
 
 from experiments import segment
 from experiments.configs import segment as segment_config
-from spectral_jax import dsm, metrics
+from spectral_jax import dsm, evaluation
 from spectral_jax.data import samples
 
 # name → (overrides of the segment config's dsm section, description)
@@ -55,26 +55,11 @@ VARIANTS = {
 }
 
 
-def _matched(pred: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> int:
-  """Labelled boxes matched one-to-one by the predictions taken best first, each the free
-  labelled box of highest IoU ≥ threshold (private until evaluation.object_recall lands)."""
-  pred, gt = np.asarray(pred, float).reshape(-1, 4), np.asarray(gt, float).reshape(-1, 4)
-  if not len(pred) or not len(gt):
-    return 0
-  ious = np.asarray(metrics.box_iou(pred, gt))
-  free = np.ones(len(gt), bool)
-  for row in ious:
-    cand = np.where(free, row, -1.0)
-    if cand.max() >= threshold:
-      free[int(np.argmax(cand))] = False
-  return int((~free).sum())
-
-
 def score_run(out: pathlib.Path) -> dict:
   """Figures of one variant's outputs: labelled-photo means and per-photo box coverage."""
   recs = {p.stem: json.loads(p.read_text()) for p in sorted((out / segment.PHOTOS).glob("*.json"))}
-  ious, hits, found, total = [], [], 0, 0
-  base_ious, base_hits, base_found = [], [], 0
+  ious, hits, preds, gts = [], [], [], []
+  base_ious, base_hits, base_preds = [], [], []
   for name in samples.LABELLED_SAMPLES:
     if name not in recs:
       continue
@@ -84,15 +69,16 @@ def score_run(out: pathlib.Path) -> dict:
     hits.append(g["corloc_hit"])
     base_ious.append(g["baseline"]["foreground_iou"])
     base_hits.append(g["baseline"]["corloc_hit"])
-    found += _matched(np.array(r["boxes"]), gt.boxes)
-    base_found += _matched(np.array([g["baseline"]["box"]]), gt.boxes)
-    total += len(gt.boxes)
+    preds.append(np.asarray(r["boxes"]).reshape(-1, 4))
+    base_preds.append(np.asarray([g["baseline"]["box"]]))
+    gts.append(gt.boxes)
   cover = {n: (r["box"][2] - r["box"][0]) * (r["box"][3] - r["box"][1])
            / (r["width"] * r["height"]) for n, r in recs.items()}
+  recall = evaluation.object_recall(preds, gts)
   return {"iou": float(np.mean(ious)), "corloc": float(np.mean(hits)),
-          "recall": found / max(total, 1), "found": found, "objects": total,
+          "recall": recall["recall"], "found": recall["num_matched"], "objects": recall["num_gt"],
           "baseline": {"iou": float(np.mean(base_ious)), "corloc": float(np.mean(base_hits)),
-                       "recall": base_found / max(total, 1)},
+                       "recall": evaluation.object_recall(base_preds, gts)["recall"]},
           "box_cover": cover, "boxes": {n: r["boxes"] for n, r in recs.items()}}
 
 
