@@ -159,8 +159,10 @@ def print_report(records: list[dict], summary: dict, out: pathlib.Path) -> None:
     b = gt["baseline"]
     n = len(gt["images"])
     print(f"\nGround truth ({', '.join(gt['images'])}): foreground IoU {gt['foreground_iou']:.3f}, "
-          f"CorLoc {gt['corloc']:.2f} ({round(gt['corloc'] * n)}/{n}); centred-box baseline: "
-          f"IoU {b['foreground_iou']:.3f}, CorLoc {b['corloc']:.2f}")
+          f"CorLoc {gt['corloc']:.2f} ({round(gt['corloc'] * n)}/{n}), object recall@0.5 "
+          f"{gt['object_recall']:.3f} of {gt['objects']}; centred-box baseline: "
+          f"IoU {b['foreground_iou']:.3f}, CorLoc {b['corloc']:.2f}, recall "
+          f"{b['object_recall']:.3f}")
   for src, why in summary["failures"].items():
     print(f"skipped {src}: {why}")
   t = summary["timings_s"]
@@ -179,6 +181,8 @@ def write_index(records: list[dict], summary: dict, out: pathlib.Path, cfg) -> N
       g = r["ground_truth"]
       meta["IoU"] = f"{g['foreground_iou']:.3f} (baseline {g['baseline']['foreground_iou']:.3f})"
       meta["CorLoc hit"] = f"{g['corloc_hit']} (baseline {g['baseline']['corloc_hit']})"
+      meta["objects found"] = (f"{g['objects_found']} of {g['objects']} (baseline "
+                               f"{g['baseline']['objects_found']})")
     files = dict(r["files"])
     if cfg.semantic.enabled:
       files["semantic"] = f"{PHOTOS}/{r['name']}.semantic.png"
@@ -192,9 +196,12 @@ def write_index(records: list[dict], summary: dict, out: pathlib.Path, cfg) -> N
   gt = summary.get("ground_truth")
   if gt:
     b = gt["baseline"]
-    intro += (f"<p>Ground truth: foreground IoU {gt['foreground_iou']:.3f}, CorLoc "
-              f"{gt['corloc']:.2f}; centred-box baseline IoU {b['foreground_iou']:.3f}, CorLoc "
-              f"{b['corloc']:.2f}</p>")
+    intro += (f"<p>Ground truth ({html.escape(cfg.dsm.discovery)}): foreground IoU "
+              f"{gt['foreground_iou']:.3f}, CorLoc {gt['corloc']:.2f}, object recall@0.5 "
+              f"{gt['object_recall']:.3f} of {gt['objects']}; centred-box baseline IoU "
+              f"{b['foreground_iou']:.3f}, CorLoc {b['corloc']:.2f}, recall "
+              f"{b['object_recall']:.3f}. Every method side by side: "
+              "benchmarks/discovery_quality.py (BUILD_NOTES.md).</p>")
   viz.write_index_html(out / "index.html", entries, columns=columns,
                        title="Deep Spectral Methods: localisation and segmentation", intro=intro,
                        failures=summary["failures"])

@@ -40,24 +40,33 @@ class RenderSettings:
   overlay_max_side: int = 1024
 
 
-def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5) -> dict:
-  """Foreground IoU and CorLoc of one photo, and the centred-box baseline's (SPEC §4).
+def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5,
+                        boxes=None) -> dict:
+  """Foreground IoU, CorLoc and the objects found of one photo, and the centred-box baseline's.
 
   Args:
     gt: a ``data.samples.LabelledPhoto`` (``foreground`` (H, W) bool, ``boxes`` (M, 4)).
     mask: (H, W) bool predicted object mask.
-    box: (4,) predicted pixel box.
+    box: (4,) predicted pixel box (CorLoc).
     fraction: side fraction of the centred-box baseline.
+    boxes: (P, 4) every discovered object's box, best first (``evaluation.object_recall``:
+      labelled objects matched one-to-one at IoU ≥ 0.5); None: ``box`` alone.
   """
+  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
+  boxes = np.asarray(box)[None] if boxes is None or not len(boxes) else np.asarray(boxes)
   base_box = localisation.centred_box(gt.foreground.shape, fraction)
   base_mask = localisation.box_mask(base_box, gt.foreground.shape)
   box_ious = np.asarray(metrics.box_iou(np.asarray(box)[None], gt.boxes))[0]
   base_ious = np.asarray(metrics.box_iou(base_box[None], gt.boxes))[0]
+  found = evaluation.object_recall([boxes.reshape(-1, 4)], [gt.boxes])
+  base_found = evaluation.object_recall([base_box[None]], [gt.boxes])
   return {
       "foreground_iou": float(metrics.mask_iou(mask, gt.foreground)),
       "corloc_hit": bool(box_ious.max() >= 0.5),
       "best_box_iou": float(box_ious.max()),
+      "objects_found": found["num_matched"], "objects": found["num_gt"],
       "baseline": {
+          "objects_found": base_found["num_matched"],
           "box": base_box.tolist(),
           "foreground_iou": float(metrics.mask_iou(base_mask, gt.foreground)),
           "corloc_hit": bool(base_ious.max() >= 0.5),
@@ -74,14 +83,18 @@ def summarise_ground_truth(records: list[dict]) -> dict | None:
     return None
   g = [r["ground_truth"] for r in rows]
   mean = lambda xs: float(np.mean(xs))
+  objects = sum(x["objects"] for x in g)
+  recall = lambda xs: sum(x["objects_found"] for x in xs) / max(objects, 1)
   return {
       "images": [r["name"] for r in rows],
       "foreground_iou": mean([x["foreground_iou"] for x in g]),
       "corloc": mean([x["corloc_hit"] for x in g]),
+      "object_recall": recall(g), "objects": objects,   # recall@0.5 of all the boxes
       "baseline": {
           "name": "centred box (sides × fraction), its box as the mask",
           "foreground_iou": mean([x["baseline"]["foreground_iou"] for x in g]),
           "corloc": mean([x["baseline"]["corloc_hit"] for x in g]),
+          "object_recall": recall([x["baseline"] for x in g]),
       },
   }
 
@@ -195,7 +208,7 @@ def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
       "timings_s": {k: round(v, 4) for k, v in timings.items()},
   }
   if ground_truth is not None:
-    record["ground_truth"] = ground_truth_scores(ground_truth, mask, box)
+    record["ground_truth"] = ground_truth_scores(ground_truth, mask, box, boxes=boxes)
   pathlib.Path(f"{stem}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
   return record
 
