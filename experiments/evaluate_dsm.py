@@ -11,6 +11,7 @@ saliency.py for the archive names); nothing is downloaded. Writes OUT/metrics.js
 "corloc", "num_images", "num_hits", "object_recall"; masks: "iou", "accuracy", "max_f_beta",
 "num_images"; semantic: "miou", "pixel_accuracy", "per_class_iou" (class → IoU), "num_images"),
 OUT/boxes.json (image id → DSM box [x0, y0, x1, y1] in pixels, x1/y1 exclusive),
+OUT/objects.json (image id → every discovered object's box, best first; --config.dsm.discovery),
 OUT/per_image.json and, with --config.save_masks=True, OUT/masks/<id>.png (the object mask, or
 the semantic map: 0 = background, cluster c as c + 1). The work is
 ``spectral_jax.evaluation.evaluate_dsm``; exit code 0 on success, 1 when the data is missing or
@@ -110,6 +111,8 @@ def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
     if "object_recall" in measured:
       rows.append(("recall@0.5 (%)", fmt(100 * measured["object_recall"]["recall"], True),
                    fmt(None, True)))
+    if "ap50" in measured:
+      rows.append(("AP50, class-agnostic (%)", fmt(100 * measured["ap50"], True), fmt(None, True)))
     return rows
   return [(label, fmt(measured[key], False), fmt(paper.get(key), False))
           for key, label in (("iou", "IoU"), ("accuracy", "accuracy"),
@@ -160,6 +163,7 @@ def run(cfg) -> dict:
                 config=cfg.to_dict(), wall_s=round(time.perf_counter() - t0, 2))
   (out / "metrics.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
   (out / "boxes.json").write_text(json.dumps(result.boxes, indent=1))
+  (out / "objects.json").write_text(json.dumps(result.objects, indent=1))
   (out / "per_image.json").write_text(json.dumps(result.per_image, indent=1))
   rows = report_rows(cfg.dataset, result.metrics)
   print(f"\n{cfg.dataset} {dataset.split}, {result.metrics['num_images']} images"

@@ -129,10 +129,19 @@ def ground_truth(source: batching.Source):
 def _config_text(cfg, backbone) -> str:
   d = cfg.dsm
   size = cfg.image_size or "native"
-  return (f"backbone {cfg.backbone.name} ({cfg.backbone.weights or 'pretrained'}), image size "
+  if d.discovery == "dsm":
+    method = f"object side {d.foreground}"
+  elif d.discovery in ("tokencut", "maskcut"):
+    tau = (f"τ = q{d.tau_quantile:g} of the similarities" if d.tau_quantile
+           else f"τ={'published' if d.tau < 0 else d.tau}")
+    cuts = f", {d.max_objects} cuts" if d.discovery == "maskcut" else ""
+    method = f"{tau}{cuts}"
+  else:
+    method = f"≤ {d.max_objects} boxes"
+  return (f"{d.discovery} ({method}), backbone {cfg.backbone.name} "
+          f"({cfg.backbone.weights or 'pretrained'}), image size "
           f"{size}, P={backbone.config.patch_size}, graph on {d.features}, K={d.num_eigenvectors}, "
-          f"λ={d.image_weight}, "
-          f"object side {d.foreground}, connectivity {d.connectivity}, upsample {d.upsample}, CRF "
+          f"λ={d.image_weight}, connectivity {d.connectivity}, upsample {d.upsample}, CRF "
           f"{'on' if cfg.crf.enabled else 'off'}, segments "
           f"{'eigengap' if d.adaptive_segments else d.num_segments}")
 
@@ -150,8 +159,10 @@ def print_report(records: list[dict], summary: dict, out: pathlib.Path) -> None:
     b = gt["baseline"]
     n = len(gt["images"])
     print(f"\nGround truth ({', '.join(gt['images'])}): foreground IoU {gt['foreground_iou']:.3f}, "
-          f"CorLoc {gt['corloc']:.2f} ({round(gt['corloc'] * n)}/{n}); centred-box baseline: "
-          f"IoU {b['foreground_iou']:.3f}, CorLoc {b['corloc']:.2f}")
+          f"CorLoc {gt['corloc']:.2f} ({round(gt['corloc'] * n)}/{n}), object recall@0.5 "
+          f"{gt['object_recall']:.3f} of {gt['objects']}; centred-box baseline: "
+          f"IoU {b['foreground_iou']:.3f}, CorLoc {b['corloc']:.2f}, recall "
+          f"{b['object_recall']:.3f}")
   for src, why in summary["failures"].items():
     print(f"skipped {src}: {why}")
   t = summary["timings_s"]
@@ -163,18 +174,21 @@ def write_index(records: list[dict], summary: dict, out: pathlib.Path, cfg) -> N
   entries = []
   for r in records:
     meta = {"size": f"{r['width']}×{r['height']}", "box": r["box"],
+            "boxes": "; ".join(str(b) for b in r["boxes"]),
             "λ₁": f"{r['eigenvalues'][1]:.3f}",
             "foreground": f"{100 * r['foreground_fraction']:.0f}%"}
     if "ground_truth" in r:
       g = r["ground_truth"]
       meta["IoU"] = f"{g['foreground_iou']:.3f} (baseline {g['baseline']['foreground_iou']:.3f})"
       meta["CorLoc hit"] = f"{g['corloc_hit']} (baseline {g['baseline']['corloc_hit']})"
+      meta["objects found"] = (f"{g['objects_found']} of {g['objects']} (baseline "
+                               f"{g['baseline']['objects_found']})")
     files = dict(r["files"])
     if cfg.semantic.enabled:
       files["semantic"] = f"{PHOTOS}/{r['name']}.semantic.png"
     entries.append({"name": r["name"], "files": files, "meta": meta})
-  columns = [("overlay", "mask, box and segments"), ("eigenvectors", "eigenvectors"),
-             ("mask", "mask"), ("segments", "segments")]
+  columns = [("overlay", "mask, boxes and segments"), ("eigenvectors", "eigenvectors"),
+             ("mask", "mask"), ("segments", "segments"), ("instances", "objects")]
   if cfg.semantic.enabled:
     columns.append(("semantic", "semantic"))
   intro = (f"<p>{html.escape(summary['settings'])}</p><p><small>"
@@ -182,9 +196,12 @@ def write_index(records: list[dict], summary: dict, out: pathlib.Path, cfg) -> N
   gt = summary.get("ground_truth")
   if gt:
     b = gt["baseline"]
-    intro += (f"<p>Ground truth: foreground IoU {gt['foreground_iou']:.3f}, CorLoc "
-              f"{gt['corloc']:.2f}; centred-box baseline IoU {b['foreground_iou']:.3f}, CorLoc "
-              f"{b['corloc']:.2f}</p>")
+    intro += (f"<p>Ground truth ({html.escape(cfg.dsm.discovery)}): foreground IoU "
+              f"{gt['foreground_iou']:.3f}, CorLoc {gt['corloc']:.2f}, object recall@0.5 "
+              f"{gt['object_recall']:.3f} of {gt['objects']}; centred-box baseline IoU "
+              f"{b['foreground_iou']:.3f}, CorLoc {b['corloc']:.2f}, recall "
+              f"{b['object_recall']:.3f}. Every method side by side: "
+              "benchmarks/discovery_quality.py (BUILD_NOTES.md).</p>")
   viz.write_index_html(out / "index.html", entries, columns=columns,
                        title="Deep Spectral Methods: localisation and segmentation", intro=intro,
                        failures=summary["failures"])
@@ -296,7 +313,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
       "backbone": {"name": cfg.backbone.name, "patch_size": patch_size,
                    "weights_note": backbone.config.weights_note},
       "num_ok": len(records), "num_failed": len(failures),
-      "images": {r["name"]: {k: r[k] for k in ("box", "foreground_fraction", "files",
+      "images": {r["name"]: {k: r[k] for k in ("box", "boxes", "foreground_fraction", "files",
                                                 "warnings")} for r in records},
       "failures": failures, "skipped_non_images": skipped,
       "compiled_programs": len(segmenter.compiled_shapes),

@@ -429,6 +429,7 @@ class Evaluation:
   """What :func:`evaluate_dsm` measured."""
   metrics: dict                    # the protocol's dataset figures (+ "num_images")
   boxes: dict[str, list[int]]      # image id → [x0, y0, x1, y1] pixels, x1/y1 exclusive
+  objects: dict[str, list[list[int]]]  # image id → every discovered object's box, best first
   per_image: dict[str, dict]       # image id → its scores (hit / IoU ...)
   failures: dict[str, str]         # image id → why it was skipped
 
@@ -445,7 +446,9 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   Args:
     segmenter: the jitted DSM pipeline.
     dataset: a ``datasets.DataSource`` (``len``, ``[i] -> Record``).
-    kind: "boxes" (CorLoc of the DSM box vs the record's boxes), "mask" (single-object
+    kind: "boxes" (CorLoc of the best box vs the record's boxes; multi-object recall and
+      class-agnostic AP50 of all the discovered objects' boxes, ranked best first, VOC's
+      ``difficult`` and COCO's crowd boxes ignored for AP), "mask" (single-object
       scores of the DSM object mask at the image's size vs ``record.mask``) or "semantic"
       (DSM §3.4 over the whole dataset, :func:`semantic_over_dataset`; the segmenter must be
       built with ``PipelineConfig(semantic=True)``).
@@ -468,6 +471,7 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   from spectral_jax import dsm  # pylint: disable=import-outside-toplevel
   from spectral_jax.dsm import batching  # pylint: disable=import-outside-toplevel
+  from spectral_jax.dsm import outputs  # pylint: disable=import-outside-toplevel
   if kind not in ("boxes", "mask", "semantic"):
     raise ValueError(f"kind must be 'boxes', 'mask' or 'semantic'; got {kind!r}")
   if kind == "semantic":
@@ -497,7 +501,8 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
     if on_error is not None:
       on_error(source.name, error)
 
-  boxes, per_image, gt_boxes, kept = {}, {}, {}, []
+  boxes, objects, per_image, gt_boxes, kept = {}, {}, {}, {}, []
+  gt_ignore = {}
   scores = SingleObjectScores()
   stream = batching.segment_photos(segmenter, sources, image_size=image_size,
                                    batch_size=batch_size, seed=seed, prefetch=prefetch,
@@ -508,10 +513,14 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
       rec = pending.pop(photo.source.name)
     box = dsm.scale_boxes(res.patches.box, photo.input_hw, photo.size)
     boxes[rec.id] = [int(v) for v in box]
+    found = outputs.photo_boxes(photo, res)
+    objects[rec.id] = [[int(v) for v in b] for b in (found if len(found) else box[None])]
     if kind == "boxes":
       gt_boxes[rec.id] = rec.boxes
+      gt_ignore[rec.id] = _ignored(rec)
       hit, best = corloc_hit(box, rec.boxes)
-      per_image[rec.id] = {"hit": hit, "best_iou": best, "num_gt_boxes": int(len(rec.boxes))}
+      per_image[rec.id] = {"hit": hit, "best_iou": best, "num_gt_boxes": int(len(rec.boxes)),
+                           "num_objects": len(objects[rec.id])}
     elif kind == "semantic":   # small per-image state only: segments (h, w), (S, C) crops
       h, w = photo.grid
       kept.append((photo, res.semantic_segments[:h, :w].copy(), res.semantic_valid.copy(),
@@ -531,10 +540,14 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
                        "; ".join(f"{k}: {v}" for k, v in list(failures.items())[:5]))
   if kind == "boxes":
     result = corloc(boxes, gt_boxes)
-    if any(len(g) for g in gt_boxes.values()):   # the pipeline's boxes per image (one today)
-      ids = list(gt_boxes)
-      result["object_recall"] = object_recall([np.asarray([boxes[i]]) for i in ids],
-                                              [gt_boxes[i] for i in ids])
+    ids = list(gt_boxes)
+    found = [np.asarray(objects[i]).reshape(-1, 4) for i in ids]
+    if any(len(g) for g in gt_boxes.values()):
+      result["object_recall"] = object_recall(found, [gt_boxes[i] for i in ids])
+    if any(len(g) and not np.all(gt_ignore[i]) for i, g in gt_boxes.items()):
+      ranks = [np.arange(len(f), 0, -1, dtype=np.float64) for f in found]  # best first
+      result["ap50"] = ap50(found, ranks, [gt_boxes[i] for i in ids],
+                            gt_ignore=[gt_ignore[i] for i in ids])
   elif kind == "semantic":
     result = semantic_over_dataset(
         dataset, kept, patch_size=segmenter.patch_size, num_clusters=num_clusters,
@@ -543,7 +556,18 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   else:
     result = scores.result()
   result["num_failed"] = len(failures)
-  return Evaluation(metrics=result, boxes=boxes, per_image=per_image, failures=failures)
+  return Evaluation(metrics=result, boxes=boxes, objects=objects, per_image=per_image,
+                    failures=failures)
+
+
+def _ignored(record) -> np.ndarray:
+  """(N,) bool: the record's boxes AP ignores (VOC ``difficult``, COCO ``iscrowd``)."""
+  n = len(record.boxes)
+  flags = np.zeros((n,), bool)
+  for field in (record.difficult, record.crowd):
+    if len(field) == n:
+      flags |= np.asarray(field, bool)
+  return flags
 
 
 def check_semantic_setup(pipeline_config, dataset, num_clusters: int, matching: str) -> None:

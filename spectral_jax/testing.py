@@ -7,6 +7,10 @@ code against the same reference:
   ``dsm_eigsh_reference`` (``scipy.sparse.linalg.eigsh(D − W, k, sigma=0, which='LM', M=D)``),
   ``dsm_eigh_reference`` (all pairs, dense float64 LAPACK), ``degrees_np`` and ``sign_rule_np``.
 * Mask geometry: ``largest_component_np`` (``scipy.ndimage.label``) and ``box_np``.
+* TokenCut and MaskCut as their code runs them (SPEC §7): ``tokencut_graph_np`` (the binarised
+  key graph, fixed τ or a quantile of the similarities), ``ncut_eigh_reference``
+  (``scipy.linalg.eigh(D − A, D, subset_by_index=[1, 2])``), ``tokencut_reference`` and
+  ``maskcut_reference`` (one SciPy ``eigh`` per cut).
 * Timing: ``median_time`` (median seconds after warm-up) and ``timed_call`` (one call, e.g. the
   first one including compilation). Both block on JAX outputs, so they time the work itself.
 """
@@ -135,6 +139,112 @@ def box_np(mask: np.ndarray, patch_size: int, image_size: tuple[int, int] | None
                    min((ys.max() + 1) * patch_size, img_h)])
 
 
+# ----------------------------------------------------------------------------- TokenCut / MaskCut
+
+
+def tokencut_graph_np(features: np.ndarray, tau: float = 0.2, eps: float = 1e-5, *,
+                      tau_quantile: float | None = None) -> tuple[np.ndarray, float]:
+  """TokenCut's ``A = where(cos > τ, 1, ε)`` in float64 (``object_discovery.ncut``).
+
+  ``tau_quantile``: τ = ``np.quantile(off-diagonal cos of the non-zero rows, q,
+  method="inverted_cdf")`` instead of the fixed ``tau`` (this project's scale-free form). Zero
+  feature rows (MaskCut's masked patches) have cos 0 with every patch, as ``F.normalize`` gives.
+  Returns ``(A (n, n), τ)``.
+  """
+  f = np.asarray(features, np.float64)
+  norms = np.linalg.norm(f, axis=1, keepdims=True)
+  f = f / np.maximum(norms, 1e-12)
+  sim = f @ f.T
+  if tau_quantile is not None:
+    live = norms[:, 0] > 0
+    off = sim[np.ix_(live, live)][~np.eye(int(live.sum()), dtype=bool)]
+    tau = float(np.quantile(off, tau_quantile, method="inverted_cdf"))
+  return np.where(sim > tau, 1.0, eps), tau
+
+
+def ncut_eigh_reference(a: np.ndarray) -> np.ndarray:
+  """(n,) second smallest generalised eigenvector of ``(D − A) x = λ D x``, ``D = diag(A 1)``:
+  ``scipy.linalg.eigh(D − A, D, subset_by_index=[1, 2])[1][:, 0]`` as TokenCut and MaskCut call
+  it (arbitrary sign, ``xᵀ D x = 1``)."""
+  a = np.asarray(a, np.float64)
+  d = np.diag(a.sum(axis=1))
+  return scipy.linalg.eigh(d - a, d, subset_by_index=[1, 2])[1][:, 0]
+
+
+def _seed_component_np(bipartition: np.ndarray, seed: int) -> np.ndarray:
+  objects, _ = scipy.ndimage.label(bipartition)  # 4-connected, the references' call
+  label = objects[np.unravel_index(seed, bipartition.shape)]
+  return (objects == label) & (label > 0)
+
+
+def tokencut_reference(features: np.ndarray, grid: tuple[int, int], tau: float = 0.2,
+                       eps: float = 1e-5, tau_quantile: float | None = None) -> dict:
+  """TokenCut's ``ncut`` on one image's (n, d) features, n = h·w (float64, SciPy).
+
+  Returns a dict: ``vector`` (n,) as eigh gives it, ``foreground`` (h, w) bool (the side of the
+  seed argmax |v| of the mean split), ``seed``, ``component`` (h, w) bool (the seed's
+  4-connected component), ``tau``.
+  """
+  a, tau = tokencut_graph_np(features, tau, eps, tau_quantile=tau_quantile)
+  v = ncut_eigh_reference(a)
+  bipartition = v > v.mean()
+  seed = int(np.argmax(np.abs(v)))
+  if not bipartition[seed]:
+    bipartition = ~bipartition
+  fg = bipartition.reshape(grid)
+  return {"vector": v, "foreground": fg, "seed": seed,
+          "component": _seed_component_np(fg, seed), "tau": tau}
+
+
+def maskcut_reference(features: np.ndarray, grid: tuple[int, int], num_cuts: int = 3,
+                      tau: float = 0.15, eps: float = 1e-5,
+                      tau_quantile: float | None = None) -> dict:
+  """CutLER's ``maskcut_forward`` on one image's (n, d) features (float64, one SciPy eigh per
+  cut): features of the patches found so far are zeroed; reversal when ≥ 3 corners are on the
+  ``v > mean`` side, else when the seed argmax |v| is not; the seed's 4-connected component; a
+  mask with IoU > 0.5 with the previous one or ≤ 1% of the patches is dropped; each mask minus
+  the earlier ones.
+
+  The reference's corner test depends on the arbitrary sign eigh returns (it fires only when
+  the seed lies on ``v > mean``); each vector here is first signed so that ``v[argmax |v|] > 0``,
+  the sign under which the reference applies the corner prior (``dsm.tokencut.orient``).
+
+  Returns a dict: ``masks`` (N, h, w) bool, ``vectors`` (N, n), ``foreground`` (N, h, w) bool
+  (each cut's oriented side).
+  """
+  feats = np.asarray(features, np.float64).copy()
+  painting = np.zeros(grid, bool)
+  previous = np.zeros(grid, bool)
+  masks, vectors, sides = [], [], []
+  for i in range(num_cuts):
+    if i > 0:
+      painting |= previous
+      feats[painting.ravel()] = 0
+    a, _ = tokencut_graph_np(feats, tau, eps, tau_quantile=tau_quantile)
+    v = ncut_eigh_reference(a)
+    v = v * np.sign(v[np.argmax(np.abs(v))])
+    bipartition = v > v.mean()
+    seed = int(np.argmax(np.abs(v)))
+    side = bipartition.reshape(grid)
+    corners = int(side[0, 0]) + int(side[0, -1]) + int(side[-1, 0]) + int(side[-1, -1])
+    if corners >= 3 or not bipartition[seed]:
+      bipartition, seed = ~bipartition, int(np.argmax(-v))
+    else:
+      seed = int(np.argmax(v))
+    fg = bipartition.reshape(grid)
+    mask = _seed_component_np(fg, seed)
+    if i >= 1:
+      union = (previous | mask).sum()
+      iou = (previous & mask).sum() / union if union else 0.0
+      if iou > 0.5 or mask.sum() / mask.size <= 0.01:
+        mask = np.zeros(grid, bool)
+    previous = mask
+    masks.append(mask & ~painting)
+    vectors.append(v)
+    sides.append(fg)
+  return {"masks": np.stack(masks), "vectors": np.stack(vectors), "foreground": np.stack(sides)}
+
+
 # ----------------------------------------------------------------------------- timing
 
 
@@ -157,5 +267,6 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
 
 __all__ = [
     "dsm_affinity_np", "degrees_np", "sign_rule_np", "dsm_eigsh_reference", "dsm_eigh_reference",
-    "largest_component_np", "box_np", "timed_call", "median_time",
+    "largest_component_np", "box_np", "tokencut_graph_np", "ncut_eigh_reference",
+    "tokencut_reference", "maskcut_reference", "timed_call", "median_time",
 ]

@@ -31,6 +31,7 @@ from PIL import Image
 HEATMAP_CMAP = "colorbrewer:RdBu_r"  # blue < 0 < red, white at 0: the sign is the partition
 MASK_COLOUR = (255, 64, 32)
 BOX_COLOUR = (255, 255, 0)
+OTHER_BOX_COLOUR = (0, 200, 255)   # the further boxes of a multi-object result
 
 
 def _check_photo(photo: np.ndarray) -> np.ndarray:
@@ -111,13 +112,14 @@ def draw_box(image: np.ndarray, box: Sequence[float], colour=BOX_COLOUR,
 
 def overlay(photo: np.ndarray, mask: np.ndarray, segments: np.ndarray,
             box: Sequence[float]) -> np.ndarray:
-  """Two panels over the photo: the object mask (tint + outline) with its box; the segments.
+  """Two panels over the photo: the object mask (tint + outline) with its boxes; the segments.
 
   Args:
     photo: (H, W, 3) uint8.
     mask: (H, W) bool object mask.
     segments: (H, W) int segment map (0 = background, left untinted).
-    box: [x0, y0, x1, y1] pixels.
+    box: [x0, y0, x1, y1] pixels, or (M, 4) boxes best first: the first in ``BOX_COLOUR``, the
+      others in ``OTHER_BOX_COLOUR`` and thinner.
   Returns:
     (H, 2W + border, 3) uint8.
   """
@@ -132,10 +134,18 @@ def overlay(photo: np.ndarray, mask: np.ndarray, segments: np.ndarray,
   left[mask] = 0.55 * left[mask] + 0.45 * np.asarray(MASK_COLOUR, np.float32)
   left = left.astype(np.uint8)
   left[_boundary(mask, width)] = MASK_COLOUR
-  left = _caption(draw_box(left, box, width=width), "mask + box")
+  boxes = np.asarray(box, np.float64).reshape(-1, 4)
+
+  def boxed(image):
+    for i in range(len(boxes) - 1, -1, -1):  # the best box drawn last, on top
+      image = draw_box(image, boxes[i], colour=BOX_COLOUR if i == 0 else OTHER_BOX_COLOUR,
+                       width=width if i == 0 else max(1, width // 2 + 1))
+    return image
+
+  left = _caption(boxed(left), "mask + boxes" if len(boxes) > 1 else "mask + box")
   alpha = {int(l): 0.0 if l == 0 else 0.5 for l in np.unique(segments)}
   right = imgviz.label2rgb(segments.astype(np.int32), image=photo, alpha=alpha)
-  right = _caption(draw_box(right, box, width=width), "segments")
+  right = _caption(boxed(right), "segments")
   return imgviz.tile([left, right], row=1, col=2, border=(255, 255, 255), border_width=4)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spectral_jax import backbones, clustering, dsm
+from spectral_jax import backbones, clustering, dsm, testing
 from spectral_jax.data import samples
 
 P = 14
@@ -46,6 +46,10 @@ CONFIGS = {
     "lobpcg_border_adaptive": dsm.PipelineConfig(num_eigenvectors=6, method="lobpcg",
                                                  foreground="border", adaptive_segments=True,
                                                  connectivity=8),
+    "tokencut": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh",
+                                   discovery="tokencut", tau_quantile=0.5),
+    "maskcut_lobpcg": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="lobpcg",
+                                         discovery="maskcut", tau_quantile=0.5),
 }
 
 
@@ -66,11 +70,13 @@ def test_padded_batch_equals_each_photo_alone(backbone, photos, name):
     vectors = got.eigenvectors.reshape(PAD, PAD, -1)
     assert not vectors[h:].any() and not vectors[:, w:].any()  # zero on padding
     np.testing.assert_allclose(vectors[:h, :w].reshape(h * w, -1), ref.eigenvectors, atol=1e-4)
-    for field in ("foreground", "component", "segments"):
+    for field in ("foreground", "component", "segments", "instances"):
       full = getattr(got, field)
       np.testing.assert_array_equal(full[:h, :w], getattr(ref, field), err_msg=field)
       assert not full[h:].any() and not full[:, w:].any(), field
     np.testing.assert_array_equal(got.box, ref.box)
+    np.testing.assert_array_equal(got.boxes, ref.boxes)
+    np.testing.assert_array_equal(got.box_valid, ref.box_valid)
     np.testing.assert_array_equal(got.num_segments, ref.num_segments)
     if one.semantic_embeddings is not None:
       np.testing.assert_array_equal(batch.semantic_segments[i][:h, :w], one.semantic_segments[0])
@@ -88,8 +94,9 @@ def test_adaptive_segments_use_the_eigengap_count(backbone, photos):
   assert len(np.unique(res.patches.segments[0])) <= counts[0]
 
 
-def test_no_host_round_trip_inside_the_program(backbone, photos):
-  segmenter = dsm.make_pipeline(backbone, CONFIGS["eigh"])
+@pytest.mark.parametrize("name", ["eigh", "maskcut_lobpcg"])
+def test_no_host_round_trip_inside_the_program(backbone, photos, name):
+  segmenter = dsm.make_pipeline(backbone, CONFIGS[name])
   images, valid = _padded_batch(photos)
   args = jax.device_put((images, valid, jax.random.split(jax.random.key(0), 2)))
   with jax.transfer_guard("disallow"):
@@ -138,6 +145,9 @@ def test_bad_images_are_refused_or_flagged(backbone, photos):
     ("image_weight", float("nan"), "finite"), ("connectivity", 6, "4 or 8"),
     ("foreground", "left", "foreground must be"), ("num_segments", 1, "at least 2"),
     ("segment_eigenvectors", 30, "segment_eigenvectors"), ("method", "qr", "method must be"),
+    ("discovery", "lost", "discovery must be one of"), ("tau_quantile", 1.0, "tau_quantile must lie"),
+    ("tau", float("inf"), "tau must be"), ("graph_eps", 0.0, "graph_eps"),
+    ("max_objects", 0, "max_objects must be"),
 ])
 def test_bad_config_names_the_field(backbone, field, value, fragment):
   with pytest.raises(ValueError, match=fragment):
@@ -153,3 +163,34 @@ def test_buckets_pad_the_shorter_side_only_up_to_the_longer():
   assert batching.bucket((21, 32), 8, max_side=32) == (24, 32)
   assert batching.bucket((13, 17), 8) == (16, 24)  # native sizes: no cap
   assert batching.bucket((13, 17), 1) == (13, 17)
+
+
+@pytest.mark.parametrize("discovery", dsm.DISCOVERY_METHODS)
+def test_boxes_and_instances_agree_with_the_objects(backbone, photos, discovery):
+  """Per method: slot m's box is the box of instance id m + 1, valid slots come first, the
+  best box is ``box``, the object map's positive side is the object mask."""
+  config = dsm.PipelineConfig(num_eigenvectors=6, num_segments=4, discovery=discovery,
+                              tau_quantile=0.5)
+  res = jax.device_get(dsm.make_pipeline(backbone, config)(photos[0][None])).patches
+  h, w = GRIDS[0]
+  boxes, present, inst = res.boxes[0], res.box_valid[0], res.instances[0]
+  assert present[0] and list(present) == sorted(present, reverse=True)
+  for m in range(dsm.MAX_OBJECTS):
+    if present[m]:
+      np.testing.assert_array_equal(boxes[m], testing.box_np(inst == m + 1, P))
+    else:
+      assert not (inst == m + 1).any() and not boxes[m].any()
+  np.testing.assert_array_equal(res.box[0], boxes[0])
+  np.testing.assert_array_equal(res.component[0], inst == 1)
+  if discovery != "dsm":
+    np.testing.assert_array_equal(res.fiedler[0] > 0, res.foreground[0])
+  if discovery == "multi_region":  # each object: its segment's largest component, ordered by
+    seg = res.segments[0]           # the share on the border (lowest first), then area
+    comps = [testing.largest_component_np(seg == s) for s in range(1, 4)]
+    ring = np.zeros((h, w), bool)
+    ring[[0, -1]] = ring[:, [0, -1]] = True
+    comps = sorted((c for c in comps if c.any()), key=lambda c: ((c & ring).sum() / c.sum(),
+                                                                 -c.sum()))
+    for m, c in enumerate(comps):
+      np.testing.assert_array_equal(inst == m + 1, c)
+  assert inst.shape == (h, w)

@@ -60,6 +60,9 @@ def test_voc_corloc_matches_numpy_from_boxes_json(voc_run):
   assert m["object_recall"]["num_gt"] == sum(len(t["boxes"]) for t in truth.values()) == 38
   assert m["object_recall"]["num_matched"] == hits
   assert m["object_recall"]["recall"] == pytest.approx(hits / 38)
+  objects = json.loads((out / "objects.json").read_text())   # reference DSM: one object each
+  assert {k: v[0] for k, v in objects.items()} == boxes and all(len(v) == 1 for v in objects.values())
+  assert 0.0 <= m["ap50"] <= 1.0
   assert m["dataset"] == "voc07" and m["split"] == "trainval"
 
 
@@ -243,3 +246,28 @@ def test_semantic_alias_and_too_many_clusters_are_refused_before_work(voc_tree, 
   assert done.returncode == 2, done.stderr[-2000:]
   assert "26 labels cannot map one-to-one onto voc12's 21 classes" in done.stderr
   assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_voc_multi_object_recall_and_ap50_from_objects_json(voc_tree, tmp_path):
+  """--config.dsm.discovery=multi_region: every discovered box counts for recall and AP50,
+  recomputed here from objects.json with test_evaluation's NumPy references (difficult boxes
+  ignored for AP, as VOC does)."""
+  from test_evaluation import _np_ap50, _np_object_recall  # pylint: disable=import-outside-toplevel
+  base, truth = voc_tree
+  out = tmp_path / "out"
+  done = _run(["--dataset=voc07", f"--data_dir={base}", f"--out={out}",
+               "--config.dsm.discovery=multi_region"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  objects = json.loads((out / "objects.json").read_text())
+  boxes = json.loads((out / "boxes.json").read_text())
+  assert {k: v[0] for k, v in objects.items()} == boxes   # the best object is "the" box
+  ids = sorted(truth)
+  preds = [np.asarray(objects[i], float).reshape(-1, 4) for i in ids]
+  gts = [np.asarray(truth[i]["boxes"], float).reshape(-1, 4) for i in ids]
+  matched, total = _np_object_recall(preds, gts)
+  assert (m["object_recall"]["num_matched"], m["object_recall"]["num_gt"]) == (matched, total)
+  ranks = [np.arange(len(p), 0, -1, dtype=float) for p in preds]
+  ignore = [np.asarray(truth[i]["difficult"], bool) for i in ids]
+  assert m["ap50"] == pytest.approx(_np_ap50(preds, ranks, gts, ignore), abs=1e-6)
+  assert "AP50" in done.stdout

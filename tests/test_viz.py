@@ -88,3 +88,13 @@ def test_index_html_renders_in_chromium(tmp_path, photo, missing):
   loaded, total = viz.images_loaded_in_browser(_page(tmp_path, photo, missing), chromium)
   assert total == 3
   assert loaded == (2 if missing else 3)  # the page's check does see a broken picture
+
+
+def test_overlay_draws_every_box_best_on_top(photo):
+  mask = np.zeros((40, 60), bool)
+  segments = np.zeros((40, 60), np.int32)
+  boxes = np.array([[20, 10, 40, 30], [2, 26, 14, 38]])  # (the caption covers the top left)
+  left = viz.overlay(photo, mask, segments, boxes)[:, :60]
+  np.testing.assert_array_equal(left[29, 30], viz.BOX_COLOUR)        # best box
+  np.testing.assert_array_equal(left[37, 6], viz.OTHER_BOX_COLOUR)   # the second one
+  np.testing.assert_array_equal(left[35, 50], photo[35, 50])         # outside both

@@ -11,6 +11,8 @@ One module per stage of the method:
 * ``multi_region`` (§3.3): K-means on the eigenvectors, border-majority background, eigengap
   count.
 * ``semantic`` (§3.4): a box per segment, crops, dataset-level clustering, semantic maps.
+* ``tokencut``: TokenCut's and MaskCut's normalised cuts of the binarised key graph (SPEC §7).
+* ``objects``: the discovery method's objects: boxes best first, instance maps.
 * ``pipeline``: all of it as one jitted program per batch shape —
   ``segmenter = dsm.make_pipeline(backbone, dsm.PipelineConfig()); segmenter(images, valid)``.
 """
@@ -32,6 +34,8 @@ from spectral_jax.dsm.multi_region import BACKGROUND
 from spectral_jax.dsm.multi_region import NUM_SEGMENTS
 from spectral_jax.dsm.multi_region import adaptive_num_segments
 from spectral_jax.dsm.multi_region import multi_region_segments
+from spectral_jax.dsm.objects import DISCOVERY_METHODS
+from spectral_jax.dsm.objects import MAX_OBJECTS
 from spectral_jax.dsm.pipeline import GRAPH_FEATURES
 from spectral_jax.dsm.pipeline import DSMResult
 from spectral_jax.dsm.pipeline import PatchResult
@@ -54,7 +58,8 @@ from spectral_jax.dsm.spectral import check_num_eigenvectors
 from spectral_jax.dsm.spectral import spectral_decomposition
 
 __all__ = [
-    "BACKGROUND", "CONNECTIVITY", "CROP_SIZE", "FOREGROUND_RULES", "GRAPH_FEATURES",
+    "BACKGROUND", "CONNECTIVITY", "CROP_SIZE", "DISCOVERY_METHODS", "FOREGROUND_RULES",
+    "GRAPH_FEATURES", "MAX_OBJECTS",
     "NUM_DILATE", "NUM_EIGENVECTORS", "NUM_ERODE", "NUM_SEGMENTS", "SEMANTIC_NUM_SEGMENTS",
     "UPSAMPLE_METHODS", "DSMResult", "PatchResult", "PipelineConfig", "Segmenter",
     "adaptive_num_segments", "analyse", "border_side", "box_mask", "centred_box",

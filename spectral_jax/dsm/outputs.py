@@ -4,8 +4,10 @@ Host NumPy at the output edge (``dsm.batching`` yields a photo and its row of th
 ``DSMResult``; everything here reads NumPy). Files for a photo with output stem ``STEM``:
 
 * ``STEM.mask.png`` object mask 255 / 0; ``STEM.segments.png`` multi-region labels (palette
-  PNG, 0 = background); ``STEM.overlay.png`` mask, segments and box over the photo (longer
-  side ≤ 1024); ``STEM.eigenvectors.png`` the photo and y₁..y_m as heat maps;
+  PNG, 0 = background); ``STEM.instances.png`` one id per discovered object (palette PNG,
+  id m + 1 = ``"boxes"[m]``, 0 = background); ``STEM.overlay.png`` mask, segments and boxes
+  over the photo (longer side ≤ 1024); ``STEM.eigenvectors.png`` the photo and y₁..y_m as
+  heat maps;
 * ``STEM.json`` the record returned by :func:`write_photo`;
 * ``STEM.semantic.png`` (:func:`write_semantic`) dataset clusters c + 1, 0 = background.
 """
@@ -24,7 +26,7 @@ from spectral_jax import crf, image_ops, metrics, viz
 from spectral_jax.data import images as image_io
 from spectral_jax.dsm import localisation, masks, semantic
 
-KINDS = ("overlay", "eigenvectors", "mask", "segments")
+KINDS = ("overlay", "eigenvectors", "mask", "segments", "instances")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,24 +40,33 @@ class RenderSettings:
   overlay_max_side: int = 1024
 
 
-def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5) -> dict:
-  """Foreground IoU and CorLoc of one photo, and the centred-box baseline's (SPEC §4).
+def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5,
+                        boxes=None) -> dict:
+  """Foreground IoU, CorLoc and the objects found of one photo, and the centred-box baseline's.
 
   Args:
     gt: a ``data.samples.LabelledPhoto`` (``foreground`` (H, W) bool, ``boxes`` (M, 4)).
     mask: (H, W) bool predicted object mask.
-    box: (4,) predicted pixel box.
+    box: (4,) predicted pixel box (CorLoc).
     fraction: side fraction of the centred-box baseline.
+    boxes: (P, 4) every discovered object's box, best first (``evaluation.object_recall``:
+      labelled objects matched one-to-one at IoU ≥ 0.5); None: ``box`` alone.
   """
+  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
+  boxes = np.asarray(box)[None] if boxes is None or not len(boxes) else np.asarray(boxes)
   base_box = localisation.centred_box(gt.foreground.shape, fraction)
   base_mask = localisation.box_mask(base_box, gt.foreground.shape)
   box_ious = np.asarray(metrics.box_iou(np.asarray(box)[None], gt.boxes))[0]
   base_ious = np.asarray(metrics.box_iou(base_box[None], gt.boxes))[0]
+  found = evaluation.object_recall([boxes.reshape(-1, 4)], [gt.boxes])
+  base_found = evaluation.object_recall([base_box[None]], [gt.boxes])
   return {
       "foreground_iou": float(metrics.mask_iou(mask, gt.foreground)),
       "corloc_hit": bool(box_ious.max() >= 0.5),
       "best_box_iou": float(box_ious.max()),
+      "objects_found": found["num_matched"], "objects": found["num_gt"],
       "baseline": {
+          "objects_found": base_found["num_matched"],
           "box": base_box.tolist(),
           "foreground_iou": float(metrics.mask_iou(base_mask, gt.foreground)),
           "corloc_hit": bool(base_ious.max() >= 0.5),
@@ -72,14 +83,18 @@ def summarise_ground_truth(records: list[dict]) -> dict | None:
     return None
   g = [r["ground_truth"] for r in rows]
   mean = lambda xs: float(np.mean(xs))
+  objects = sum(x["objects"] for x in g)
+  recall = lambda xs: sum(x["objects_found"] for x in xs) / max(objects, 1)
   return {
       "images": [r["name"] for r in rows],
       "foreground_iou": mean([x["foreground_iou"] for x in g]),
       "corloc": mean([x["corloc_hit"] for x in g]),
+      "object_recall": recall(g), "objects": objects,   # recall@0.5 of all the boxes
       "baseline": {
           "name": "centred box (sides × fraction), its box as the mask",
           "foreground_iou": mean([x["baseline"]["foreground_iou"] for x in g]),
           "corloc": mean([x["baseline"]["corloc_hit"] for x in g]),
+          "object_recall": recall([x["baseline"] for x in g]),
       },
   }
 
@@ -107,6 +122,20 @@ def photo_warnings(photo, res, image_size: int) -> list[str]:
   return warnings
 
 
+def photo_boxes(photo, res) -> np.ndarray:
+  """(P, 4) int32 the discovered objects' boxes at the photo's size, best first (P ≤ M)."""
+  pr = res.patches
+  return localisation.scale_boxes(np.asarray(pr.boxes)[np.asarray(pr.box_valid, bool)],
+                                  photo.input_hw, photo.size).reshape(-1, 4)
+
+
+def photo_instances(photo, res, *, patch_size: int) -> np.ndarray:
+  """(H, W) int32 instance ids at the photo's size (nearest, as the mask)."""
+  h, w = photo.grid
+  return masks.upsample_patch_map(res.patches.instances[:h, :w], patch_size=patch_size,
+                                  input_hw=photo.input_hw, output_hw=photo.size)
+
+
 def photo_mask_and_box(photo, res, *, patch_size: int, settings: RenderSettings):
   """(mask (H, W) bool, box (4,) int32, segments (H, W) int32) at the photo's size."""
   h, w = photo.grid
@@ -123,7 +152,7 @@ def photo_mask_and_box(photo, res, *, patch_size: int, settings: RenderSettings)
 def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
                 settings: RenderSettings, image_size: int, timings: dict,
                 ground_truth=None) -> dict:
-  """Writes ``stem.{mask,segments,overlay,eigenvectors}.png`` and ``stem.json``.
+  """Writes ``stem.{mask,segments,instances,overlay,eigenvectors}.png`` and ``stem.json``.
 
   Args:
     photo: a ``dsm.batching.Photo`` with ``original`` kept.
@@ -142,11 +171,14 @@ def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
   h, w = photo.grid
   pr, rgb = res.patches, photo.original
   mask, box, segments = photo_mask_and_box(photo, res, patch_size=patch_size, settings=settings)
+  boxes = photo_boxes(photo, res)
   stem.parent.mkdir(parents=True, exist_ok=True)
   image_io.write_png(f"{stem}.mask.png", np.where(mask, 255, 0).astype(np.uint8))
   viz.label_png(f"{stem}.segments.png", segments)
+  viz.label_png(f"{stem}.instances.png", photo_instances(photo, res, patch_size=patch_size))
+  shown_boxes = boxes if len(boxes) else box[None]
   image_io.write_png(f"{stem}.overlay.png", image_ops.limit_side(
-      viz.overlay(rgb, mask, segments, box), settings.overlay_max_side))
+      viz.overlay(rgb, mask, segments, shown_boxes), settings.overlay_max_side))
   shown = image_ops.resize_to_height(rgb, settings.panel_height)
   m = min(settings.panel_eigenvectors, pr.eigenvectors.shape[-1] - 1)
   vectors = pr.eigenvectors.reshape(pr.fiedler.shape + (-1,))[:h, :w, 1:1 + m]
@@ -164,7 +196,9 @@ def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
       "input_size": [photo.input_hw[1], photo.input_hw[0]], "grid": [h, w],
       "patch_size": patch_size,
       "box": [int(v) for v in box],
-      "box_format": "[x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive",
+      "boxes": [[int(v) for v in b] for b in boxes],
+      "box_format": "[x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive; \"boxes\": one "
+                    "per discovered object, best first (instance id i + 1 in instances.png)",
       "foreground_fraction": float(mask.mean()),
       "eigenvalues": [float(v) for v in pr.eigenvalues],
       "eigensolver_converged": bool(pr.converged),
@@ -174,7 +208,7 @@ def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
       "timings_s": {k: round(v, 4) for k, v in timings.items()},
   }
   if ground_truth is not None:
-    record["ground_truth"] = ground_truth_scores(ground_truth, mask, box)
+    record["ground_truth"] = ground_truth_scores(ground_truth, mask, box, boxes=boxes)
   pathlib.Path(f"{stem}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
   return record
 

@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spectral_jax import backbones
-from spectral_jax.dsm import localisation, multi_region, spectral
+from spectral_jax import backbones, regions
+from spectral_jax.dsm import localisation, multi_region, objects as objects_lib, spectral
+from spectral_jax.dsm import tokencut as tokencut_lib
 from spectral_jax.dsm import semantic as semantic_lib
 
 GRAPH_FEATURES = ("keys", "queries", "values", "tokens")  # Features fields; "keys" is DSM's
@@ -37,15 +38,26 @@ CONSTANT_STD = 1.0 / 255
 class PatchResult(NamedTuple):
   """Patch-level DSM outputs of a batch of B images on an h×w grid (n = h·w, k eigenpairs).
 
-  On a padded grid every map is 0/False on padding and eigenvectors are 0 there.
+  On a padded grid every map is 0/False on padding and eigenvectors are 0 there. M is the
+  number of box slots (``PipelineConfig.max_objects``).
 
   Attributes:
     eigenvalues: (B, k) ascending, λ₀ ≈ 0.
     eigenvectors: (B, n, k) columns y₀..y_{k−1} (``Yᵀ D Y = I``, SPEC §3 sign rule).
-    fiedler: (B, h, w) y₁ oriented so that its positive side is the foreground (SPEC §4).
-    foreground: (B, h, w) bool, ``fiedler > 0`` (all real patches when nothing is positive).
-    component: (B, h, w) bool, largest connected component of ``foreground``.
+    fiedler: (B, h, w) the object map, positive exactly on the object mask: for "dsm" y₁
+      oriented so that its positive side is the foreground (SPEC §4); for the other discovery
+      methods ``dsm.objects.object_map`` of their cut vector (TokenCut, MaskCut's first cut)
+      or of y₁ (multi_region).
+    foreground: (B, h, w) bool object mask: "dsm" ``fiedler > 0`` (all real patches when
+      nothing is positive); "tokencut" the seed component; "maskcut" the union of the objects;
+      "multi_region" the non-background segments.
+    component: (B, h, w) bool, the best object: "dsm" the largest connected component of
+      ``foreground``.
     box: (B, 4) int32 box of ``component`` in the backbone's input frame (pixels).
+    boxes: (B, M, 4) int32 a box per object, best first (``boxes[:, 0] = box`` when present),
+      0 in empty slots.
+    box_valid: (B, M) bool the slots holding an object.
+    instances: (B, h, w) int32 id m + 1 on the patches of object m (``boxes[:, m]``), 0 else.
     segments: (B, h, w) int32 multi-region labels, ``BACKGROUND`` = border majority.
     converged: (B,) bool, the eigensolver reached its tolerance on every eigenpair.
     num_segments: (B,) int32 segments K-means formed per image (the eigengap's count when
@@ -61,6 +73,9 @@ class PatchResult(NamedTuple):
   segments: jax.Array
   converged: jax.Array
   num_segments: jax.Array
+  boxes: jax.Array
+  box_valid: jax.Array
+  instances: jax.Array
 
 
 class DSMResult(NamedTuple):
@@ -97,7 +112,8 @@ class PipelineConfig:
   features: str = "keys"            # graph features: one of GRAPH_FEATURES
   image_weight: float = 0.0         # λ of the colour graph (reference command line: 0)
   method: str = "auto"              # eigensolver: "auto", "eigh", "lobpcg"
-  foreground: str = "minority"      # side of y₁ that is the object: "minority" or "border"
+  foreground: str = "minority"      # side of y₁ that is the object: "minority" or "border";
+  # TokenCut/MaskCut: "minority" = their published seed rule, "border" = the border rule
   connectivity: int = localisation.CONNECTIVITY
   num_segments: int = multi_region.NUM_SEGMENTS
   adaptive_segments: bool = False   # per-image count from the largest eigengap
@@ -107,6 +123,14 @@ class PipelineConfig:
   crop_size: int = semantic_lib.CROP_SIZE
   num_erode: int = semantic_lib.NUM_ERODE
   num_dilate: int = semantic_lib.NUM_DILATE
+  # Object discovery (dsm.objects): "dsm" (reference), "tokencut", "maskcut", "multi_region".
+  discovery: str = "dsm"
+  tau: float = -1.0                 # binarised graph's fixed τ; < 0: the method's published
+  # τ as this quantile of each image's similarities (measured: q0.5 is TokenCut's best on the
+  # bundled photos, BUILD_NOTES); 0: the published fixed τ
+  tau_quantile: float = 0.5
+  graph_eps: float = tokencut_lib.EPS
+  max_objects: int = objects_lib.MAX_OBJECTS  # box slots; MaskCut's number of cuts N
 
   @classmethod
   def from_config(cls, cfg) -> "PipelineConfig":
@@ -117,7 +141,9 @@ class PipelineConfig:
                connectivity=d.connectivity, num_segments=d.num_segments,
                adaptive_segments=d.adaptive_segments, segment_eigenvectors=d.segment_eigenvectors,
                semantic=s.enabled, semantic_num_segments=s.num_segments, crop_size=s.crop_size,
-               num_erode=s.num_erode, num_dilate=s.num_dilate)
+               num_erode=s.num_erode, num_dilate=s.num_dilate, discovery=d.discovery,
+               tau=float(d.tau), tau_quantile=float(d.tau_quantile),
+               graph_eps=float(d.graph_eps), max_objects=d.max_objects)
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field and what it accepts."""
@@ -125,7 +151,7 @@ class PipelineConfig:
       if not ok:
         raise ValueError(text)
     ints = ("num_eigenvectors", "connectivity", "num_segments", "segment_eigenvectors",
-            "semantic_num_segments", "crop_size", "num_erode", "num_dilate")
+            "semantic_num_segments", "crop_size", "num_erode", "num_dilate", "max_objects")
     for name in ints:
       v = getattr(self, name)
       need(isinstance(v, (int, np.integer)) and not isinstance(v, bool),
@@ -150,6 +176,15 @@ class PipelineConfig:
          "adaptive_segments needs num_eigenvectors ≥ 3")
     need(self.crop_size >= 1 and self.num_erode >= 0 and self.num_dilate >= 0,
          "crop_size must be ≥ 1 and num_erode, num_dilate ≥ 0")
+    need(self.discovery in objects_lib.DISCOVERY_METHODS,
+         f"discovery must be one of {objects_lib.DISCOVERY_METHODS}; got {self.discovery!r}")
+    need(np.isfinite(self.tau) and self.tau <= 1,
+         f"tau must be a finite cosine threshold ≤ 1 (< 0: the method's published value); got "
+         f"{self.tau}")
+    need(0 <= self.tau_quantile < 1,
+         f"tau_quantile must lie in [0, 1) (0: the fixed tau); got {self.tau_quantile}")
+    need(0 < self.graph_eps < 1, f"graph_eps must lie in (0, 1); got {self.graph_eps}")
+    need(self.max_objects >= 1, f"max_objects must be ≥ 1; got {self.max_objects}")
 
   def min_patches(self) -> int:
     """Fewest real patches an image needs (k < n, and at least one patch per segment)."""
@@ -167,7 +202,9 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
             num_segments: int = multi_region.NUM_SEGMENTS,
             segment_eigenvectors: int | None = None, foreground_rule: str = "minority",
             method: str = "auto", solver=None,
-            adaptive_segments: bool = False) -> PatchResult:
+            adaptive_segments: bool = False, discovery: str = "dsm", tau: float | None = None,
+            tau_quantile: float | None = None, graph_eps: float = tokencut_lib.EPS,
+            max_objects: int = objects_lib.MAX_OBJECTS) -> PatchResult:
   """All patch-level DSM stages of a batch: eigenvectors, localisation, multi-region segments.
 
   Jit-able with every argument but ``features``, ``rngs``, ``valid`` and ``image_grid``
@@ -187,11 +224,19 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
     connectivity: 4 or 8 (localisation).
     num_segments: multi-region segments per image.
     segment_eigenvectors: m eigenvectors for the segments (None: all k − 1).
-    foreground_rule: which side of y₁ is the object, see ``localisation.fiedler_map``.
+    foreground_rule: which side of y₁ is the object, see ``localisation.fiedler_map``; for
+      TokenCut/MaskCut "minority" means their published seed rule and "border" the side of
+      each cut touching the border least (``tokencut.orient``).
     method, solver: see ``spectral.spectral_decomposition``.
     adaptive_segments: DSM's adaptive count per image, the largest eigengap after λ₁
       (``multi_region.adaptive_num_segments``), instead of ``num_segments``: one K-means with
       up to k − 1 clusters, of which the first count are used, in the same program.
+    discovery: one of ``objects.DISCOVERY_METHODS`` (see ``dsm.objects``); the DSM stages run
+      for every method (eigenvectors, segments), the objects, boxes and mask come from it.
+    tau: TokenCut/MaskCut's fixed threshold; None: the method's published value.
+    tau_quantile: τ as this quantile of each image's similarities instead; None: fixed τ.
+    graph_eps: the binarised graph's non-edge weight ε.
+    max_objects: M box slots; MaskCut runs M cuts.
   Returns:
     A :class:`PatchResult`.
   """
@@ -219,7 +264,41 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
 
   segments = jax.vmap(segment)(rngs, y, valid, counts)
   converged = jnp.all(info.converged, axis=-1)
-  return PatchResult(lam, y, fiedler, foreground, component, box, segments, converged, counts)
+  mask = jnp.ones((b,) + tuple(grid), bool) if valid is None else valid
+  if discovery not in objects_lib.DISCOVERY_METHODS:
+    raise ValueError(f"discovery must be one of {objects_lib.DISCOVERY_METHODS}; got "
+                     f"{discovery!r}")
+  cut = dict(eps=graph_eps, tau_quantile=tau_quantile, method=method, connectivity=connectivity,
+             rule="border" if foreground_rule == "border" else "seed")
+  if discovery == "dsm":
+    objects = jax.vmap(objects_lib.pad_objects, in_axes=(0, None))(component[:, None],
+                                                                   max_objects)
+  elif discovery == "tokencut":
+    oriented, comp, ok = jax.vmap(lambda f, v: tokencut_lib.tokencut(
+        f, v, tau=tokencut_lib.TAU if tau is None else tau, **cut))(features, mask)
+    objects = jax.vmap(objects_lib.pad_objects, in_axes=(0, None))(comp[:, None], max_objects)
+    foreground, converged = comp, converged & ok
+    fiedler = objects_lib.object_map(oriented, comp, mask)
+  elif discovery == "maskcut":
+    oriented, cuts, ok = jax.vmap(lambda f, v: tokencut_lib.maskcut(
+        f, v, num_cuts=max_objects, tau=tokencut_lib.MASKCUT_TAU if tau is None else tau,
+        **cut))(features, mask)
+    objects = jax.vmap(objects_lib.best_first)(cuts)
+    foreground, converged = jnp.any(objects, axis=1), converged & ok
+    fiedler = objects_lib.object_map(oriented[:, 0], foreground, mask)
+  else:  # multi_region
+    objects = jax.vmap(lambda sg, v: objects_lib.region_objects(
+        sg, num_segments, max_objects, connectivity, v))(segments, mask)
+    foreground = (segments != multi_region.BACKGROUND) & mask
+    fiedler = objects_lib.object_map(fiedler, foreground, mask)
+  boxes, present = objects_lib.boxes_of(objects, patch_size=patch_size,
+                                        image_size=None if input_hw is None else tuple(input_hw))
+  if discovery != "dsm":
+    component = objects[:, 0]
+    box = regions.mask_to_box(component, patch_size=patch_size,
+                              image_size=None if input_hw is None else tuple(input_hw))
+  return PatchResult(lam, y, fiedler, foreground, component, box, segments, converged, counts,
+                     boxes, present, objects_lib.instance_map(objects))
 
 
 def _image_flags(images: jax.Array, pixel_valid: jax.Array):
@@ -318,7 +397,9 @@ class Segmenter:
     settings = dict(patch_size=p, image_weight=c.image_weight,
                     num_eigenvectors=c.num_eigenvectors, connectivity=c.connectivity,
                     segment_eigenvectors=c.segment_eigenvectors or None,
-                    foreground_rule=c.foreground, method=c.method)
+                    foreground_rule=c.foreground, method=c.method, discovery=c.discovery,
+                    tau=None if c.tau < 0 else c.tau, tau_quantile=c.tau_quantile or None,
+                    graph_eps=c.graph_eps, max_objects=c.max_objects)
     res = analyse(graph_features, (h, w), rngs=rngs, valid=mask, image_grid=image_grid,
                   num_segments=c.num_segments, adaptive_segments=c.adaptive_segments, **settings)
     out = DSMResult(res, grid_hw, nonfinite, out_of_range, constant)
