@@ -63,9 +63,31 @@ def parse_overrides(text: str) -> dict:
   return out
 
 
+_DEFERRED = {"depth": 0, "pending": None}   # see deferred_interrupts
+
+
 def _raise_interrupt(signum, frame):
   del frame
-  raise KeyboardInterrupt(signal.Signals(signum).name)
+  name = signal.Signals(signum).name
+  if _DEFERRED["depth"]:   # inside deferred_interrupts: raised when the block ends
+    _DEFERRED["pending"] = name
+    return
+  raise KeyboardInterrupt(name)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+  """A block that the signals of `install_signal_handlers` do not cut in half: a SIGINT /
+  SIGTERM arriving inside raises KeyboardInterrupt when the block ends (normally), not in the
+  middle of, say, a checkpoint write or a device dispatch holding a library's lock."""
+  _DEFERRED["depth"] += 1
+  try:
+    yield
+  finally:
+    _DEFERRED["depth"] -= 1
+  if not _DEFERRED["depth"] and _DEFERRED["pending"]:
+    name, _DEFERRED["pending"] = _DEFERRED["pending"], None
+    raise KeyboardInterrupt(name)
 
 
 def install_signal_handlers(handler=_raise_interrupt) -> None:

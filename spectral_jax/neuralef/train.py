@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax import _cli
 from spectral_jax.neuralef import fidelity as fidelity_lib
 from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
 from spectral_jax.neuralef.checkpoint import ConfigMismatchError
@@ -341,29 +342,31 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
   clock, clock_step = time.perf_counter(), step
   try:
     while step < stop:
-      batch, info = feeder.batch(step)
-      new_state, metrics = train_step(state, batch)
-      state, step, data_state = new_state, step + 1, feeder.state()
-      probe = hook.probe is not None and (hook.due(step) or step == stop)
-      if step % int(config.log.every) == 0 or step == stop or step == 1 or probe:
-        jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
-        now = time.perf_counter()
-        record = _record(step, metrics, (now - clock) / (step - clock_step))
-        record.update(info)
-        if probe:  # not timed as a step
-          hook(step, state, record)
+      # Ctrl-C / SIGTERM take effect between steps, never inside a dispatch or a save.
+      with _cli.deferred_interrupts():
+        batch, info = feeder.batch(step)
+        new_state, metrics = train_step(state, batch)
+        state, step, data_state = new_state, step + 1, feeder.state()
+        probe = hook.probe is not None and (hook.due(step) or step == stop)
+        if step % int(config.log.every) == 0 or step == stop or step == 1 or probe:
+          jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
           now = time.perf_counter()
-        clock, clock_step = now, step
-        history.append(record)
-        logger.write(record)
+          record = _record(step, metrics, (now - clock) / (step - clock_step))
+          record.update(info)
+          if probe:  # not timed as a step
+            hook(step, state, record)
+            now = time.perf_counter()
+          clock, clock_step = now, step
+          history.append(record)
+          logger.write(record)
+          if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", tau=f"{record['tau']:.3f}")
+          if callback is not None:
+            callback(step, record)
         if bar is not None:
-          bar.set_postfix(loss=f"{record['loss']:.4f}", tau=f"{record['tau']:.3f}")
-        if callback is not None:
-          callback(step, record)
-      if bar is not None:
-        bar.update(1)
-      save_checkpoint(manager, state, config, force=step == stop, step=step,
-                      data_state=data_state)
+          bar.update(1)
+        save_checkpoint(manager, state, config, force=step == stop, step=step,
+                        data_state=data_state)
   except KeyboardInterrupt:
     interrupted = True
     save_checkpoint(manager, state, config, force=True, data_state=data_state)

@@ -1,0 +1,47 @@
+"""spectral_jax._cli: the signal handling the training loop relies on."""
+
+import os
+import signal
+
+import pytest
+
+from spectral_jax import _cli
+
+
+@pytest.fixture
+def handlers():
+  saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  _cli.install_signal_handlers()
+  yield
+  for sig, handler in saved.items():
+    signal.signal(sig, handler)
+
+
+def test_signal_raises_keyboard_interrupt_at_once(handlers):
+  with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):   # the handler runs between bytecodes of the main thread
+      pass
+
+
+def test_deferred_interrupts_raise_when_the_block_ends(handlers):
+  reached = []
+  with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+    with _cli.deferred_interrupts():
+      with _cli.deferred_interrupts():   # nested: only the outermost end raises
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):
+          pass
+        reached.append("inner")
+      reached.append("outer")   # the block runs to its end
+  assert reached == ["inner", "outer"]
+  with _cli.deferred_interrupts():   # nothing pending afterwards
+    pass
+
+
+def test_deferred_interrupts_let_an_exception_through(handlers):
+  with pytest.raises(ValueError):
+    with _cli.deferred_interrupts():
+      raise ValueError("not an interrupt")
+  with _cli.deferred_interrupts():   # the depth was restored
+    pass
