@@ -33,6 +33,27 @@ def test_similarity_quantile_is_numpys_inverted_cdf(rng):
     assert got == np.quantile(off, q, method="inverted_cdf")
 
 
+@pytest.mark.parametrize("case", ["one_bin", "ties", "signs"])
+def test_similarity_quantile_radix_edge_cases(rng, case):
+  """Values sharing their high 16 bits (the second histogram decides), heavy ties, both signs
+  and exact zeros, at extreme and middle quantiles."""
+  n = 60
+  if case == "one_bin":     # all within a few hundred ulps of 0.85: one high-bits bin
+    sim = np.float32(0.85) + rng.integers(-300, 300, (n, n)).astype(np.float32) * np.float32(6e-8)
+  elif case == "ties":
+    sim = rng.choice(np.array([-0.5, 0.0, 0.25, 0.9], np.float32), (n, n))
+  else:
+    sim = rng.normal(size=(n, n)).astype(np.float32)
+    sim[rng.random((n, n)) < 0.2] = 0.0
+    sim[rng.random((n, n)) < 0.1] = -0.0
+  sim = np.triu(sim) + np.triu(sim, 1).T     # symmetric, as a graph's
+  nodes = rng.random(n) > 0.25
+  off = sim[np.ix_(nodes, nodes)][~np.eye(nodes.sum(), dtype=bool)]
+  for q in (1e-4, 0.01, 0.5, 0.77, 0.999):
+    got = np.float32(tc.similarity_quantile(jnp.asarray(sim), q, jnp.asarray(nodes)))
+    assert got == np.quantile(off, q, method="inverted_cdf"), q
+
+
 @pytest.mark.parametrize("kwargs", [dict(tau=0.85), dict(tau_quantile=0.5)])
 def test_tokencut_matches_scipy_eigh(voc_keys, kwargs):
   ref = testing.tokencut_reference(voc_keys, GRID, **kwargs)

@@ -40,6 +40,7 @@ MIN_AREA = 0.01           # ... or covering at most this fraction of the patches
 CONNECTIVITY = 4          # scipy.ndimage.label's default, as both references call it
 CUT_RULES = ("seed", "border")  # which side of a cut is the object (see orient)
 _NORM_EPS = 1e-12         # torch.nn.functional.normalize's eps
+_RADIX_BITS = 16          # similarity_quantile's two histogram passes of 2¹⁶ bins
 
 
 def cosine_similarity(features: jax.Array) -> jax.Array:
@@ -70,8 +71,11 @@ def similarity_quantile(sim: jax.Array, q: float, nodes: jax.Array | None = None
   """The q-quantile of one graph's off-diagonal similarities among ``nodes``.
 
   Exactly ``np.quantile(values, q, method="inverted_cdf")`` (the r-th smallest value,
-  r = ⌈q·M⌉ of the M off-diagonal pairs, rank rounded in float32), found by a 32-step
-  bisection over the float bit patterns (each step one count over the n² entries: no sort).
+  r = ⌈q·M⌉ of the M off-diagonal pairs, rank rounded in float32), by a two-pass radix select
+  over the float bit patterns: a 65 536-bin histogram of the keys' high 16 bits finds the bin
+  holding rank r, a second one of the low 16 bits within that bin finds the value. Two
+  scatter-adds over the n² entries, no sort (a bisection needs 32 counting passes: 3× slower
+  at n = 3600 on the CPU).
 
   Args:
     sim: (n, n) symmetric similarities.
@@ -82,22 +86,20 @@ def similarity_quantile(sim: jax.Array, q: float, nodes: jax.Array | None = None
   """
   n = sim.shape[-1]
   nodes = jnp.ones((n,), bool) if nodes is None else nodes
-  pairs = nodes[:, None] & nodes[None, :] & ~jnp.eye(n, dtype=bool)
-  keys = _sortable(sim)
-  count = jnp.sum(pairs, dtype=jnp.int32)
+  pairs = (nodes[:, None] & nodes[None, :] & ~jnp.eye(n, dtype=bool)).astype(jnp.int32).ravel()
+  keys = _sortable(sim).ravel()
+  bins = 1 << _RADIX_BITS
+  high = (keys >> _RADIX_BITS).astype(jnp.int32)
+  hist = jnp.zeros((bins,), jnp.int32).at[high].add(pairs)
+  below = jnp.cumsum(hist)
+  count = below[-1]
   rank = jnp.maximum(jnp.ceil(q * count.astype(jnp.float32)).astype(jnp.int32), 1)
-  lo = jnp.min(jnp.where(pairs, keys, jnp.uint32(0xFFFFFFFF))) - jnp.uint32(1)
-  hi = jnp.max(jnp.where(pairs, keys, jnp.uint32(0)))
-
-  def step(_, bounds):  # invariant: #(key ≤ lo) < rank ≤ #(key ≤ hi)
-    lo, hi = bounds
-    mid = lo + (hi - lo) // 2
-    enough = jnp.sum(pairs & (keys <= mid), dtype=jnp.int32) >= rank
-    done = hi - lo <= 1
-    return (jnp.where(done | enough, lo, mid), jnp.where(~done & enough, mid, hi))
-
-  _, hi = jax.lax.fori_loop(0, 32, step, (lo, hi))
-  return _unsortable(hi)
+  top = jnp.searchsorted(below, rank, side="left").astype(jnp.int32)
+  before = jnp.where(top > 0, below[jnp.maximum(top - 1, 0)], 0)
+  low = (keys & jnp.uint32(bins - 1)).astype(jnp.int32)
+  hist = jnp.zeros((bins,), jnp.int32).at[low].add(jnp.where(high == top, pairs, 0))
+  bottom = jnp.searchsorted(before + jnp.cumsum(hist), rank, side="left").astype(jnp.uint32)
+  return _unsortable((top.astype(jnp.uint32) << _RADIX_BITS) | bottom)
 
 
 def binary_graph(features: jax.Array, tau: float = TAU, eps: float = EPS, *,
