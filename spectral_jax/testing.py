@@ -11,6 +11,7 @@ code against the same reference:
   key graph, fixed τ or a quantile of the similarities), ``ncut_eigh_reference``
   (``scipy.linalg.eigh(D − A, D, subset_by_index=[1, 2])``), ``tokencut_reference`` and
   ``maskcut_reference`` (one SciPy ``eigh`` per cut).
+* TokenCut's fast bilateral solver: ``bilateral_reference`` (SciPy sparse matrices and ``cg``).
 * Timing: ``median_time`` (median seconds after warm-up) and ``timed_call`` (one call, e.g. the
   first one including compilation). Both block on JAX outputs, so they time the work itself.
 """
@@ -245,6 +246,72 @@ def maskcut_reference(features: np.ndarray, grid: tuple[int, int], num_cuts: int
   return {"masks": np.stack(masks), "vectors": np.stack(vectors), "foreground": np.stack(sides)}
 
 
+# ----------------------------------------------------------------------------- bilateral solver
+
+
+def bilateral_reference(image: np.ndarray, target: np.ndarray, *, sigma_spatial: float = 16,
+                        sigma_luma: float = 16, sigma_chroma: float = 8, lam: float = 256,
+                        confidence: float = 0.999, cg_tol: float = 1e-5, cg_maxiter: int = 25,
+                        a_diag_min: float = 1e-5, bistochastize_iters: int = 10,
+                        exact: bool = False) -> dict:
+  """TokenCut's fast bilateral solver (``bilateral_solver.py``) in float64 NumPy / SciPy sparse.
+
+  Pixels → YUV (float64, ``+128`` on U and V, as the reference's ``rgb2yuv``) → integer cells
+  (truncation); vertices are the distinct cell tuples (a Python dict); the splat S and the
+  ``[1 2 1]`` blur B are ``scipy.sparse`` matrices; bistochastisation as the reference; then
+  ``scipy.sparse.linalg.cg`` (Jacobi preconditioner, ``rtol=cg_tol``) from ``S(c t) / S c``, or
+  ``scipy.sparse.linalg.spsolve`` (the exact solution) with ``exact=True``.
+
+  Returns a dict: ``output`` (H, W) ``Sᵀ y``; ``vertex`` (H·W,) each pixel's vertex (first-seen
+  order); ``n``, ``m`` (V,) the bistochastisation; ``blur`` the (V, V) sparse B; ``A``, ``b``.
+  """
+  import scipy.sparse  # pylint: disable=import-outside-toplevel
+  rgb = np.asarray(image, np.float64)
+  h, w = rgb.shape[:2]
+  yuv = np.tensordot(rgb, np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
+                                    [0.5, -0.418688, -0.081312]]), ([2], [1]))
+  yuv = yuv + np.array([0.0, 128.0, 128.0])
+  iy, ix = np.mgrid[:h, :w]
+  cells = np.stack([(ix / sigma_spatial).astype(int), (iy / sigma_spatial).astype(int),
+                    (yuv[..., 0] / sigma_luma).astype(int),
+                    (yuv[..., 1] / sigma_chroma).astype(int),
+                    (yuv[..., 2] / sigma_chroma).astype(int)], -1).reshape(-1, 5)
+  index: dict[tuple, int] = {}
+  vertex = np.array([index.setdefault(tuple(c), len(index)) for c in cells.tolist()])
+  nv, npx = len(index), h * w
+  s = scipy.sparse.csr_matrix((np.ones(npx), (vertex, np.arange(npx))), shape=(nv, npx))
+  rows, cols = [], []
+  for cell, v in index.items():
+    for d in range(5):
+      for step in (-1, 1):
+        other = list(cell)
+        other[d] += step
+        u = index.get(tuple(other))
+        if u is not None:
+          rows.append(v)
+          cols.append(u)
+  b_mat = (scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(nv, nv))
+           + 10.0 * scipy.sparse.identity(nv, format="csr"))
+  m = np.asarray(s @ np.ones(npx))
+  n = np.ones(nv)
+  for _ in range(bistochastize_iters):
+    n = np.sqrt(n * m / (b_mat @ n))
+  m = n * (b_mat @ n)
+  t = np.asarray(target, np.float64).ravel()
+  c = np.full(npx, confidence)
+  a_mat = (lam * (scipy.sparse.diags(m) - scipy.sparse.diags(n) @ b_mat @ scipy.sparse.diags(n))
+           + scipy.sparse.diags(s @ c)).tocsr()
+  rhs = s @ (c * t)
+  if exact:
+    y = scipy.sparse.linalg.spsolve(a_mat.tocsc(), rhs)
+  else:
+    precond = scipy.sparse.diags(1.0 / np.maximum(a_mat.diagonal(), a_diag_min))
+    y, _ = scipy.sparse.linalg.cg(a_mat, rhs, x0=rhs / (s @ c), M=precond, maxiter=cg_maxiter,
+                                  rtol=cg_tol)
+  return {"output": (s.T @ y).reshape(h, w), "vertex": vertex, "n": n, "m": m,
+          "blur": b_mat, "A": a_mat, "b": rhs}
+
+
 # ----------------------------------------------------------------------------- timing
 
 
@@ -268,5 +335,6 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
 __all__ = [
     "dsm_affinity_np", "degrees_np", "sign_rule_np", "dsm_eigsh_reference", "dsm_eigh_reference",
     "largest_component_np", "box_np", "tokencut_graph_np", "ncut_eigh_reference",
-    "tokencut_reference", "maskcut_reference", "timed_call", "median_time",
+    "tokencut_reference", "maskcut_reference", "bilateral_reference", "timed_call",
+    "median_time",
 ]
