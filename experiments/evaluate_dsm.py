@@ -78,6 +78,9 @@ def check_config(cfg) -> dsm.PipelineConfig:
                           f"zero or skip (got {cfg.semantic.matching!r}, {cfg.semantic.absent!r})")
   if cfg.dsm.upsample not in dsm.UPSAMPLE_METHODS:
     raise _cli.UsageError(f"dsm.upsample must be one of {dsm.UPSAMPLE_METHODS}")
+  if common.bilateral_params(cfg) is not None and datasets.kind(cfg.dataset) != "mask":
+    raise _cli.UsageError("bilateral.enabled refines single-object masks: it applies to the "
+                          "saliency / mask datasets only")
   if cfg.backbone.name not in backbones.BACKBONES:
     raise _cli.UsageError(f"unknown backbone {cfg.backbone.name!r}; choose one of "
                           f"{', '.join(backbones.BACKBONES)}")
@@ -156,7 +159,7 @@ def run(cfg) -> dict:
       bucket_step=cfg.bucket_step, on_error=skip,
       on_mask=save_mask if cfg.save_masks else None, num_clusters=cfg.semantic.num_clusters,
       pca_dim=cfg.semantic.pca_dim, matching=cfg.semantic.matching,
-      absent=cfg.semantic.absent)
+      absent=cfg.semantic.absent, bilateral=common.bilateral_params(cfg))
   record = dict(result.metrics, dataset=cfg.dataset, split=dataset.split,
                 paper=evaluation.PAPER.get(cfg.dataset), failures=result.failures,
                 box_format="[x0, y0, x1, y1] pixels of the image, x1/y1 exclusive",

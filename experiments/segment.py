@@ -64,6 +64,8 @@ _SHORT_FLAGS = {
     "image_weight": ("dsm.image_weight", flags.DEFINE_float,
                      "λ, weight of the colour graph (0: features only, the reference)"),
     "crf": ("crf.enabled", flags.DEFINE_boolean, "refine the object mask with a dense CRF"),
+    "bilateral": ("bilateral.enabled", flags.DEFINE_boolean,
+                  "refine the object mask with TokenCut's bilateral solver"),
     "num_segments": ("dsm.num_segments", flags.DEFINE_integer, "segments per photo"),
     "batch_size": ("batch_size", flags.DEFINE_integer, "photos per batch"),
     "semantic": ("semantic.enabled", flags.DEFINE_boolean,
@@ -142,7 +144,8 @@ def _config_text(cfg, backbone) -> str:
           f"({cfg.backbone.weights or 'pretrained'}), image size "
           f"{size}, P={backbone.config.patch_size}, graph on {d.features}, K={d.num_eigenvectors}, "
           f"λ={d.image_weight}, connectivity {d.connectivity}, upsample {d.upsample}, CRF "
-          f"{'on' if cfg.crf.enabled else 'off'}, segments "
+          f"{'on' if cfg.crf.enabled else 'off'}, bilateral solver "
+          f"{'on' if cfg.bilateral.enabled else 'off'}, segments "
           f"{'eigengap' if d.adaptive_segments else d.num_segments}")
 
 
@@ -229,6 +232,9 @@ def check_config(cfg) -> dsm.PipelineConfig:
     raise _cli.UsageError("batch_size, bucket_step and prefetch must be ≥ 1 and image_size ≥ 0 "
                           f"(got {cfg.batch_size}, {cfg.bucket_step}, {cfg.prefetch}, "
                           f"{cfg.image_size})")
+  if cfg.crf.enabled and cfg.bilateral.enabled:
+    raise _cli.UsageError("choose one mask refinement: crf.enabled or bilateral.enabled")
+  common.bilateral_params(cfg)
   if cfg.images and cfg.samples:
     raise _cli.UsageError("samples selects bundled photos; it cannot be combined with images")
   if cfg.backbone.name not in backbones.BACKBONES:
@@ -286,6 +292,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
   render = outputs.RenderSettings(
       upsample=cfg.dsm.upsample, crf_method=cfg.crf.method,
       crf=crf.CRFParams(*(cfg.crf[f] for f in crf.CRFParams._fields)) if cfg.crf.enabled else None,
+      bilateral=common.bilateral_params(cfg),
       panel_height=cfg.viz.panel_height, panel_eigenvectors=cfg.viz.num_eigenvectors)
   stream = batching.segment_photos(
       segmenter, sources, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,

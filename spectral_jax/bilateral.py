@@ -94,12 +94,13 @@ class BilateralParams(NamedTuple):
 
 
 class Grid(NamedTuple):
-  """A bilateral grid of one image with P = H·W pixels; vertex arrays have P slots.
+  """A bilateral grid of one image with P = H·W pixels and V vertex slots (V = P as built,
+  fewer after :func:`compact`).
 
   Attributes:
     vertex: (P,) int32 each pixel's vertex.
-    neighbours: (5, 2, P) int32 the vertex one cell down / up along each axis, −1 if absent.
-    occupied: (P,) bool the slots that are vertices (the first ``num_vertices``).
+    neighbours: (5, 2, V) int32 the vertex one cell down / up along each axis, −1 if absent.
+    occupied: (V,) bool the slots that are vertices (the first ``num_vertices``).
     num_vertices: () int32.
   """
 
@@ -185,12 +186,12 @@ def bilateral_grid(image: jax.Array, params: BilateralParams = BilateralParams()
 
 
 def splat(grid: Grid, values: jax.Array) -> jax.Array:
-  """(P,) pixel values → (P,) vertex sums ``S x``."""
-  return jax.ops.segment_sum(values, grid.vertex, num_segments=grid.vertex.shape[0])
+  """(P,) pixel values → (V,) vertex sums ``S x`` (V the grid's vertex slots)."""
+  return jax.ops.segment_sum(values, grid.vertex, num_segments=grid.occupied.shape[0])
 
 
 def slice_(grid: Grid, values: jax.Array) -> jax.Array:
-  """(P,) vertex values → (P,) pixel values ``Sᵀ y``."""
+  """(V,) vertex values → (P,) pixel values ``Sᵀ y``."""
   return values[grid.vertex]
 
 
@@ -209,7 +210,7 @@ def bistochastize(grid: Grid, iterations: int = 10, dtype=jnp.float32
     ``(n (P,), m (P,))``, 0 on unoccupied slots.
   """
   occ = grid.occupied
-  m = splat(grid, jnp.ones(grid.vertex.shape, dtype))
+  m = splat(grid, jnp.ones(grid.vertex.shape, dtype))   # (V,)
 
   def step(_, n):
     bn = blur(grid, n)
@@ -219,13 +220,36 @@ def bistochastize(grid: Grid, iterations: int = 10, dtype=jnp.float32
   return n, n * blur(grid, n)
 
 
+def compact(grid: Grid, slots: int) -> Grid:
+  """The same grid with ``slots`` vertex slots (``num_vertices ≤ slots``, static): the blur and
+  the solve then cost O(slots), not O(H·W). Vertex ids are the first ones, so nothing moves."""
+  return grid._replace(neighbours=grid.neighbours[..., :slots], occupied=grid.occupied[:slots])
+
+
+def vertex_slots(num_vertices: int, pixels: int) -> int:
+  """Slots for a grid of ``num_vertices``: the next power of two (few compiled sizes), at most
+  one per pixel."""
+  return min(pixels, 1 << max(int(num_vertices) - 1, 1).bit_length())
+
+
 @functools.partial(jax.jit, static_argnums=(3,))
-def _solve(image, target, confidence, params: BilateralParams):
+def solve(grid: Grid, target: jax.Array, confidence: jax.Array,
+          params: BilateralParams = BilateralParams()) -> jax.Array:
+  """The bilateral solver on a built grid (jit-able; :func:`bilateral_solve` is the checked
+  entry point).
+
+  Args:
+    grid: :func:`bilateral_grid` of the image, optionally :func:`compact`-ed.
+    target: (H, W) float target t.
+    confidence: (H, W) confidence c, target's dtype.
+    params: the solver settings (the sigmas are the grid's).
+  Returns:
+    (H, W) ``Sᵀ y``, target's dtype.
+  """
   h, w = target.shape
-  grid = bilateral_grid(image, params)
   dtype = target.dtype
   n, m = bistochastize(grid, params.bistochastize_iters, dtype)
-  t, c = target.reshape(h * w), confidence.reshape(h * w).astype(dtype)
+  t, c = target.reshape(h * w), confidence.reshape(h * w)
   c_splat = splat(grid, c)
   b = splat(grid, c * t)
   lam = jnp.asarray(params.lam, dtype)
@@ -276,7 +300,9 @@ def bilateral_solve(image, target, confidence=None,
   confidence = jnp.asarray(confidence)
   if confidence.shape != target.shape:
     raise ValueError(f"confidence {confidence.shape} must match target {target.shape}")
-  return _solve(image, target, confidence.astype(target.dtype), params)
+  grid = bilateral_grid(image, params)
+  slots = vertex_slots(int(grid.num_vertices), target.size)   # one host read: the grid's size
+  return solve(compact(grid, slots), target, confidence.astype(target.dtype), params)
 
 
 def refine_mask(image, mask, params: BilateralParams = BilateralParams()
@@ -297,6 +323,6 @@ def refine_mask(image, mask, params: BilateralParams = BilateralParams()
 
 __all__ = [
     "BilateralParams", "Grid", "RGB_TO_YUV_MICRO", "YUV_OFFSET_MICRO", "bilateral_grid",
-    "bilateral_solve", "bistochastize", "blur", "grid_coordinates", "refine_mask", "slice_",
-    "splat",
+    "bilateral_solve", "bistochastize", "blur", "compact", "grid_coordinates", "refine_mask",
+    "slice_", "solve", "splat", "vertex_slots",
 ]

@@ -440,7 +440,7 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
                  on_error: Callable[[str, Exception], None] | None = None,
                  on_mask: Callable[[str, np.ndarray], None] | None = None,
                  num_clusters: int = 20, pca_dim: int = 0, matching: str = "hungarian",
-                 absent: str = "zero") -> Evaluation:
+                 absent: str = "zero", bilateral=None) -> Evaluation:
   """Runs ``segmenter`` (``dsm.make_pipeline``) over ``dataset`` and scores it.
 
   Args:
@@ -464,6 +464,9 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
       background label) and the optional PCA (``dsm.cluster_embeddings``).
     matching, absent: kind "semantic": :func:`semantic_scores` (DSM: Hungarian, absent
       classes count as IoU 0).
+    bilateral: kind "mask": ``bilateral.BilateralParams`` to refine each mask with TokenCut's
+      bilateral solver on the image; the scores then read the solver's soft output (IoU and
+      accuracy at > 0.5, maxFβ over thresholds), as TokenCut's evaluation does. None: off.
   Raises:
     ValueError: unknown kind, a semantic run without semantic crops, or more labels than
       classes for Hungarian matching; RuntimeError: no image could be evaluated.
@@ -472,6 +475,7 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   from spectral_jax import dsm  # pylint: disable=import-outside-toplevel
   from spectral_jax.dsm import batching  # pylint: disable=import-outside-toplevel
   from spectral_jax.dsm import outputs  # pylint: disable=import-outside-toplevel
+  from spectral_jax import bilateral as bilateral_lib  # pylint: disable=import-outside-toplevel
   if kind not in ("boxes", "mask", "semantic"):
     raise ValueError(f"kind must be 'boxes', 'mask' or 'semantic'; got {kind!r}")
   if kind == "semantic":
@@ -506,7 +510,8 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   scores = SingleObjectScores()
   stream = batching.segment_photos(segmenter, sources, image_size=image_size,
                                    batch_size=batch_size, seed=seed, prefetch=prefetch,
-                                   bucket_step=bucket_step, on_error=skip)
+                                   bucket_step=bucket_step, on_error=skip,
+                                   keep_original=bilateral is not None and kind == "mask")
   for photo, res, _ in tqdm(stream, total=n, desc=f"DSM {dataset.name}", unit="img",
                             disable=not progress):
     with lock:
@@ -532,7 +537,12 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
       h, w = photo.grid
       mask = dsm.object_mask(res.patches.fiedler[:h, :w], patch_size=segmenter.patch_size,
                              input_hw=photo.input_hw, output_hw=photo.size, upsample=upsample)
-      per_image[rec.id] = scores.add(mask, rec.mask)
+      score = mask
+      if bilateral is not None:
+        soft, mask = bilateral_lib.refine_mask(photo.original, mask, bilateral)
+        score, mask = np.asarray(soft), np.asarray(mask)
+        photo.original = None
+      per_image[rec.id] = scores.add(score, rec.mask)
       if on_mask is not None:
         on_mask(rec.id, mask)
   if not boxes:

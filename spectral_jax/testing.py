@@ -253,7 +253,7 @@ def bilateral_reference(image: np.ndarray, target: np.ndarray, *, sigma_spatial:
                         sigma_luma: float = 16, sigma_chroma: float = 8, lam: float = 256,
                         confidence: float = 0.999, cg_tol: float = 1e-5, cg_maxiter: int = 25,
                         a_diag_min: float = 1e-5, bistochastize_iters: int = 10,
-                        exact: bool = False) -> dict:
+                        exact: bool = False, integer_cells: bool = False) -> dict:
   """TokenCut's fast bilateral solver (``bilateral_solver.py``) in float64 NumPy / SciPy sparse.
 
   Pixels → YUV (float64, ``+128`` on U and V, as the reference's ``rgb2yuv``) → integer cells
@@ -261,9 +261,13 @@ def bilateral_reference(image: np.ndarray, target: np.ndarray, *, sigma_spatial:
   ``[1 2 1]`` blur B are ``scipy.sparse`` matrices; bistochastisation as the reference; then
   ``scipy.sparse.linalg.cg`` (Jacobi preconditioner, ``rtol=cg_tol``) from ``S(c t) / S c``, or
   ``scipy.sparse.linalg.spsolve`` (the exact solution) with ``exact=True``.
+  ``integer_cells=True`` computes the colour cells in exact integer arithmetic (Python ints of
+  millionths, as spectral_jax.bilateral does) instead of the reference's float64, which rounds a
+  pixel lying exactly on a cell boundary (e.g. grey, U = V = 128) either way.
 
-  Returns a dict: ``output`` (H, W) ``Sᵀ y``; ``vertex`` (H·W,) each pixel's vertex (first-seen
-  order); ``n``, ``m`` (V,) the bistochastisation; ``blur`` the (V, V) sparse B; ``A``, ``b``.
+  Returns a dict: ``output`` (H, W) ``Sᵀ y``; ``cells`` (H·W, 5) each pixel's cell;
+  ``vertex`` (H·W,) each pixel's vertex (first-seen order); ``n``, ``m`` (V,) the
+  bistochastisation; ``blur`` the (V, V) sparse B; ``A``, ``b``.
   """
   import scipy.sparse  # pylint: disable=import-outside-toplevel
   rgb = np.asarray(image, np.float64)
@@ -272,10 +276,17 @@ def bilateral_reference(image: np.ndarray, target: np.ndarray, *, sigma_spatial:
                                     [0.5, -0.418688, -0.081312]]), ([2], [1]))
   yuv = yuv + np.array([0.0, 128.0, 128.0])
   iy, ix = np.mgrid[:h, :w]
+  colour = [(yuv[..., 0] / sigma_luma).astype(int), (yuv[..., 1] / sigma_chroma).astype(int),
+            (yuv[..., 2] / sigma_chroma).astype(int)]
+  if integer_cells:
+    px = np.asarray(image).astype(object)        # Python ints: no rounding anywhere
+    micro = [[299000, 587000, 114000], [-168736, -331264, 500000], [500000, -418688, -81312]]
+    offset = [0, 128_000_000, 128_000_000]
+    sigmas = [round(sigma_luma * 1e6), round(sigma_chroma * 1e6), round(sigma_chroma * 1e6)]
+    colour = [((px[..., 0] * c[0] + px[..., 1] * c[1] + px[..., 2] * c[2] + o) // sg).astype(int)
+              for c, o, sg in zip(micro, offset, sigmas)]
   cells = np.stack([(ix / sigma_spatial).astype(int), (iy / sigma_spatial).astype(int),
-                    (yuv[..., 0] / sigma_luma).astype(int),
-                    (yuv[..., 1] / sigma_chroma).astype(int),
-                    (yuv[..., 2] / sigma_chroma).astype(int)], -1).reshape(-1, 5)
+                    *colour], -1).reshape(-1, 5)
   index: dict[tuple, int] = {}
   vertex = np.array([index.setdefault(tuple(c), len(index)) for c in cells.tolist()])
   nv, npx = len(index), h * w
@@ -308,7 +319,7 @@ def bilateral_reference(image: np.ndarray, target: np.ndarray, *, sigma_spatial:
     precond = scipy.sparse.diags(1.0 / np.maximum(a_mat.diagonal(), a_diag_min))
     y, _ = scipy.sparse.linalg.cg(a_mat, rhs, x0=rhs / (s @ c), M=precond, maxiter=cg_maxiter,
                                   rtol=cg_tol)
-  return {"output": (s.T @ y).reshape(h, w), "vertex": vertex, "n": n, "m": m,
+  return {"output": (s.T @ y).reshape(h, w), "cells": cells, "vertex": vertex, "n": n, "m": m,
           "blur": b_mat, "A": a_mat, "b": rhs}
 
 

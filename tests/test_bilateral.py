@@ -132,3 +132,26 @@ def test_grid_too_large_for_int32_keys_is_refused():
   with pytest.raises(ValueError, match="int32"):
     bilateral.bilateral_solve(np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64), np.float32),
                               params=params)
+
+
+def test_whole_photo_matches_reference_with_integer_cells():
+  """The VOC photo (375×500): with the colour cells in exact integers on both sides the outputs
+  agree; TokenCut's float64 cells move only the pixels exactly on a cell boundary."""
+  photo = samples.labelled_photo("voc")
+  target = photo.foreground.astype(np.float32)
+  exact = testing.bilateral_reference(photo.rgb, target, integer_cells=True)
+  published = testing.bilateral_reference(photo.rgb, target)
+  ours = np.asarray(bilateral.bilateral_solve(photo.rgb, target))
+  np.testing.assert_allclose(ours, exact["output"], atol=1e-4)
+  assert 0 < np.mean(np.any(published["cells"] != exact["cells"], axis=1)) < 0.005
+
+
+def test_compacted_grid_gives_the_uncompacted_solve(crop):
+  img, target = crop
+  grid = bilateral.bilateral_grid(jnp.asarray(img, jnp.int32), PARAMS)
+  conf = np.full(target.shape, PARAMS.confidence, np.float32)
+  slots = bilateral.vertex_slots(int(grid.num_vertices), target.size)
+  assert int(grid.num_vertices) <= slots < 2 * int(grid.num_vertices)
+  np.testing.assert_allclose(
+      np.asarray(bilateral.solve(bilateral.compact(grid, slots), target, conf, PARAMS)),
+      np.asarray(bilateral.solve(grid, target, conf, PARAMS)), atol=1e-5)  # float32 sums

@@ -5,6 +5,8 @@ A 1-block random ViT (the segment command's "test" backbone) on the bundled chel
 padded == unpadded holds whatever the weights, so random weights keep the test fast.
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -148,6 +150,7 @@ def test_bad_images_are_refused_or_flagged(backbone, photos):
     ("discovery", "lost", "discovery must be one of"), ("tau_quantile", 1.0, "tau_quantile must lie"),
     ("tau", float("inf"), "tau must be"), ("graph_eps", 0.0, "graph_eps"),
     ("max_objects", 0, "max_objects must be"),
+    ("region_border_share", 1.5, "region_border_share must"),
 ])
 def test_bad_config_names_the_field(backbone, field, value, fragment):
   with pytest.raises(ValueError, match=fragment):
@@ -193,4 +196,12 @@ def test_boxes_and_instances_agree_with_the_objects(backbone, photos, discovery)
                                                                  -c.sum()))
     for m, c in enumerate(comps):
       np.testing.assert_array_equal(inst == m + 1, c)
+    # the mask: segments with ≤ region_border_share of their patches on the ring, else object 1
+    kept = [seg == s for s in range(1, 4)
+            if (seg == s).any() and ((seg == s) & ring).sum() / (seg == s).sum() <= 0.1]
+    expected = np.any(kept, axis=0) if kept else inst == 1
+    np.testing.assert_array_equal(res.foreground[0], expected)
+    every = dsm.make_pipeline(backbone, dataclasses.replace(config, region_border_share=1.0))
+    every = jax.device_get(every(photos[0][None])).patches
+    np.testing.assert_array_equal(every.foreground[0], every.segments[0] > 0)
   assert inst.shape == (h, w)

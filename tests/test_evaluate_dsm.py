@@ -271,3 +271,26 @@ def test_voc_multi_object_recall_and_ap50_from_objects_json(voc_tree, tmp_path):
   ignore = [np.asarray(truth[i]["difficult"], bool) for i in ids]
   assert m["ap50"] == pytest.approx(_np_ap50(preds, ranks, gts, ignore), abs=1e-6)
   assert "AP50" in done.stdout
+
+
+def test_ecssd_with_the_bilateral_solver_scores_its_refined_masks(ecssd_tree, tmp_path):
+  """--config.bilateral.enabled: the saved masks are the solver's output > 0.5 and IoU /
+  accuracy are theirs; box datasets refuse the option in one line."""
+  base, truth = ecssd_tree
+  out = tmp_path / "out"
+  done = _run(["--dataset=ecssd", f"--data_dir={base}", f"--out={out}",
+               "--config.save_masks=True", "--config.bilateral.enabled=True"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  m = json.loads((out / "metrics.json").read_text())
+  ious, accs = [], []
+  for image_id, t in truth.items():
+    p = np.asarray(Image.open(out / "masks" / f"{image_id}.png")) > 0
+    ious.append((p & t).sum() / max((p | t).sum(), 1))
+    accs.append((p == t).mean())
+  np.testing.assert_allclose([m["iou"], m["accuracy"]], [np.mean(ious), np.mean(accs)],
+                             rtol=1e-6)
+  assert m["config"]["bilateral"]["enabled"] and 0 <= m["max_f_beta"] <= 1
+  done = _run(["--dataset=voc07", f"--data_dir={base}", f"--out={tmp_path / 'voc'}",
+               "--config.bilateral.enabled=True"])
+  assert done.returncode == 2 and "single-object masks" in done.stderr
+  assert "Traceback" not in done.stderr

@@ -38,7 +38,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   c.save_masks = False       # also write OUT/masks/<id>.png (single-object: 255 = object;
   #                            semantic: palette PNG, 0 = background, cluster c as c + 1)
   for field in ("image_size", "batch_size", "bucket_step", "prefetch", "seed",
-                "compilation_cache", "backbone", "dsm", "semantic"):
+                "compilation_cache", "backbone", "dsm", "semantic", "bilateral"):
     c[field] = base[field]
   c.dsm.discovery = "dsm"     # the paper's method (segment's default is multi_region)
   c.semantic.enabled = False  # the command turns it on for the semantic datasets

@@ -17,7 +17,7 @@ k = 6: for unit tests of the command's plumbing, not of quality).
 
 import ml_collections
 
-from spectral_jax import crf, dsm
+from spectral_jax import bilateral, crf, dsm
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
@@ -67,6 +67,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
                              # published fixed τ (a complete graph on DINOv2 keys)
   c.dsm.graph_eps = 1e-5     # ε, the binarised graph's non-edge weight
   c.dsm.max_objects = dsm.MAX_OBJECTS             # boxes per photo ("boxes"); MaskCut's N
+  # multi_region's object mask: the segments with at most this share of their patches on the
+  # photo's border (0.1, measured: BUILD_NOTES "Object discovery"); 1 = every segment.
+  c.dsm.region_border_share = dsm.MAX_BORDER_SHARE
 
   # Dense CRF on the object mask (spectral_jax.crf; DSM's parameters).
   c.crf = ml_collections.ConfigDict()
@@ -74,6 +77,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   for name, value in crf.CRFParams()._asdict().items():
     setattr(c.crf, name, value)
   c.crf.method = "grid"
+
+  # TokenCut's fast bilateral solver on the object mask (spectral_jax.bilateral; its saliency
+  # defaults: σ 16 px / 16 luma / 8 chroma, λ 256, 25 PCG iterations); the mask becomes the
+  # solver's output > 0.5. One refinement at a time: not with the CRF.
+  c.bilateral = ml_collections.ConfigDict()
+  c.bilateral.enabled = False
+  for name, value in bilateral.BilateralParams()._asdict().items():
+    setattr(c.bilateral, name, value)
 
   # Semantic segmentation across the run's photos (NAME.semantic.png).
   c.semantic = ml_collections.ConfigDict()

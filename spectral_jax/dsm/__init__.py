@@ -35,6 +35,7 @@ from spectral_jax.dsm.multi_region import NUM_SEGMENTS
 from spectral_jax.dsm.multi_region import adaptive_num_segments
 from spectral_jax.dsm.multi_region import multi_region_segments
 from spectral_jax.dsm.objects import DISCOVERY_METHODS
+from spectral_jax.dsm.objects import MAX_BORDER_SHARE
 from spectral_jax.dsm.objects import MAX_OBJECTS
 from spectral_jax.dsm.pipeline import GRAPH_FEATURES
 from spectral_jax.dsm.pipeline import DSMResult
@@ -59,7 +60,7 @@ from spectral_jax.dsm.spectral import spectral_decomposition
 
 __all__ = [
     "BACKGROUND", "CONNECTIVITY", "CROP_SIZE", "DISCOVERY_METHODS", "FOREGROUND_RULES",
-    "GRAPH_FEATURES", "MAX_OBJECTS",
+    "GRAPH_FEATURES", "MAX_BORDER_SHARE", "MAX_OBJECTS",
     "NUM_DILATE", "NUM_EIGENVECTORS", "NUM_ERODE", "NUM_SEGMENTS", "SEMANTIC_NUM_SEGMENTS",
     "UPSAMPLE_METHODS", "DSMResult", "PatchResult", "PipelineConfig", "Segmenter",
     "adaptive_num_segments", "analyse", "border_side", "box_mask", "centred_box",

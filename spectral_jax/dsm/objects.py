@@ -10,7 +10,8 @@ Methods (``DISCOVERY_METHODS``), all from one pipeline program:
   order.
 * ``"multi_region"``: one object per non-background DSM multi-region segment (the segment's
   largest component), ordered by the share of its patches on the image border, lowest first
-  (``region_objects``).
+  (``region_objects``); its object mask is the segments with at most ``max_border_share`` of
+  their patches on the border (``region_mask``: backdrops run off the frame, objects rarely).
 
 Every method gives ``(object_map, objects)``: ``object_map`` (h, w) float is positive exactly
 on the object mask (so ``object_map > 0`` is the mask wherever the pipeline's ``fiedler`` is
@@ -26,6 +27,9 @@ from spectral_jax import regions
 
 DISCOVERY_METHODS = ("dsm", "tokencut", "maskcut", "multi_region")
 MAX_OBJECTS = 3          # box slots per image (MaskCut's N = 3)
+# multi_region's mask: segments with at most this share of their patches on the border
+# (measured on the bundled photos, BUILD_NOTES "Object discovery"; 1 = every segment).
+MAX_BORDER_SHARE = 0.1
 _TINY = 1e-6             # keeps an object map strictly positive on the mask
 
 
@@ -109,7 +113,36 @@ def region_objects(segments: jax.Array, num_segments: int, max_objects: int = MA
   return pad_objects(comps[order], max_objects)
 
 
+def region_mask(segments: jax.Array, objects: jax.Array, num_segments: int,
+                max_border_share: float = MAX_BORDER_SHARE,
+                valid: jax.Array | None = None) -> jax.Array:
+  """multi_region's object mask: the non-background segments that barely touch the border.
+
+  A segment is kept when at most ``max_border_share`` of its patches lie on the image's
+  border ring; when none is, the mask is the best object (``objects[0]``), so that an image
+  always has one.
+
+  Args:
+    segments: (h, w) int32 labels, 0 = background (and padding).
+    objects: (M, h, w) bool the image's objects, best first (:func:`region_objects`).
+    num_segments: S (labels 1..S−1 are regions).
+    max_border_share: in [0, 1]; 1 keeps every non-background segment.
+    valid: optional (h, w) bool real patches (the border is theirs).
+  Returns:
+    (h, w) bool.
+  """
+  inside = jnp.ones(segments.shape, bool) if valid is None else valid
+  ring = regions.border_weights(inside) > 0
+  labels = jnp.arange(1, num_segments, dtype=segments.dtype)[:, None, None]
+  member = (segments[None] == labels) & inside
+  areas = jnp.sum(member, axis=(-2, -1))
+  share = jnp.sum(member & ring, axis=(-2, -1)) / jnp.maximum(areas, 1)
+  keep = (areas > 0) & (share <= max_border_share)
+  mask = jnp.any(member & keep[:, None, None], axis=0)
+  return jnp.where(jnp.any(keep), mask, objects[0])
+
+
 __all__ = [
-    "DISCOVERY_METHODS", "MAX_OBJECTS", "best_first", "boxes_of", "instance_map",
-    "object_map", "pad_objects", "region_objects",
+    "DISCOVERY_METHODS", "MAX_BORDER_SHARE", "MAX_OBJECTS", "best_first", "boxes_of",
+    "instance_map", "object_map", "pad_objects", "region_mask", "region_objects",
 ]

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from spectral_jax import crf, image_ops, metrics, viz
+from spectral_jax import bilateral as bilateral_lib, crf, image_ops, metrics, viz
 from spectral_jax.data import images as image_io
 from spectral_jax.dsm import localisation, masks, semantic
 
@@ -31,10 +31,12 @@ KINDS = ("overlay", "eigenvectors", "mask", "segments", "instances")
 
 @dataclasses.dataclass(frozen=True)
 class RenderSettings:
-  """How the files look: mask upsampling, the optional CRF, the eigenvector panel."""
+  """How the files look: mask upsampling, the optional refinement (CRF or TokenCut's bilateral
+  solver), the eigenvector panel."""
   upsample: str = "nearest"
   crf: crf.CRFParams | None = None       # None: no CRF
   crf_method: str = "grid"
+  bilateral: bilateral_lib.BilateralParams | None = None   # None: no bilateral solver
   panel_height: int = 240
   panel_eigenvectors: int = 4
   overlay_max_side: int = 1024
@@ -144,6 +146,8 @@ def photo_mask_and_box(photo, res, *, patch_size: int, settings: RenderSettings)
   if settings.crf is not None:
     mask = np.asarray(crf.refine_mask(photo.original, mask, settings.crf,
                                       method=settings.crf_method))
+  if settings.bilateral is not None:
+    mask = np.asarray(bilateral_lib.refine_mask(photo.original, mask, settings.bilateral)[1])
   segments = masks.upsample_patch_map(res.patches.segments[:h, :w], **up)
   box = localisation.scale_boxes(res.patches.box, photo.input_hw, photo.size)
   return mask, box, segments

@@ -50,7 +50,7 @@ class PatchResult(NamedTuple):
       or of y₁ (multi_region).
     foreground: (B, h, w) bool object mask: "dsm" ``fiedler > 0`` (all real patches when
       nothing is positive); "tokencut" the seed component; "maskcut" the union of the objects;
-      "multi_region" the non-background segments.
+      "multi_region" the segments barely touching the border (``objects.region_mask``).
     component: (B, h, w) bool, the best object: "dsm" the largest connected component of
       ``foreground``.
     box: (B, 4) int32 box of ``component`` in the backbone's input frame (pixels).
@@ -131,6 +131,8 @@ class PipelineConfig:
   tau_quantile: float = 0.5
   graph_eps: float = tokencut_lib.EPS
   max_objects: int = objects_lib.MAX_OBJECTS  # box slots; MaskCut's number of cuts N
+  # multi_region's mask: segments with at most this share of their patches on the border
+  region_border_share: float = objects_lib.MAX_BORDER_SHARE
 
   @classmethod
   def from_config(cls, cfg) -> "PipelineConfig":
@@ -143,7 +145,8 @@ class PipelineConfig:
                semantic=s.enabled, semantic_num_segments=s.num_segments, crop_size=s.crop_size,
                num_erode=s.num_erode, num_dilate=s.num_dilate, discovery=d.discovery,
                tau=float(d.tau), tau_quantile=float(d.tau_quantile),
-               graph_eps=float(d.graph_eps), max_objects=d.max_objects)
+               graph_eps=float(d.graph_eps), max_objects=d.max_objects,
+               region_border_share=float(d.region_border_share))
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field and what it accepts."""
@@ -185,6 +188,8 @@ class PipelineConfig:
          f"tau_quantile must lie in [0, 1) (0: the fixed tau); got {self.tau_quantile}")
     need(0 < self.graph_eps < 1, f"graph_eps must lie in (0, 1); got {self.graph_eps}")
     need(self.max_objects >= 1, f"max_objects must be ≥ 1; got {self.max_objects}")
+    need(0 <= self.region_border_share <= 1, f"region_border_share must lie in [0, 1] (1: every "
+                                             f"segment); got {self.region_border_share}")
 
   def min_patches(self) -> int:
     """Fewest real patches an image needs (k < n, and at least one patch per segment)."""
@@ -204,7 +209,8 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
             method: str = "auto", solver=None,
             adaptive_segments: bool = False, discovery: str = "dsm", tau: float | None = None,
             tau_quantile: float | None = None, graph_eps: float = tokencut_lib.EPS,
-            max_objects: int = objects_lib.MAX_OBJECTS) -> PatchResult:
+            max_objects: int = objects_lib.MAX_OBJECTS,
+            region_border_share: float = objects_lib.MAX_BORDER_SHARE) -> PatchResult:
   """All patch-level DSM stages of a batch: eigenvectors, localisation, multi-region segments.
 
   Jit-able with every argument but ``features``, ``rngs``, ``valid`` and ``image_grid``
@@ -237,6 +243,7 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
     tau_quantile: τ as this quantile of each image's similarities instead; None: fixed τ.
     graph_eps: the binarised graph's non-edge weight ε.
     max_objects: M box slots; MaskCut runs M cuts.
+    region_border_share: multi_region's mask, ``objects.region_mask``.
   Returns:
     A :class:`PatchResult`.
   """
@@ -289,7 +296,8 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
   else:  # multi_region
     objects = jax.vmap(lambda sg, v: objects_lib.region_objects(
         sg, num_segments, max_objects, connectivity, v))(segments, mask)
-    foreground = (segments != multi_region.BACKGROUND) & mask
+    foreground = jax.vmap(lambda sg, ob, v: objects_lib.region_mask(
+        sg, ob, num_segments, region_border_share, v))(segments, objects, mask)
     fiedler = objects_lib.object_map(fiedler, foreground, mask)
   boxes, present = objects_lib.boxes_of(objects, patch_size=patch_size,
                                         image_size=None if input_hw is None else tuple(input_hw))
@@ -399,7 +407,8 @@ class Segmenter:
                     segment_eigenvectors=c.segment_eigenvectors or None,
                     foreground_rule=c.foreground, method=c.method, discovery=c.discovery,
                     tau=None if c.tau < 0 else c.tau, tau_quantile=c.tau_quantile or None,
-                    graph_eps=c.graph_eps, max_objects=c.max_objects)
+                    graph_eps=c.graph_eps, max_objects=c.max_objects,
+                    region_border_share=c.region_border_share)
     res = analyse(graph_features, (h, w), rngs=rngs, valid=mask, image_grid=image_grid,
                   num_segments=c.num_segments, adaptive_segments=c.adaptive_segments, **settings)
     out = DSMResult(res, grid_hw, nonfinite, out_of_range, constant)
