@@ -27,7 +27,8 @@ from experiments.configs import segment as segment_config
 from spectral_jax import dsm, evaluation
 from spectral_jax.data import samples
 
-# name → (overrides of the segment config's dsm section, description)
+# name → (overrides of the segment config's dsm section, or of any field by its dotted path,
+# description)
 VARIANTS = {
     "dsm": ({"discovery": "dsm", "foreground": "minority"},
             "DSM reference: y₁ minority side, largest component"),
@@ -51,7 +52,19 @@ VARIANTS = {
                             "MaskCut, τ = q0.5, N = 3, the side touching the border least"),
     "multi_region": ({"discovery": "multi_region"},
                      "DSM multi-region: a box per non-background segment, least on the border "
-                     "first (the default)"),
+                     "first; mask: the segments with ≤ 10% of their patches on the border (the "
+                     "default)"),
+    "multi_region_0.2": ({"discovery": "multi_region", "region_border_share": 0.2},
+                         "multi_region, mask: segments with ≤ 20% on the border"),
+    "multi_region_all": ({"discovery": "multi_region", "region_border_share": 1.0},
+                         "multi_region, mask: every non-background segment (the rule before)"),
+    "multi_region_bs": ({"discovery": "multi_region", "bilateral.enabled": True},
+                        "multi_region, mask refined by TokenCut's bilateral solver"),
+    "dsm_bs": ({"discovery": "dsm", "foreground": "minority", "bilateral.enabled": True},
+               "DSM reference, mask refined by TokenCut's bilateral solver"),
+    "tokencut_q0.5_bs": ({"discovery": "tokencut", "tau_quantile": 0.5,
+                          "bilateral.enabled": True},
+                         "TokenCut, τ = q0.5, with its bilateral solver"),
 }
 
 
@@ -136,7 +149,11 @@ def main():
     if not args.test:
       cfg.image_size = args.image_size
     for field, value in overrides.items():
-      cfg.dsm[field] = value
+      *parents, leaf = field.split(".") if "." in field else ("dsm", field)
+      node = cfg
+      for name in parents:
+        node = node[name]
+      node[leaf] = value
     segment.run(cfg)
     results[key] = score_run(out / key)
   md = table(results)

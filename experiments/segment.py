@@ -2,7 +2,7 @@ r"""Deep Spectral Methods on a folder of photos: object box, mask, segments, rep
 
   python -m experiments.segment                       # the bundled photos → ./segment_output
   python -m experiments.segment --images=DIR --out=DIR [--image_size=448] [--k=20]
-      [--image_weight=0.0] [--crf] [--num_segments=4] [--batch_size=4] [--semantic]
+      [--image_weight=0.0] [--crf | --bilateral] [--num_segments=4] [--batch_size=4] [--semantic]
 
 For every photo DIR/REL/NAME.ext it writes OUT/photos/REL/NAME.mask.png (object 255 /
 background 0, at the photo's size), NAME.segments.png (multi-region labels, palette PNG,

@@ -198,7 +198,8 @@ def test_boxes_and_instances_agree_with_the_objects(backbone, photos, discovery)
       np.testing.assert_array_equal(inst == m + 1, c)
     # the mask: segments with ≤ region_border_share of their patches on the ring, else object 1
     kept = [seg == s for s in range(1, 4)
-            if (seg == s).any() and ((seg == s) & ring).sum() / (seg == s).sum() <= 0.1]
+            if (seg == s).any()
+            and ((seg == s) & ring).sum() / (seg == s).sum() <= dsm.MAX_BORDER_SHARE]
     expected = np.any(kept, axis=0) if kept else inst == 1
     np.testing.assert_array_equal(res.foreground[0], expected)
     every = dsm.make_pipeline(backbone, dataclasses.replace(config, region_border_share=1.0))
