@@ -142,7 +142,8 @@ def dinov2_keys(rgb, side):
   return np.asarray(backbones.extract_features(backbone, x, blocks=(-1,)).keys[0])
 
 
-@pytest.mark.parametrize("kind", ["photo", "random", "keys"])
+@pytest.mark.parametrize("kind", [pytest.param("photo", marks=pytest.mark.slow),
+                                  pytest.param("random", marks=pytest.mark.slow), "keys"])
 def test_laplacian_n3600_matches_dsm_eigsh(voc_photo, kind):
   feats = {"photo": lambda: photo_features(voc_photo.rgb, 60),
            "random": lambda: random_features(3600),

@@ -26,6 +26,14 @@ def _run(args, timeout=600):
                         check=False)
 
 
+def _run_ok(out, args):
+  """Runs the command with ``--out=out`` and ``args``, asserts success; returns
+  ``(metrics.json, the finished process)``."""
+  done = _run([f"--out={out}", *args])
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads((out / "metrics.json").read_text()), done
+
+
 def _np_box_iou(a, b):
   a, b = np.asarray(a, float), np.asarray(b, float)
   w = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
@@ -76,10 +84,8 @@ def test_voc_report_prints_measured_beside_paper(voc_run):
 def test_ecssd_scores_match_numpy_from_saved_masks(ecssd_tree, tmp_path):
   base, truth = ecssd_tree
   out = tmp_path / "out"
-  done = _run(["--dataset=ecssd", f"--data_dir={base}", f"--out={out}",
-               "--config.save_masks=True"])
-  assert done.returncode == 0, done.stderr[-3000:]
-  m = json.loads((out / "metrics.json").read_text())
+  m, _ = _run_ok(out, ["--dataset=ecssd", f"--data_dir={base}",
+                       "--config.save_masks=True"])
   ious, accs, fs = [], [], []
   for image_id, t in truth.items():
     p = np.asarray(Image.open(out / "masks" / f"{image_id}.png")) > 0
@@ -219,10 +225,8 @@ def _brute_force_semantic(preds, truths, num_classes=21, ignore=255):
 def test_voc12_semantic_miou_matches_brute_force_from_written_maps(voc_tree, tmp_path):
   truth = _semantic_tree(voc_tree, tmp_path / "data")
   out = tmp_path / "out"
-  done = _run(["--dataset=voc12_semantic", f"--data_dir={tmp_path / 'data'}", f"--out={out}",
-               "--config.save_masks=True"])
-  assert done.returncode == 0, done.stderr[-3000:]
-  m = json.loads((out / "metrics.json").read_text())
+  m, done = _run_ok(out, ["--dataset=voc12_semantic", f"--data_dir={tmp_path / 'data'}",
+                          "--config.save_masks=True"])
   preds = [np.asarray(Image.open(out / "masks" / f"{i}.png")) for i in truth]
   assert [p.shape for p in preds] == [t.shape for t in truth.values()]
   assert max(int(p.max()) for p in preds) <= m["num_clusters"]    # 0 = background, c + 1
@@ -255,10 +259,8 @@ def test_voc_multi_object_recall_and_ap50_from_objects_json(voc_tree, tmp_path):
   from test_evaluation import _np_ap50, _np_object_recall  # pylint: disable=import-outside-toplevel
   base, truth = voc_tree
   out = tmp_path / "out"
-  done = _run(["--dataset=voc07", f"--data_dir={base}", f"--out={out}",
-               "--config.dsm.discovery=multi_region"])
-  assert done.returncode == 0, done.stderr[-3000:]
-  m = json.loads((out / "metrics.json").read_text())
+  m, done = _run_ok(out, ["--dataset=voc07", f"--data_dir={base}",
+                          "--config.dsm.discovery=multi_region"])
   objects = json.loads((out / "objects.json").read_text())
   boxes = json.loads((out / "boxes.json").read_text())
   assert {k: v[0] for k, v in objects.items()} == boxes   # the best object is "the" box
@@ -278,10 +280,8 @@ def test_ecssd_with_the_bilateral_solver_scores_its_refined_masks(ecssd_tree, tm
   accuracy are theirs; box datasets refuse the option in one line."""
   base, truth = ecssd_tree
   out = tmp_path / "out"
-  done = _run(["--dataset=ecssd", f"--data_dir={base}", f"--out={out}",
-               "--config.save_masks=True", "--config.bilateral.enabled=True"])
-  assert done.returncode == 0, done.stderr[-3000:]
-  m = json.loads((out / "metrics.json").read_text())
+  m, done = _run_ok(out, ["--dataset=ecssd", f"--data_dir={base}",
+                          "--config.save_masks=True", "--config.bilateral.enabled=True"])
   ious, accs = [], []
   for image_id, t in truth.items():
     p = np.asarray(Image.open(out / "masks" / f"{image_id}.png")) > 0

@@ -161,6 +161,7 @@ def test_sharded_step_equals_single_device():
     assert len(values) == 3 and max(values) < 1e-5, (name, values)
 
 
+@pytest.mark.slow  # 80 s on the 2-core CPU; the dense form's check above stays in the default run
 def test_sharded_step_equals_single_device_all_forms():
   """As above for the "knn" kernel form (psum_scatter of the transposed edges) and for the
   whole train step (Adam update included)."""
@@ -500,7 +501,9 @@ def test_augmented_views_are_seeded_crops():
 _SIGINT_IGNORED = ["sh", "-c", 'trap "" INT; exec "$@"', "sh"]
 
 
-@pytest.mark.parametrize("prefix", [[], _SIGINT_IGNORED], ids=["plain", "sigint_ignored"])
+@pytest.mark.parametrize("prefix", [
+    pytest.param([], id="plain"),
+    pytest.param(_SIGINT_IGNORED, id="sigint_ignored", marks=pytest.mark.slow)])  # 55 s
 def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path, spawn, prefix):
   """The training script under a real SIGINT: exit status 130 after saving the last completed
   step; the same command resumes from it (real bundled photos, offline DINOv2 weights). Also

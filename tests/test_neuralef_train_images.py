@@ -159,7 +159,8 @@ def test_pipeline_bad_input():
 # ----------------------------------------------------------------------------- the step
 
 
-@pytest.mark.parametrize("sharded", [False, True], ids=["one_device", "mesh"])
+@pytest.mark.parametrize("sharded", [pytest.param(False, id="one_device", marks=pytest.mark.slow),
+                                     pytest.param(True, id="mesh")])
 def test_image_step_equals_cache_step(backbone, sharded):
   """Images in → backbone inside the step equals the cache path's step on features that the
   cache's functions computed from the same images with the same backbone."""
@@ -186,6 +187,7 @@ def test_image_step_equals_cache_step(backbone, sharded):
   assert float(want[1]["grad_norm"]) > 0
 
 
+@pytest.mark.slow  # 16 s
 def test_image_step_bf16_backbone_is_close(backbone):
   """bf16 backbone compute: float32 loss and kernel, the loss near the float32 step's."""
   config = image_config()
@@ -230,6 +232,7 @@ def test_interrupted_image_run_resumes_same_batches(tmp_path, backbone):
   assert len(set(draws)) == len(draws)
 
 
+@pytest.mark.slow  # 35 s: the image path's step equality and resume stay in the default run
 def test_command_trains_from_pascal_context(tmp_path):
   """`experiments.train_neuralef --config.data.dataset=pascal_context` on the fixture tree, end
   to end (random tiny backbone). Resumption: the in-process test above and the cache path's

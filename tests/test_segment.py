@@ -367,6 +367,7 @@ def _peak_rss_run(args, rss_file: pathlib.Path) -> tuple[int, str, int]:
   return proc.returncode, stderr, int(rss_file.read_text())
 
 
+@pytest.mark.slow  # 56 s: 330 photos through the command
 def test_memory_does_not_grow_with_the_folder_and_compiles_stay_few(tmp_path):
   """300 photos of many aspect ratios: peak RSS within 150 MB of a 30-photo run (streaming),
   and at most 4 compiled programs (grids padded to multiples of 4 patches at 112 px)."""
