@@ -26,8 +26,10 @@ thing in JAX, jit-able, with static shapes:
   refined mask is ``output > 0.5`` (:func:`refine_mask`). Its hole filling and largest
   component are drawn only in its pictures and are not applied here.
 
-Cost: one sort of H·W keys, ten neighbour searches, then ``10 + 2·cg_maxiter`` blurs of 10
-gathers over at most H·W vertices: about O(H·W·log(H·W)); memory O(H·W).
+Cost: one sort of H·W keys and ten neighbour searches (O(H·W·log(H·W))), then about
+``12 + cg_maxiter`` blurs of 10 gathers each over the grid's vertex slots, which
+:func:`bilateral_solve` cuts to the next power of two above the vertex count (:func:`compact`;
+25.8k vertices for a 375×500 photo). Memory O(H·W).
 """
 
 from __future__ import annotations
