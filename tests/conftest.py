@@ -341,3 +341,13 @@ def write_ade20k(base) -> dict:
         root / "images/validation" / f"{k}.jpg", quality=95)
     Image.fromarray(raw, mode="L").save(root / "annotations/validation" / f"{k}.png")
   return {k: v[1] for k, v in items.items()}
+
+
+@pytest.fixture
+def x64():
+  """float64 in JAX for one test (``jax_enable_x64``), restored afterwards."""
+  import jax  # pylint: disable=import-outside-toplevel
+  old = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", old)

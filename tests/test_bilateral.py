@@ -2,7 +2,6 @@
 SciPy transcription of TokenCut's ``bilateral_solver.py`` (testing.bilateral_reference: dict
 hashing, scipy.sparse matrices, scipy ``cg`` / ``spsolve``), on crops of bundled photos."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -65,14 +64,6 @@ def test_converged_solve_is_the_exact_solution(crop):
   params = PARAMS._replace(cg_maxiter=2000, cg_tol=1e-7)
   np.testing.assert_allclose(np.asarray(bilateral.bilateral_solve(img, target, params=params)),
                              exact, atol=5e-5)
-
-
-@pytest.fixture
-def x64():
-  old = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", old)
 
 
 def test_float64_solve_matches_scipy_cg_closely(crop, x64):

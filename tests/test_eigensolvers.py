@@ -188,14 +188,6 @@ def test_laplacian_auto_method_by_size(dsm_graphs):
   assert int(info.iterations) > 0
 
 
-@pytest.fixture
-def x64():
-  old = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", old)
-
-
 @pytest.mark.parametrize("method", ["eigh", "lobpcg"])
 def test_laplacian_float64(dsm_graphs, x64, method):
   w, *ref = dsm_graphs["random", 196]
