@@ -24,7 +24,7 @@ import numpy as np
 
 from experiments import segment
 from experiments.configs import segment as segment_config
-from spectral_jax import dsm, evaluation
+from spectral_jax import dsm, protocols
 from spectral_jax.data import samples
 
 # name → (overrides of the segment config's dsm section, or of any field by its dotted path,
@@ -87,11 +87,11 @@ def score_run(out: pathlib.Path) -> dict:
     gts.append(gt.boxes)
   cover = {n: (r["box"][2] - r["box"][0]) * (r["box"][3] - r["box"][1])
            / (r["width"] * r["height"]) for n, r in recs.items()}
-  recall = evaluation.object_recall(preds, gts)
+  recall = protocols.object_recall(preds, gts)
   return {"iou": float(np.mean(ious)), "corloc": float(np.mean(hits)),
           "recall": recall["recall"], "found": recall["num_matched"], "objects": recall["num_gt"],
           "baseline": {"iou": float(np.mean(base_ious)), "corloc": float(np.mean(base_hits)),
-                       "recall": evaluation.object_recall(base_preds, gts)["recall"]},
+                       "recall": protocols.object_recall(base_preds, gts)["recall"]},
           "box_cover": cover, "boxes": {n: r["boxes"] for n, r in recs.items()}}
 
 

@@ -14,7 +14,7 @@ OUT/boxes.json (image id → DSM box [x0, y0, x1, y1] in pixels, x1/y1 exclusive
 OUT/objects.json (image id → every discovered object's box, best first; --config.dsm.discovery),
 OUT/per_image.json and, with --config.save_masks=True, OUT/masks/<id>.png (the object mask, or
 the semantic map: 0 = background, cluster c as c + 1). The work is
-``spectral_jax.evaluation.evaluate_dsm``; exit code 0 on success, 1 when the data is missing or
+``spectral_jax.dsm.evaluate.evaluate_dsm``; exit code 0 on success, 1 when the data is missing or
 nothing could be evaluated, 2 for a usage error.
 """
 
@@ -31,7 +31,8 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import common
-from spectral_jax import _cli, backbones, datasets, dsm, evaluation, viz
+from spectral_jax import _cli, backbones, datasets, dsm, viz
+from spectral_jax.dsm import evaluate as dsm_evaluate
 from spectral_jax.data import images as image_io
 
 KINDS = ("boxes", "mask", "semantic")
@@ -104,7 +105,7 @@ def check_out(cfg) -> pathlib.Path:
 
 def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
   """(metric, measured, paper) rows: CorLoc in %, segmentation scores as fractions."""
-  paper = evaluation.PAPER.get(name, {})
+  paper = dsm_evaluate.PAPER.get(name, {})
   fmt = lambda v, pct: "—" if v is None else (f"{v:.1f}" if pct else f"{v:.3f}")
   if "miou" in measured:
     return [(label, fmt(100 * measured[key], True), fmt(paper.get(key), True))
@@ -131,8 +132,8 @@ def run(cfg) -> dict:
   kind = datasets.kind(cfg.dataset)
   if kind == "semantic":
     with _cli.usage_errors():
-      evaluation.check_semantic_setup(pipeline_config, dataset, cfg.semantic.num_clusters,
-                                      cfg.semantic.matching)
+      dsm_evaluate.check_semantic_setup(pipeline_config, dataset, cfg.semantic.num_clusters,
+                                        cfg.semantic.matching)
   out.mkdir(parents=True, exist_ok=True)
   backbone = common.load_backbone(cfg)
   segmenter = dsm.make_pipeline(backbone, pipeline_config)
@@ -153,7 +154,7 @@ def run(cfg) -> dict:
     else:  # a semantic map: 0 = background, cluster c as c + 1
       viz.label_png(path, mask)
 
-  result = evaluation.evaluate_dsm(
+  result = dsm_evaluate.evaluate_dsm(
       segmenter, dataset, kind=kind, image_size=cfg.image_size, batch_size=cfg.batch_size,
       limit=cfg.limit or None, seed=cfg.seed, upsample=cfg.dsm.upsample, prefetch=cfg.prefetch,
       bucket_step=cfg.bucket_step, on_error=skip,
@@ -161,7 +162,7 @@ def run(cfg) -> dict:
       pca_dim=cfg.semantic.pca_dim, matching=cfg.semantic.matching,
       absent=cfg.semantic.absent, bilateral=common.bilateral_params(cfg))
   record = dict(result.metrics, dataset=cfg.dataset, split=dataset.split,
-                paper=evaluation.PAPER.get(cfg.dataset), failures=result.failures,
+                paper=dsm_evaluate.PAPER.get(cfg.dataset), failures=result.failures,
                 box_format="[x0, y0, x1, y1] pixels of the image, x1/y1 exclusive",
                 config=cfg.to_dict(), wall_s=round(time.perf_counter() - t0, 2))
   (out / "metrics.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
@@ -179,7 +180,7 @@ def run(cfg) -> dict:
     print("IoU per class (%):")
     for name, iou in per_class.items():
       print(f"  {name:<14} {100 * iou:>9.1f}")
-  print(f"(paper: {(evaluation.PAPER.get(cfg.dataset) or {}).get('source', '—')})\n"
+  print(f"(paper: {(dsm_evaluate.PAPER.get(cfg.dataset) or {}).get('source', '—')})\n"
         f"metrics.json, boxes.json, per_image.json in {out}/ ({record['wall_s']:.1f} s)")
   return record
 

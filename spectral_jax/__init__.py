@@ -19,6 +19,8 @@ Modules:
 * ``clustering`` (K-means), ``regions`` (mask geometry), ``crf`` (dense CRF), ``metrics``.
 * ``image_ops``: all image resampling (patch-grid resize, PIL host helpers).
 * ``viz``: overlays and report pages.
+* ``protocols``: the papers' dataset-level scoring (CorLoc, recall, AP50, maxFβ, matched mIoU,
+  sliding window); ``evaluation`` is its deprecated alias path.
 * ``testing``: SciPy/NumPy references and timing helpers shared by tests and benchmarks.
 """
 

@@ -1,13 +1,17 @@
 """Segmentation and localisation metrics (SPEC §4–5), jit-able.
 
 * Semantic segmentation: :func:`confusion_matrix` (``fast_hist``: one bincount; pool it over a
-  dataset by summing), then :func:`iou_per_class`, :func:`mean_iou`, :func:`pixel_accuracy`,
-  :func:`mean_accuracy`. Confusion matrices have ground-truth classes on the rows and
-  predictions on the columns (scikit-learn's convention); map clusters to classes first with
-  :mod:`spectral_jax.clustering` (``lookup[pred]``).
+  dataset by summing), then :func:`iou_per_class`, :func:`mean_iou` (:func:`mean_over_classes`),
+  :func:`pixel_accuracy`, :func:`mean_accuracy`. Confusion matrices have ground-truth classes on
+  the rows and predictions on the columns (scikit-learn's convention); a (classes × clusters)
+  confusion is matched and scored by ``protocols.semantic_scores``.
 * Single-object segmentation: :func:`mask_iou`, :func:`mask_accuracy` per image.
-* Localisation: :func:`box_iou` and :func:`corloc_hits`. Boxes are pixel boxes
-  ``[x0, y0, x1, y1]`` with x1, y1 exclusive, so a box's area is ``(x1 − x0)·(y1 − y0)``.
+* Localisation: :func:`box_iou` and :func:`corloc_hits` (the one CorLoc hit rule). Boxes are
+  pixel boxes ``[x0, y0, x1, y1]`` with x1, y1 exclusive, so a box's area is
+  ``(x1 − x0)·(y1 − y0)``.
+
+Everything here is per image (or per batch of images) and jit-able; pooling over a dataset,
+cluster → class matching and the papers' dataset figures are :mod:`spectral_jax.protocols`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Pixels labelled IGNORE_INDEX (VOC's object boundaries and "void") count nowhere.
+# Pixels labelled IGNORE_INDEX (VOC's object boundaries and "void", Pascal Context's and ADE20K's
+# reduced-away class 0, Cityscapes' void ids, COCO crowds) count nowhere. The one definition:
+# datasets, transforms and the protocols import it.
 IGNORE_INDEX = 255
 
 
@@ -95,12 +101,29 @@ def mean_iou(confusion: jax.Array, absent: str = "skip") -> jax.Array:
   Returns:
     () float; NaN only if the confusion matrix is all zeros (nothing was counted).
   """
-  iou = iou_per_class(confusion)
+  return mean_over_classes(iou_per_class(confusion), absent=absent)
+
+
+ABSENT_RULES = ("skip", "zero")
+
+
+@functools.partial(jax.jit, static_argnames=("absent",))
+def mean_over_classes(values: jax.Array, absent: str = "skip") -> jax.Array:
+  """Mean of per-class values that are NaN for classes with no value (:func:`iou_per_class`).
+
+  Args:
+    values: (C,) float per class, NaN where the class is absent.
+    absent: "skip" (``nanmean``: the mean over classes with a value) or "zero" (NaN counts as 0,
+      the mean is over all C classes).
+  Returns:
+    () float; NaN for "skip" when every value is NaN.
+  """
+  values = jnp.asarray(values)
   if absent == "skip":
-    return jnp.nanmean(iou)
+    return jnp.nanmean(values)
   if absent == "zero":
-    return jnp.mean(jnp.nan_to_num(iou, nan=0.0))
-  raise ValueError(f"absent must be 'skip' or 'zero'; got {absent!r}")
+    return jnp.mean(jnp.nan_to_num(values, nan=0.0))
+  raise ValueError(f"absent must be one of {ABSENT_RULES}; got {absent!r}")
 
 
 @jax.jit

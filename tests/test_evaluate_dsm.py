@@ -150,7 +150,7 @@ def test_reading_and_evaluating_never_imports_tensorflow(voc_tree, ecssd_tree, t
   prepared ArrayRecord, iterating it with grain and evaluating it import no TensorFlow."""
   code = f"""
 import importlib.util, sys
-from spectral_jax import backbones, datasets, dsm, evaluation
+from spectral_jax import backbones, datasets, dsm
 voc = datasets.load("voc12", {str(voc_tree[0])!r})
 [voc[i] for i in range(len(voc))]
 list(datasets.iterate(voc, shuffle=True, shard_index=0, shard_count=1))
@@ -158,7 +158,7 @@ ds = datasets.load("ecssd", {str(ecssd_tree[0])!r})
 bb = backbones.init_backbone(backbones.get_config("dinov2_vits14", depth=1, width=64,
                                                   num_heads=2, mlp_dim=128))
 seg = dsm.make_pipeline(bb, dsm.PipelineConfig(num_eigenvectors=6, num_segments=3))
-r = evaluation.evaluate_dsm(seg, ds, kind="mask", image_size=56, batch_size=2, progress=False)
+r = dsm.evaluate_dsm(seg, ds, kind="mask", image_size=56, batch_size=2, progress=False)
 assert r.metrics["num_images"] == 3, r.metrics
 bad = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tensorflow_datasets"))
 print("imported by the file readers:", bad)
@@ -169,8 +169,8 @@ if not bad and importlib.util.find_spec("tensorflow_datasets"):
   prepared = datasets.load("voc12", tfds_dir=out)
   [prepared[i] for i in range(len(prepared))]
   list(datasets.iterate(prepared, shuffle=True, shard_index=0, shard_count=1))
-  r2 = evaluation.evaluate_dsm(seg, datasets.load("ecssd", tfds_dir=out), kind="mask",
-                               image_size=56, batch_size=2, progress=False)
+  r2 = dsm.evaluate_dsm(seg, datasets.load("ecssd", tfds_dir=out), kind="mask",
+                        image_size=56, batch_size=2, progress=False)
   assert r2.metrics == r.metrics, (r2.metrics, r.metrics)
   assert "tensorflow_datasets" in sys.modules
   bad = sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow")
@@ -254,9 +254,9 @@ def test_semantic_alias_and_too_many_clusters_are_refused_before_work(voc_tree, 
 
 def test_voc_multi_object_recall_and_ap50_from_objects_json(voc_tree, tmp_path):
   """--config.dsm.discovery=multi_region: every discovered box counts for recall and AP50,
-  recomputed here from objects.json with test_evaluation's NumPy references (difficult boxes
+  recomputed here from objects.json with test_protocols' NumPy references (difficult boxes
   ignored for AP, as VOC does)."""
-  from test_evaluation import _np_ap50, _np_object_recall  # pylint: disable=import-outside-toplevel
+  from test_protocols import _np_ap50, _np_object_recall  # pylint: disable=import-outside-toplevel
   base, truth = voc_tree
   out = tmp_path / "out"
   m, done = _run_ok(out, ["--dataset=voc07", f"--data_dir={base}",

@@ -65,6 +65,15 @@ def test_iou_matches_sklearn_jaccard(rng):
       sklearn.metrics.balanced_accuracy_score(target, pred), rel=1e-5)
 
 
+def test_mean_over_classes_skip_and_zero():
+  values = np.array([0.5, np.nan, 0.25])
+  assert float(metrics.mean_over_classes(values)) == pytest.approx(0.375)
+  assert float(metrics.mean_over_classes(values, absent="zero")) == pytest.approx(0.25)
+  assert np.isnan(float(metrics.mean_over_classes(np.full(3, np.nan))))
+  with pytest.raises(ValueError, match="absent must be one of"):
+    metrics.mean_over_classes(values, absent="drop")
+
+
 def test_mean_iou_rejects_rectangular():
   with pytest.raises(ValueError, match="Map clusters to classes first"):
     metrics.mean_iou(np.ones((3, 5)))

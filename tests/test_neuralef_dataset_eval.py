@@ -13,6 +13,7 @@ import torch
 
 from conftest import write_pascal_context
 from experiments.configs import neuralef as configs
+from spectral_jax import protocols
 from spectral_jax.neuralef import evaluate as ev
 from test_bad_inputs import run_command
 
@@ -96,7 +97,7 @@ def test_command_metrics_equal_a_numpy_recomputation(run):
     preds = [np.load(out / "predictions" / method / f"{i}.npy") for i in ids]
     assert all(p.shape == l.shape for p, l in zip(preds, labels))
     assert all(p.min() >= 0 and p.max() < r["clusters"] for p in preds)
-    for matching in ev.MATCHINGS:
+    for matching in protocols.MATCHINGS:
       miou, acc = _numpy_scores(labels, preds, 59, r["clusters"], matching)
       assert r[matching]["miou"] == pytest.approx(miou, rel=1e-6), (method, matching)
       assert r[matching]["pixel_accuracy"] == pytest.approx(acc, rel=1e-6), (method, matching)

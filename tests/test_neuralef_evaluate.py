@@ -1,6 +1,7 @@
-"""Tests for spectral_jax.neuralef.evaluate: cluster matching and scores on hand-made confusion
-matrices, upsampling against PyTorch, the labelled dataset, and a tiny end-to-end run
-(bundled photos → random tiny backbone → cached features → training → evaluation report)."""
+"""Tests for spectral_jax.neuralef.evaluate: scores pooled over images (the cluster matching is
+spectral_jax.protocols', tested in test_protocols), upsampling against PyTorch, the labelled
+dataset, and a tiny end-to-end run (bundled photos → random tiny backbone → cached features →
+training → evaluation report)."""
 
 import json
 
@@ -11,45 +12,10 @@ import torch
 
 from experiments.configs import neuralef as configs
 from spectral_jax import metrics
+from spectral_jax import protocols
 from spectral_jax.neuralef import evaluate as ev
 from spectral_jax.neuralef import features as feats_lib
 from spectral_jax.neuralef import train as train_lib
-
-# 2 classes × 3 clusters: cluster 0 and 1 hold class 0, cluster 2 holds class 1.
-CONFUSION = np.array([[8, 2, 0],
-                      [1, 0, 9]])
-
-
-def test_majority_voting_by_hand():
-  lookup = ev.match_clusters(CONFUSION, "majority")
-  np.testing.assert_array_equal(lookup, [0, 0, 1])
-  s = ev.matched_scores(CONFUSION, lookup)
-  # matched: class 0 → [10 correct, 0], class 1 → [1 wrong, 9 correct]
-  assert s["iou"] == pytest.approx([10 / 11, 9 / 10])
-  assert s["miou"] == pytest.approx((10 / 11 + 9 / 10) / 2)
-  assert s["pixel_accuracy"] == pytest.approx(19 / 20)
-
-
-def test_hungarian_with_more_clusters_than_classes_counts_unmatched_as_errors():
-  lookup = ev.match_clusters(CONFUSION, "hungarian")
-  np.testing.assert_array_equal(lookup, [0, ev.UNMATCHED, 1])
-  s = ev.matched_scores(CONFUSION, lookup)
-  # class 0: 8 of 10 hit, predicted 9 times (8 + 1) → 8 / 11; class 1: 9 / 10
-  assert s["iou"] == pytest.approx([8 / 11, 9 / 10])
-  assert s["pixel_accuracy"] == pytest.approx(17 / 20)
-
-
-def test_hungarian_square_and_absent_prediction():
-  confusion = np.array([[5, 1], [0, 4], [2, 0]])
-  lookup = ev.match_clusters(confusion, "hungarian")
-  np.testing.assert_array_equal(lookup, [0, 1])
-  s = ev.matched_scores(confusion, lookup)
-  # class 2 is never predicted but present in the labels: IoU 0, counted in the mean
-  assert s["iou"] == pytest.approx([5 / 8, 4 / 5, 0.0])
-  assert s["miou"] == pytest.approx((5 / 8 + 4 / 5) / 3)
-  assert s["pixel_accuracy"] == pytest.approx(9 / 12)
-  with pytest.raises(ValueError, match="method"):
-    ev.match_clusters(confusion, "greedy")
 
 
 def test_score_predictions_pools_images_and_ignores_255():
@@ -63,9 +29,13 @@ def test_score_predictions_pools_images_and_ignores_255():
     for c, j in zip(l.ravel(), p.ravel()):
       if c != metrics.IGNORE_INDEX:
         confusion[c, j] += 1
-  for method in ev.MATCHINGS:
-    want = ev.matched_scores(confusion, ev.match_clusters(confusion, method))
-    assert out[method] == want
+  assert out["clusters"] == 4 and out["clusters_used"] == int((confusion.sum(0) > 0).sum())
+  for method in protocols.MATCHINGS:   # the matching itself is tested in test_protocols
+    want = protocols.semantic_scores(confusion, method, absent="skip")
+    assert out[method]["miou"] == want["miou"]
+    assert out[method]["pixel_accuracy"] == want["pixel_accuracy"]
+    assert out[method]["iou"] == [None if np.isnan(v) else v for v in want["iou_per_class"]]
+    np.testing.assert_array_equal(out["lookup"][method], want["lookup"])
 
 
 def test_upsample_argmax_matches_torch_bilinear():
@@ -115,7 +85,7 @@ def test_end_to_end_trains_and_writes_the_report(end_to_end):
   assert set(written["results"]) == {"psi", "kmeans_8", "kmeans_13", "ours_star_8",
                                      "ours_star_13"}
   for r in written["results"].values():
-    for method in ev.MATCHINGS:
+    for method in protocols.MATCHINGS:
       assert 0 <= r[method]["miou"] <= 1 and 0 <= r[method]["pixel_accuracy"] <= 1
       assert len(r[method]["iou"]) == 13
   assert written["dataset"]["images"] == ["voc", "arc2017"]

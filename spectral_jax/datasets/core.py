@@ -17,9 +17,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from spectral_jax import metrics
 from spectral_jax.data import images as image_io
 
-IGNORE = 255  # label value excluded from every metric (VOC void / object borders)
+IGNORE = metrics.IGNORE_INDEX  # excluded from every metric (VOC void / object borders)
 
 
 class MissingDataError(FileNotFoundError):

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from spectral_jax import image_ops
+from spectral_jax import image_ops, metrics
 
-IGNORE = 255
+IGNORE = metrics.IGNORE_INDEX  # the one ignore label (VOC void, padding)
 
 # mmseg configs/_base_/datasets/pascal_context_59.py
 REFERENCE_SCALE = (520, 520)

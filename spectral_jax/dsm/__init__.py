@@ -15,6 +15,8 @@ One module per stage of the method:
 * ``objects``: the discovery method's objects: boxes best first, instance maps.
 * ``pipeline``: all of it as one jitted program per batch shape —
   ``segmenter = dsm.make_pipeline(backbone, dsm.PipelineConfig()); segmenter(images, valid)``.
+* ``evaluate``: the pipeline over a dataset, scored by ``spectral_jax.protocols``
+  (``dsm.evaluate_dsm``).
 """
 
 from spectral_jax.dsm.localisation import CONNECTIVITY
@@ -69,3 +71,11 @@ __all__ = [
     "multi_region_segments", "object_mask", "pca", "scale_boxes", "segment_boxes",
     "semantic_map", "spectral_decomposition", "upsample_patch_map",
 ]
+
+# DSM over a dataset (dsm.evaluate: the evaluate_dsm command's library half)
+from spectral_jax.dsm.evaluate import Evaluation
+from spectral_jax.dsm.evaluate import check_semantic_setup
+from spectral_jax.dsm.evaluate import evaluate_dsm
+from spectral_jax.dsm.evaluate import semantic_over_dataset
+
+__all__ += ["Evaluation", "check_semantic_setup", "evaluate_dsm", "semantic_over_dataset"]

@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from spectral_jax import bilateral as bilateral_lib, crf, image_ops, metrics, viz
+from spectral_jax import bilateral as bilateral_lib, crf, image_ops, metrics, protocols, viz
 from spectral_jax.data import images as image_io
 from spectral_jax.dsm import localisation, masks, semantic
 
@@ -51,27 +51,26 @@ def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5,
     mask: (H, W) bool predicted object mask.
     box: (4,) predicted pixel box (CorLoc).
     fraction: side fraction of the centred-box baseline.
-    boxes: (P, 4) every discovered object's box, best first (``evaluation.object_recall``:
+    boxes: (P, 4) every discovered object's box, best first (``protocols.object_recall``:
       labelled objects matched one-to-one at IoU ≥ 0.5); None: ``box`` alone.
   """
-  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
   boxes = np.asarray(box)[None] if boxes is None or not len(boxes) else np.asarray(boxes)
   base_box = localisation.centred_box(gt.foreground.shape, fraction)
   base_mask = localisation.box_mask(base_box, gt.foreground.shape)
   box_ious = np.asarray(metrics.box_iou(np.asarray(box)[None], gt.boxes))[0]
   base_ious = np.asarray(metrics.box_iou(base_box[None], gt.boxes))[0]
-  found = evaluation.object_recall([boxes.reshape(-1, 4)], [gt.boxes])
-  base_found = evaluation.object_recall([base_box[None]], [gt.boxes])
+  found = protocols.object_recall([boxes.reshape(-1, 4)], [gt.boxes])
+  base_found = protocols.object_recall([base_box[None]], [gt.boxes])
   return {
       "foreground_iou": float(metrics.mask_iou(mask, gt.foreground)),
-      "corloc_hit": bool(box_ious.max() >= 0.5),
+      "corloc_hit": bool(metrics.corloc_hits(box, gt.boxes)),
       "best_box_iou": float(box_ious.max()),
       "objects_found": found["num_matched"], "objects": found["num_gt"],
       "baseline": {
           "objects_found": base_found["num_matched"],
           "box": base_box.tolist(),
           "foreground_iou": float(metrics.mask_iou(base_mask, gt.foreground)),
-          "corloc_hit": bool(base_ious.max() >= 0.5),
+          "corloc_hit": bool(metrics.corloc_hits(base_box, gt.boxes)),
           "best_box_iou": float(base_ious.max()),
       },
   }

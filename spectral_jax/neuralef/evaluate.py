@@ -14,11 +14,13 @@ distance to each centroid:
 Each is run with K clusters (ψ's number of eigenfunctions) and with C clusters (the number of
 ground-truth classes of the evaluation set, the setting of Hungarian matching in DSM).
 
-Matching on the confusion pooled over the dataset (rows classes, columns clusters):
-majority voting (``clustering.majority_vote_match``: each cluster to the class of highest IoU)
-and Hungarian matching (one cluster per class, maximising the summed IoU; when there are more
-clusters than classes the unmatched clusters predict no class, so their pixels count as errors).
-Then mIoU over the classes present in the ground truth or the prediction and pixel accuracy.
+Scoring goes through :mod:`spectral_jax.protocols`: the confusion pooled over the dataset
+(rows classes, columns clusters; ``protocols.confusion_counts``), then ``protocols.
+semantic_scores`` with majority voting (each cluster to the class of highest IoU) and with
+Hungarian matching (one cluster per class, maximising the summed IoU; when there are more
+clusters than classes the unmatched clusters predict no class, so their pixels count as
+errors), mIoU over the classes present in the ground truth or the prediction ("skip") and pixel
+accuracy. Sliding windows are ``protocols.sliding_window``.
 """
 
 from __future__ import annotations
@@ -34,17 +36,18 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import scipy.optimize
 from PIL import Image
+from tqdm import tqdm
 
 from spectral_jax import clustering
 from spectral_jax import image_ops
 from spectral_jax import metrics
+from spectral_jax import protocols
+from spectral_jax.backbones import vit
+from spectral_jax.data import samples
+from spectral_jax.datasets import transforms
 from spectral_jax.neuralef import features as features_lib
 from spectral_jax.neuralef import train as train_lib
-
-MATCHINGS = ("majority", "hungarian")
-UNMATCHED = -1
 
 
 # ----------------------------------------------------------------------------- data
@@ -75,8 +78,6 @@ def labelled_samples(names: Sequence[str] = ("voc", "arc2017")
   Returns:
     ``(images, class_names)``.
   """
-  from spectral_jax.data import samples  # pylint: disable=import-outside-toplevel
-
   class_names: list[str] = []
   ids: dict[str, int] = {}
   images = []
@@ -151,79 +152,46 @@ def negative_sq_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
   return -clustering.squared_distances(x, centroids)
 
 
-# ----------------------------------------------------------------------------- matching
+# ----------------------------------------------------------------------------- scores
 
 
-def match_clusters(confusion: np.ndarray, method: str) -> np.ndarray:
-  """Cluster → class lookup from a pooled (C classes, M clusters) confusion matrix.
+def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
+  """Both matchings of a pooled (C classes, M clusters) confusion (``protocols.semantic_scores``,
+  classes absent from ground truth and prediction skipped).
 
-  Args:
-    confusion: (C, M) counts; rows ground-truth classes, columns clusters.
-    method: "majority" (every cluster to its highest-IoU class) or "hungarian" (one-to-one,
-      maximising the summed IoU; with M > C the M − C unmatched clusters get `UNMATCHED`).
   Returns:
-    (M,) int64 class per cluster (or `UNMATCHED`).
-  """
-  confusion = np.asarray(confusion)
-  c, m = confusion.shape
-  if method == "majority":
-    return clustering.majority_vote_match(confusion)
-  if method != "hungarian":
-    raise ValueError(f"method must be one of {MATCHINGS}; got {method!r}")
-  if m <= c:
-    return clustering.hungarian_match(confusion)
-  classes, clusters = scipy.optimize.linear_sum_assignment(clustering.iou_matrix(confusion),
-                                                           maximize=True)
-  lookup = np.full(m, UNMATCHED, np.int64)
-  lookup[clusters] = classes
-  return lookup
-
-
-def matched_scores(confusion: np.ndarray, lookup: np.ndarray) -> dict[str, Any]:
-  """mIoU and pixel accuracy after mapping clusters to classes (SPEC §4-5).
-
-  Args:
-    confusion: (C, M) pooled counts (classes × clusters).
-    lookup: (M,) class of each cluster, `UNMATCHED` for none (its pixels are errors).
-  Returns:
-    dict with ``miou`` (mean over classes present in the ground truth or the prediction),
-    ``pixel_accuracy`` and ``iou`` (C,) per class (None where absent from both).
+    ``{"clusters": M, "clusters_used": (clusters predicted on labelled pixels), "majority":
+    {...}, "hungarian": {...}, "lookup": {matching: (M,) class per cluster, or
+    protocols.UNMATCHED}}``, each matching's ``miou``, ``pixel_accuracy`` and per-class ``iou``
+    (None where absent).
   """
   confusion = np.asarray(confusion, np.int64)
-  c, m = confusion.shape
-  if lookup.shape != (m,):
-    raise ValueError(f"lookup must have one entry per cluster ({m}); got shape {lookup.shape}")
-  square = np.zeros((c + 1, c + 1), np.int64)  # the extra class collects unmatched clusters
-  target = np.where(lookup == UNMATCHED, c, lookup)
-  np.add.at(square[:c].T, target, confusion.T)
-  # float32, as evaluation.semantic_scores: JAX's default int32 overflows on a large dataset's
-  # pooled counts (Cityscapes val: 1.05e9 pixels)
-  square = square.astype(np.float32)
-  iou = np.asarray(metrics.iou_per_class(square))[:c]
-  return {"miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
-          "pixel_accuracy": float(np.asarray(metrics.pixel_accuracy(square))),
-          "iou": [None if np.isnan(v) else float(v) for v in iou]}
+  out: dict[str, Any] = {"clusters": int(confusion.shape[1]),
+                         "clusters_used": int((confusion.sum(axis=0) > 0).sum()), "lookup": {}}
+  for matching in protocols.MATCHINGS:
+    s = protocols.semantic_scores(confusion, matching, absent="skip")
+    out[matching] = {"miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
+                     "iou": [None if np.isnan(v) else v for v in s["iou_per_class"]]}
+    out["lookup"][matching] = np.asarray(s["lookup"], np.int64)
+  return out
 
 
 def score_predictions(labels: Sequence[np.ndarray], predictions: Sequence[np.ndarray],
                       num_classes: int, num_clusters: int) -> dict[str, Any]:
-  """Pools the confusion over a dataset and scores both matchings.
+  """Pools the confusion over a dataset (``protocols.confusion_counts``) and scores both
+  matchings (`confusion_scores`).
 
   Args:
     labels: per image (H, W) int class ids (``metrics.IGNORE_INDEX`` ignored).
     predictions: per image (H, W) int cluster ids in [0, num_clusters).
     num_classes, num_clusters: C and M.
   Returns:
-    ``{"clusters": M, "clusters_used": (clusters predicted on labelled pixels), "majority":
-    {...}, "hungarian": {...}, "lookup": {...}}`` with the `matched_scores` of each matching.
+    `confusion_scores` of the pooled (C, M) confusion.
   """
-  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
   confusion = np.zeros((num_classes, num_clusters), np.int64)
   for label, pred in zip(labels, predictions):
-    confusion += evaluation.confusion_counts(label, pred, num_classes, num_clusters,
-                                             ignore=metrics.IGNORE_INDEX)
-  out = confusion_scores(confusion)
-  return out
+    confusion += protocols.confusion_counts(label, pred, num_classes, num_clusters)
+  return confusion_scores(confusion)
 
 
 # ----------------------------------------------------------------------------- K-means
@@ -473,7 +441,8 @@ def check_dataset(source, dataset: str) -> int:
 
 
 def reference_resize(rgb: np.ndarray, proto: Protocol) -> np.ndarray:
-  """mmcv's ``imrescale`` to ``(max_ratio·short_side, short_side)`` then Segmenter's upsampling
+  """mmcv's ``imrescale`` to ``(max_ratio·short_side, short_side)`` (``datasets.transforms.
+  rescale_size``, resized by ``transforms.resize``) then Segmenter's upsampling
   of a short side below the window (PIL bilinear; the reference uses cv2 / torch bilinear).
 
   Args:
@@ -481,20 +450,18 @@ def reference_resize(rgb: np.ndarray, proto: Protocol) -> np.ndarray:
   Returns:
     (H', W', 3) uint8.
   """
-  h, w = rgb.shape[:2]
-  scale = min(proto.max_ratio * proto.short_side / max(h, w), proto.short_side / min(h, w))
-  h, w = int(h * scale + 0.5), int(w * scale + 0.5)
+  h, w = transforms.rescale_size(rgb.shape[:2], (proto.max_ratio * proto.short_side,
+                                                 proto.short_side))
   if min(h, w) < proto.window:   # Segmenter's ``resize(im, window_size)``
     ratio = max(h, w) / min(h, w)
     h, w = ((proto.window, int(ratio * proto.window)) if h < w else
             (int(ratio * proto.window), proto.window))
-  return image_ops.resize_to(rgb, (h, w)) if (h, w) != rgb.shape[:2] else rgb
+  return transforms.resize(rgb, (h, w))[0]
 
 
 def _pad_to_patches(crop: np.ndarray, patch: int) -> np.ndarray:
   """(h, w, 3) float in [0, 1] → padded bottom / right to multiples of ``patch`` with the
   ImageNet mean (0 after normalisation, as Segmenter pads the normalised image with 0)."""
-  from spectral_jax.backbones import vit  # pylint: disable=import-outside-toplevel
   h, w = crop.shape[:2]
   ph, pw = -h % patch, -w % patch
   if not ph and not pw:
@@ -561,39 +528,12 @@ def predict_image(model: WindowModel, rgb: np.ndarray, proto: Protocol,
     method → (H, W) int32 cluster ids (argmax of the window-averaged scores resized bilinearly
     to (H, W)).
   """
-  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
   resized = reference_resize(rgb, proto)
   out = {}
   for method in methods:
-    merged = evaluation.sliding_window(lambda crop, m=method: model.scores(crop, m), resized,
-                                       window=proto.window, stride=proto.stride)
+    merged = protocols.sliding_window(lambda crop, m=method: model.scores(crop, m), resized,
+                                      window=proto.window, stride=proto.stride)
     out[method] = np.asarray(upsample_argmax(merged, rgb.shape[:2]))
-  return out
-
-
-def confusion_scores(confusion: np.ndarray) -> dict[str, Any]:
-  """Both matchings of a pooled (C classes, M clusters) confusion: ``{"clusters", "clusters_used",
-  "majority": {...}, "hungarian": {...}, "lookup": {matching: (M,)}}``, each matching's
-  ``miou`` (classes in ground truth or prediction), ``pixel_accuracy`` and per-class ``iou``.
-
-  ``evaluation.semantic_scores`` scores majority voting and one-to-one Hungarian matching; only
-  Hungarian with more clusters than classes (unmatched clusters count as errors) goes through
-  `matched_scores`."""
-  confusion = np.asarray(confusion, np.int64)
-  out: dict[str, Any] = {"clusters": int(confusion.shape[1]),
-                         "clusters_used": int((confusion.sum(axis=0) > 0).sum()), "lookup": {}}
-  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
-  c, m = confusion.shape
-  for method in MATCHINGS:
-    if method == "hungarian" and m > c:   # unmatched clusters: beyond semantic_scores
-      lookup = match_clusters(confusion, method)
-      out[method] = matched_scores(confusion, lookup)
-    else:
-      s = evaluation.semantic_scores(confusion, method, absent="skip")
-      lookup = np.asarray(s["lookup"], np.int64)
-      out[method] = {"miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
-                     "iou": [None if np.isnan(v) else v for v in s["iou_per_class"]]}
-    out["lookup"][method] = lookup
   return out
 
 
@@ -637,7 +577,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
   """ψ, K-means and Ours* on a semantic dataset's split, streamed (SPEC §5–6).
 
   Per image: the reference resize and sliding-window inference (`predict_image`), then the
-  (classes × clusters) confusion of every method is pooled (``evaluation.confusion_counts``);
+  (classes × clusters) confusion of every method is pooled (``protocols.confusion_counts``);
   only the pooled matrices and the first ``eval.num_overlays`` images' maps are kept. K-means
   (backbone graph features) and Ours* (ψ's pre-head features) are fit on
   `train_sample_features` of ``train_source``, with K (ψ's), C (the dataset's) and as many
@@ -657,8 +597,6 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
     ValueError: the dataset's class count differs from the protocol's, an image without a
       class mask, or too few training tokens for K-means.
   """
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-  from spectral_jax import evaluation  # pylint: disable=import-outside-toplevel
   name = str(config.data.dataset)
   proto = protocol(config, name)
   num_classes = check_dataset(source, name)
@@ -692,7 +630,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
       raise ValueError(f"{name} image {rec.id} has no class mask")
     preds = predict_image(model, rec.image, proto, methods)
     for m, pred in preds.items():
-      confusion[m] += evaluation.confusion_counts(rec.class_mask, pred, num_classes, clusters[m])
+      confusion[m] += protocols.confusion_counts(rec.class_mask, pred, num_classes, clusters[m])
     pixels += int((rec.class_mask != metrics.IGNORE_INDEX).sum())
     ids.append(rec.id)
     if out_dir is not None and ev.get("save_predictions", False):
@@ -734,7 +672,7 @@ def summary_metrics(report: dict[str, Any]) -> dict[str, Any]:
   return {"dataset": report["dataset"]["name"], "split": report["dataset"]["split"],
           "num_images": report["dataset"]["num_images"],
           **{m: {match: {"miou": r[match]["miou"], "pixel_accuracy": r[match]["pixel_accuracy"]}
-                 for match in MATCHINGS} for m, r in report["results"].items()}}
+                 for match in protocols.MATCHINGS} for m, r in report["results"].items()}}
 
 
 def format_paper_table(report: dict[str, Any]) -> str:
@@ -754,10 +692,9 @@ def format_paper_table(report: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "LabelledImage", "MATCHINGS", "UNMATCHED", "eval_resize", "evaluate", "fit_kmeans",
-    "format_report", "labelled_samples", "match_clusters", "matched_scores",
-    "negative_sq_distances", "overlay", "psi_inference", "score_predictions", "upsample_argmax",
-    "PAPER", "PROTOCOLS", "Protocol", "WindowModel", "check_dataset", "confusion_scores", "evaluate_dataset",
-    "format_paper_table", "predict_image", "protocol", "reference_resize", "summary_metrics",
-    "train_sample_features",
+    "PAPER", "PROTOCOLS", "LabelledImage", "Protocol", "WindowModel", "check_dataset",
+    "confusion_scores", "eval_resize", "evaluate", "evaluate_dataset", "fit_kmeans",
+    "format_paper_table", "format_report", "labelled_samples", "negative_sq_distances", "overlay",
+    "predict_image", "protocol", "psi_inference", "reference_resize", "score_predictions",
+    "summary_metrics", "train_sample_features", "upsample_argmax",
 ]
