@@ -28,14 +28,13 @@ import json
 import pathlib
 
 from absl import flags
-from ml_collections import config_flags
 
 from spectral_jax import _cli
 
 # The default file only makes --config.X overrides parse; without --config=FILE the checkpoint's
 # config is used, with the dataset-evaluation fields given as --config.X applied to it.
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent / "configs" / "neuralef.py")
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = _cli.define_config_file(
     "config", _DEFAULT_CONFIG, "Config (default: the checkpoint's, with the --config.data."
     "dataset / data_dir / split / tfds_dir and --config.eval.* overrides given).")
 # Fields that say what to evaluate, not how ψ was trained: overridable on the checkpoint's
