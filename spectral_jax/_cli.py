@@ -15,6 +15,8 @@ a bug and propagates with its traceback.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import pathlib
 import pickle
 import signal
@@ -252,6 +254,38 @@ def output_folder(value: str, *, overwrite: bool, overwrite_hint: str) -> pathli
     raise UsageError(f"--out {str(out)!r} already holds files (an earlier run?); choose "
                      f"another --out or pass {overwrite_hint} to replace them")
   return out
+
+
+LOCK_NAME = ".spectral_jax.lock"
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | os.PathLike, *, what: str = "--out"):
+  """Holds an advisory lock on ``folder`` (created if missing) for the block: a second run on
+  the same folder, in this or another process, is a `UsageError` naming the holder's PID,
+  instead of two runs interleaving their files. The lock is a ``flock`` on
+  ``folder/.spectral_jax.lock``, so the kernel releases it when the holder exits, however it
+  ends (kill -9 included): a stale lock file never blocks a later run.
+
+  Raises:
+    UsageError: another process holds the folder.
+  """
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / LOCK_NAME
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+      raise UsageError(f"{what} {str(folder)!r} is in use by another run (PID {holder}); wait "
+                       f"for it to finish or choose another {what}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield folder
+  finally:
+    os.close(fd)   # releases the flock
 
 
 def run(main: Callable[[Sequence[str]], int | None]) -> None:
