@@ -48,6 +48,7 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Report folder (default: <work
 def _training_summary(workdir: pathlib.Path, state) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
   eig = np.asarray(state.eig.value)
   summary = {"step": int(state.step),
              "eigenvalues_ema": {"top8": [round(float(x), 5) for x in eig[:8]],
@@ -55,7 +56,7 @@ def _training_summary(workdir: pathlib.Path, state) -> dict:
                                  "min": float(eig.min())}}
   log = workdir / "metrics.jsonl"
   if log.is_file():
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    records = train_lib.read_metrics(log)
     if records:
       summary["loss_first"] = {"step": records[0]["step"], "loss": records[0]["loss"]}
       summary["loss_last"] = {"step": records[-1]["step"], "loss": records[-1]["loss"]}

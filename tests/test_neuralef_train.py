@@ -533,3 +533,30 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path, spawn, prefix):
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"resumed from step {saved}" in again.stdout
   assert f"done at step {saved + 2}" in again.stdout
+
+
+def test_torn_metrics_line_and_truncated_checkpoint_resume(tmp_path, config, features, full_run,
+                                                           capfd):
+  """What kill -9 or a full disk leaves: a torn last line of metrics.jsonl and a truncated
+  newest checkpoint. Resume drops the line and falls back to the newest intact step (moving
+  the broken one aside), and the losses from there equal the uninterrupted run's."""
+  _, full = full_run
+  train_lib.train(config, tmp_path, features, stop_at=10)   # checkpoints at 5 and 10
+  log = tmp_path / "metrics.jsonl"
+  log.write_text(log.read_text() + '{"step": 11, "loss": -0.0')          # torn
+  step10 = tmp_path / "checkpoints" / "10"
+  broken = [p for p in (step10 / "state").rglob("*") if p.is_file() and p.stat().st_size > 64]
+  assert broken, "no state file to truncate"
+  for p in broken:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+  capfd.readouterr()
+  rest = train_lib.train(config, tmp_path, features)   # the full 20 steps
+  err = capfd.readouterr().err
+  assert "dropped an unreadable metrics line" in err and "metrics.jsonl:" in err
+  assert "checkpoint step 10" in err and "10.corrupt" in err
+  assert rest.resumed_from == 5
+  assert (tmp_path / "checkpoints" / "10.corrupt").is_dir()
+  want = {r["step"]: r["loss"] for r in full.history}
+  assert {r["step"]: r["loss"] for r in rest.history} == {s: want[s] for s in range(6, 21)}
+  steps = [r["step"] for r in train_lib.read_metrics(log)]
+  assert steps == list(range(1, 21))

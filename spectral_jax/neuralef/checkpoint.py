@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Sequence
+import shutil
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -158,6 +160,43 @@ def restore_checkpoint(manager, template, config: ml_collections.ConfigDict,
   return restored
 
 
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def restore_latest_intact(manager, template, config: ml_collections.ConfigDict,
+                          warn: Callable[[str], None] | None = None) -> tuple[Any, int | None]:
+  """Restores the newest checkpoint that reads back whole: ``(state, step)``, or
+  ``(template, None)`` when there is none.
+
+  A step whose files are truncated or unreadable (what kill -9 or a full disk can leave) is
+  moved aside to ``<step>.corrupt`` (process 0; kept for inspection, never deleted), named in
+  a warning, and the next older step is tried, so a run resumes from the last intact state
+  instead of refusing to start.
+
+  Raises:
+    ConfigMismatchError: the newest readable checkpoint was written with another config
+      (that is not corruption: nothing is moved).
+  """
+  warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return restore_checkpoint(manager, template, config, step), step
+    except ConfigMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors vary
+      where = pathlib.Path(manager.directory) / str(step)
+      aside = where.with_name(f"{step}{CORRUPT_SUFFIX}")
+      if jax.process_index() == 0 and where.exists():
+        if aside.exists():
+          shutil.rmtree(aside)
+        where.rename(aside)
+      warn(f"checkpoint step {step} in {manager.directory} is unreadable "
+           f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); moved to {aside.name}, "
+           "resuming from the step before it")
+      manager.reload()
+  return template, None
+
+
 def _resolve_step(manager, step: int | None) -> int:
   steps = sorted(manager.all_steps())
   if not steps:
@@ -235,6 +274,7 @@ def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.
 __all__ = [
     "ConfigMismatchError", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
     "checkpoint_manager", "config_differences", "config_json", "gather_process_json",
-    "resolve_step", "restore_checkpoint", "restore_data_state", "save_checkpoint",
+    "resolve_step", "restore_checkpoint", "restore_data_state", "restore_latest_intact",
+    "save_checkpoint",
     "saved_config", "training_fields",
 ]
