@@ -560,3 +560,26 @@ def test_torn_metrics_line_and_truncated_checkpoint_resume(tmp_path, config, fea
   assert {r["step"]: r["loss"] for r in rest.history} == {s: want[s] for s in range(6, 21)}
   steps = [r["step"] for r in train_lib.read_metrics(log)]
   assert steps == list(range(1, 21))
+
+
+def test_divergence_stops_at_the_first_non_finite_loss_and_saves_nothing(tmp_path, config,
+                                                                        features):
+  """graph.alpha = 1e30 drives the loss to NaN: training stops with a DivergedError naming the
+  step, and no checkpoint holds NaN (the interrupt path too)."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.graph.alpha = 1e30
+    cfg.log.every = 1
+  with pytest.raises(train_lib.DivergedError, match="diverged at step 1: loss (nan|inf); no checkpoint was saved"):
+    train_lib.train(cfg, tmp_path, features)
+  assert not [p for p in (tmp_path / "checkpoints").glob("[0-9]*")]
+  # A state that is already non-finite is refused at the save itself.
+  state = train_lib.init_state(cfg, features.psi_inputs.shape[-1])
+  state = state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
+  manager = train_lib.checkpoint_manager(tmp_path / "ck", cfg)
+  try:
+    with pytest.raises(train_lib.DivergedError, match="at step 3 holds NaN/Inf and was not saved"):
+      train_lib.save_checkpoint(manager, state, cfg, force=True, step=3)
+  finally:
+    manager.close()
+  assert not list((tmp_path / "ck").glob("3*"))

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
@@ -68,6 +69,26 @@ def checkpoint_manager(directory: str | pathlib.Path, config: ml_collections.Con
                                item_names=ITEMS)
 
 
+class DivergedError(ValueError):
+  """Training produced a non-finite loss or state: stopped, and never saved."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_finite(state, step: int, what: str = "state") -> None:
+  """Raises `DivergedError` if any floating leaf of ``state`` holds NaN/Inf (one device
+  reduction and one scalar read: called where a checkpoint is about to be written)."""
+  if not bool(jax.device_get(_all_finite(state))):
+    raise DivergedError(f"training diverged: the {what} at step {step} holds NaN/Inf and was "
+                        "not saved; lower optim.learning_rate or check the kernel settings "
+                        "(graph.alpha, graph.k), then resume from the last checkpoint")
+
+
 def save_checkpoint(manager, state, config: ml_collections.ConfigDict, *,
                     force: bool = False, step: int | None = None,
                     data_state: Any = None) -> bool:
@@ -87,6 +108,7 @@ def save_checkpoint(manager, state, config: ml_collections.ConfigDict, *,
     return False
   if not force and not manager.should_save(step):
     return False
+  check_finite(state, step)   # a checkpoint is never non-finite
   items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json(config)))
   if data_state is not None:
     items["data"] = ocp.args.JsonSave({"processes": gather_process_json(data_state)})
@@ -272,7 +294,7 @@ def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.
 
 
 __all__ = [
-    "ConfigMismatchError", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
+    "ConfigMismatchError", "DivergedError", "check_finite", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
     "checkpoint_manager", "config_differences", "config_json", "gather_process_json",
     "resolve_step", "restore_checkpoint", "restore_data_state", "restore_latest_intact",
     "save_checkpoint",

@@ -38,6 +38,7 @@ from spectral_jax import _cli
 from spectral_jax.neuralef import fidelity as fidelity_lib
 from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
 from spectral_jax.neuralef.checkpoint import ConfigMismatchError
+from spectral_jax.neuralef.checkpoint import DivergedError
 from spectral_jax.neuralef.checkpoint import check_checkpoint_config
 from spectral_jax.neuralef.checkpoint import checkpoint_manager
 from spectral_jax.neuralef.checkpoint import config_differences
@@ -375,6 +376,13 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
           now = time.perf_counter()
           record = _record(step, metrics, (now - clock) / (step - clock_step))
           record.update(info)
+          if not np.isfinite(record["loss"]):
+            last = manager.latest_step()
+            saved = "no checkpoint was saved" if last is None else (
+                f"the last checkpoint is step {last}")
+            raise DivergedError(
+                f"training diverged at step {step}: loss {record['loss']}; {saved}. Lower "
+                "optim.learning_rate or check the kernel settings (graph.alpha, graph.k)")
           if probe:  # not timed as a step
             hook(step, state, record)
             now = time.perf_counter()
@@ -413,7 +421,7 @@ def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
 
 
 __all__ = [
-    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "FeatureFeeder", "IMAGE_KEY", "ImageFeeder",
+    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "DivergedError", "FeatureFeeder", "IMAGE_KEY", "ImageFeeder",
     "KERNEL_FORMS", "RUNTIME_FIELDS", "TrainResult", "TrainState", "batch_indices",
     "batch_kernel_matmul", "check_checkpoint_config", "check_config", "checkpoint_manager",
     "config_differences", "config_json", "data_mesh", "device_batch", "init_state",
