@@ -27,7 +27,6 @@ import time
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import common
@@ -38,7 +37,7 @@ from spectral_jax.data import images as image_io
 KINDS = ("boxes", "mask", "semantic")
 NAMES = tuple(n for n in datasets.DATASETS if datasets.kind(n) in KINDS)
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = _cli.define_config_file(
     "config", str(pathlib.Path(__file__).parent / "configs" / "evaluate_dsm.py"),
     "ml_collections config (experiments/configs/evaluate_dsm.py[:preset]); override fields "
     "with --config.<field>=value.", lock_config=True)

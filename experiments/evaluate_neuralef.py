@@ -28,14 +28,13 @@ import json
 import pathlib
 
 from absl import flags
-from ml_collections import config_flags
 
 from spectral_jax import _cli
 
 # The default file only makes --config.X overrides parse; without --config=FILE the checkpoint's
 # config is used, with the dataset-evaluation fields given as --config.X applied to it.
 _DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parent / "configs" / "neuralef.py")
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = _cli.define_config_file(
     "config", _DEFAULT_CONFIG, "Config (default: the checkpoint's, with the --config.data."
     "dataset / data_dir / split / tfds_dir and --config.eval.* overrides given).")
 # Fields that say what to evaluate, not how ψ was trained: overridable on the checkpoint's
@@ -49,6 +48,7 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Report folder (default: <work
 def _training_summary(workdir: pathlib.Path, state) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
   eig = np.asarray(state.eig.value)
   summary = {"step": int(state.step),
              "eigenvalues_ema": {"top8": [round(float(x), 5) for x in eig[:8]],
@@ -56,7 +56,7 @@ def _training_summary(workdir: pathlib.Path, state) -> dict:
                                  "min": float(eig.min())}}
   log = workdir / "metrics.jsonl"
   if log.is_file():
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    records = train_lib.read_metrics(log)
     if records:
       summary["loss_first"] = {"step": records[0]["step"], "loss": records[0]["loss"]}
       summary["loss_last"] = {"step": records[-1]["step"], "loss": records[-1]["loss"]}

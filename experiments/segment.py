@@ -31,7 +31,6 @@ import time
 import ml_collections
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 from tqdm import tqdm
 
 from experiments import common
@@ -43,7 +42,7 @@ from spectral_jax.dsm import batching, outputs
 DEFAULT_OUT = "segment_output"
 PHOTOS = "photos"  # OUT/photos/... holds the per-photo files; run-level files sit beside it
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = _cli.define_config_file(
     "config", str(pathlib.Path(__file__).parent / "configs" / "segment.py"),
     "ml_collections config (experiments/configs/segment.py[:preset]); fields can be overridden "
     "with --config.<field>=value.", lock_config=True)

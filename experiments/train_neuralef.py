@@ -28,12 +28,11 @@ import json
 import pathlib
 
 from absl import flags
-from ml_collections import config_flags
 
 from spectral_jax import _cli
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "neuralef.py"
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = _cli.define_config_file(
     "config", str(DEFAULT_CONFIG), "Training configuration (file[:preset]).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/neuralef", "Checkpoints, metrics, TensorBoard.")
 _STOP_AT = flags.DEFINE_integer("stop_at", None, "Stop after this step (resumable).")

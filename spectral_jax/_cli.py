@@ -15,6 +15,8 @@ a bug and propagates with its traceback.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import pathlib
 import pickle
 import signal
@@ -150,13 +152,27 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     return flags.FLAGS(list(argv))
   except flags.Error as e:
     report(f"{one_line(e)} (see --help)")
+  except (AttributeError, KeyError) as e:
+    if not _raised_in_ml_collections(e):   # the --config file's own code failed
+      _report_flag_exception(e)
+    else:                                  # an override naming no field of --config's file
+      report(config_override_error(e, "config", "the --config file"))
   except Exception as e:  # pylint: disable=broad-except
-    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
-    where = f" ({frame.filename}, line {frame.lineno})" if frame and frame.filename else ""
-    where = "" if isinstance(e, (SyntaxError, OSError)) else where  # these name the file
-    report(f"cannot parse the flags: {type(e).__name__}: {one_line(e)}{where}; fix the flag or "
-           "the --config file")
+    _report_flag_exception(e)
   sys.exit(EXIT_USAGE)
+
+
+def _raised_in_ml_collections(error: BaseException) -> bool:
+  frames = traceback.extract_tb(error.__traceback__) if error.__traceback__ else []
+  return bool(frames) and "ml_collections" in frames[-1].filename
+
+
+def _report_flag_exception(e: BaseException) -> None:
+  frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+  where = f" ({frame.filename}, line {frame.lineno})" if frame and frame.filename else ""
+  where = "" if isinstance(e, (SyntaxError, OSError)) else where  # these name the file
+  report(f"cannot parse the flags: {type(e).__name__}: {one_line(e)}{where}; fix the flag or "
+         "the --config file")
 
 
 @contextlib.contextmanager
@@ -183,6 +199,41 @@ def config_from_flag(holder):
                      "file[:preset]") from e
 
 
+def config_override_error(error: BaseException, name: str, config_file: str) -> str:
+  """The one line for an exception raised while ``--name.field=value`` overrides were applied
+  to ``config_file``: which flag named which missing field, with ml_collections' "did you
+  mean" hint."""
+  given = [a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith(f"--{name}.")]
+  if not isinstance(error, (AttributeError, KeyError)):
+    return (f"cannot apply {', '.join(given) or '--' + name}: {type(error).__name__}: "
+            f"{one_line(error)}; fix the flag")
+  text = error
+  while isinstance(text, BaseException) and text.args:   # AttributeError(KeyError("'f'\n..."))
+    text = text.args[0]
+  first, _, hint = str(text).partition("\n")
+  key = first.strip("'\" ")
+  named = [a for a in given if a.rsplit(".", 1)[-1] == key] or given
+  hint = f"{one_line(hint)} " if hint.strip() else ""
+  return (f"{', '.join(named) or '--' + name}: no such config field {key!r} in {config_file}; "
+          f"{hint}see that file for the fields it has")
+
+
+def define_config_file(name: str, default: str, help_string: str, **kwargs):
+  """``ml_collections.config_flags.DEFINE_config_file`` whose ``--name.field=value`` overrides
+  of the DEFAULT config are a one-line usage error (exit 2) instead of a traceback.
+
+  ml_collections parses the default config, and the overrides it finds in ``sys.argv``, while
+  the flag is being defined (at import, before `run`'s error boundary exists): an unknown
+  field raised from there.
+  """
+  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
+  except Exception as e:  # pylint: disable=broad-except
+    report(config_override_error(e, name, default))
+    sys.exit(EXIT_USAGE)
+
+
 def directory_flag(name: str, value: str) -> pathlib.Path:
   """``--name``'s folder; an existing path that is not a folder is a `UsageError`."""
   path = pathlib.Path(value)
@@ -203,6 +254,38 @@ def output_folder(value: str, *, overwrite: bool, overwrite_hint: str) -> pathli
     raise UsageError(f"--out {str(out)!r} already holds files (an earlier run?); choose "
                      f"another --out or pass {overwrite_hint} to replace them")
   return out
+
+
+LOCK_NAME = ".spectral_jax.lock"
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | os.PathLike, *, what: str = "--out"):
+  """Holds an advisory lock on ``folder`` (created if missing) for the block: a second run on
+  the same folder, in this or another process, is a `UsageError` naming the holder's PID,
+  instead of two runs interleaving their files. The lock is a ``flock`` on
+  ``folder/.spectral_jax.lock``, so the kernel releases it when the holder exits, however it
+  ends (kill -9 included): a stale lock file never blocks a later run.
+
+  Raises:
+    UsageError: another process holds the folder.
+  """
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  path = folder / LOCK_NAME
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+      raise UsageError(f"{what} {str(folder)!r} is in use by another run (PID {holder}); wait "
+                       f"for it to finish or choose another {what}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield folder
+  finally:
+    os.close(fd)   # releases the flock
 
 
 def run(main: Callable[[Sequence[str]], int | None]) -> None:

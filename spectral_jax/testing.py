@@ -12,6 +12,11 @@ code against the same reference:
   (``scipy.linalg.eigh(D − A, D, subset_by_index=[1, 2])``), ``tokencut_reference`` and
   ``maskcut_reference`` (one SciPy ``eigh`` per cut).
 * TokenCut's fast bilateral solver: ``bilateral_reference`` (SciPy sparse matrices and ``cg``).
+* Eigensolvers against known spectra: ``compare_eigenpairs`` / ``assert_eigenpairs_close``
+  (eigenvalues, and eigenvectors up to sign and to rotation inside clusters of equal
+  eigenvalues, by principal angles), and problems with closed-form spectra:
+  ``path_laplacian``, ``grid_laplacian`` (degenerate pairs), ``ring_normalised_laplacian`` (a
+  generalised ``L y = λ D y`` problem).
 * Timing: ``median_time`` (median seconds after warm-up) and ``timed_call`` (one call, e.g. the
   first one including compilation). Both block on JAX outputs, so they time the work itself.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 import statistics
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -323,6 +328,172 @@ def bilateral_reference(image: np.ndarray, target: np.ndarray, *, sigma_spatial:
           "blur": b_mat, "A": a_mat, "b": rhs}
 
 
+# ----------------------------------------------------------------------------- eigenpairs
+
+
+class EigenpairReport(NamedTuple):
+  """What `compare_eigenpairs` measured.
+
+  Attributes:
+    eigenvalue_error: (k,) |λ − λ_ref|.
+    clusters: index ranges ``(start, stop)`` of reference eigenvalues equal within
+      ``cluster_rtol``; eigenvectors are compared per cluster.
+    angles_deg: (num_clusters,) largest principal angle, in degrees, between the computed and
+      the reference eigenvectors of each cluster (in the B inner product when B is given): 0
+      for equal subspaces, whatever the signs or the rotation inside a degenerate cluster.
+    orthonormality_error: max |Vᵀ B V − I| of the computed vectors.
+  """
+
+  eigenvalue_error: np.ndarray
+  clusters: list[tuple[int, int]]
+  angles_deg: np.ndarray
+  orthonormality_error: float
+
+
+def eigenvalue_clusters(eigenvalues, rtol: float = 1e-6) -> list[tuple[int, int]]:
+  """Ranges ``(start, stop)`` of consecutive sorted eigenvalues within ``rtol·max|λ|`` of the
+  previous one: the groups whose eigenvectors are only defined up to rotation."""
+  lam = np.asarray(eigenvalues, np.float64)
+  scale = max(float(np.max(np.abs(lam))), np.finfo(np.float64).tiny) if lam.size else 1.0
+  out, start = [], 0
+  for i in range(1, lam.size + 1):
+    if i == lam.size or abs(lam[i] - lam[i - 1]) > rtol * scale:
+      out.append((start, i))
+      start = i
+  return out
+
+
+def compare_eigenpairs(eigenvalues, eigenvectors, ref_eigenvalues, ref_eigenvectors, *,
+                       B=None, cluster_rtol: float = 1e-6) -> EigenpairReport:
+  """Compares computed eigenpairs with reference ones, up to sign and rotation.
+
+  Eigenvectors of a cluster of equal eigenvalues are any orthonormal basis of its eigenspace,
+  and every eigenvector's sign is arbitrary, so vectors are compared per cluster of the
+  reference eigenvalues by the largest principal angle between the two subspaces (computed
+  as ``arccos`` of the smallest singular value of ``V_refᵀ B V``, both sides B-orthonormalised).
+  A cluster cut by the end of the requested range (k ends inside it) is compared as far as it
+  goes, which bounds the angle only loosely: ask for whole clusters.
+
+  Args:
+    eigenvalues: (k,) computed, in the reference's order.
+    eigenvectors: (n, k) computed.
+    ref_eigenvalues: (k,) reference.
+    ref_eigenvectors: (n, k) reference.
+    B: optional (n, n) SPD matrix of a generalised problem ``A x = λ B x``.
+    cluster_rtol: eigenvalues closer than this times max |λ| form one cluster.
+  Returns:
+    An `EigenpairReport`.
+  Raises:
+    ValueError: mismatched shapes, NaN/Inf values.
+  """
+  lam, lam_ref = (np.asarray(a, np.float64) for a in (eigenvalues, ref_eigenvalues))
+  v, v_ref = (np.asarray(a, np.float64) for a in (eigenvectors, ref_eigenvectors))
+  if lam.shape != lam_ref.shape or lam.ndim != 1:
+    raise ValueError(f"eigenvalues must both be (k,); got {lam.shape} and {lam_ref.shape}")
+  if v.shape != v_ref.shape or v.shape[1:] != lam.shape:
+    raise ValueError(f"eigenvectors must both be (n, k={lam.size}); got {v.shape} and "
+                     f"{v_ref.shape}")
+  for name, a in (("eigenvalues", lam), ("eigenvectors", v), ("ref_eigenvalues", lam_ref),
+                  ("ref_eigenvectors", v_ref)):
+    if not np.all(np.isfinite(a)):
+      raise ValueError(f"{name} holds NaN or Inf")
+  b = np.eye(v.shape[0]) if B is None else np.asarray(B, np.float64)
+  gram = v.T @ b @ v
+  ortho = float(np.max(np.abs(gram - np.eye(lam.size)))) if lam.size else 0.0
+
+  def b_orthonormal(x):
+    chol = np.linalg.cholesky(x.T @ b @ x)
+    return np.linalg.solve(chol, x.T).T          # x L⁻ᵀ: Bᵀ-orthonormal columns
+
+  clusters = eigenvalue_clusters(lam_ref, cluster_rtol)
+  angles = []
+  for start, stop in clusters:
+    q, q_ref = b_orthonormal(v[:, start:stop]), b_orthonormal(v_ref[:, start:stop])
+    sv = np.linalg.svd(q_ref.T @ b @ q, compute_uv=False)
+    angles.append(np.degrees(np.arccos(np.clip(sv.min(), -1.0, 1.0))))
+  return EigenpairReport(np.abs(lam - lam_ref), clusters, np.asarray(angles), ortho)
+
+
+def assert_eigenpairs_close(eigenvalues, eigenvectors, ref_eigenvalues, ref_eigenvectors, *,
+                            B=None, eigenvalue_atol: float = 1e-6, max_angle_deg: float = 0.1,
+                            orthonormality_atol: float = 1e-5,
+                            cluster_rtol: float = 1e-6) -> EigenpairReport:
+  """`compare_eigenpairs`, raising AssertionError (naming the worst index or cluster) when an
+  eigenvalue differs by more than ``eigenvalue_atol``, a cluster's eigenvectors lie more than
+  ``max_angle_deg`` from the reference's, or ``Vᵀ B V`` differs from I by more than
+  ``orthonormality_atol``. Returns the report."""
+  rep = compare_eigenpairs(eigenvalues, eigenvectors, ref_eigenvalues, ref_eigenvectors, B=B,
+                           cluster_rtol=cluster_rtol)
+  worst = int(np.argmax(rep.eigenvalue_error)) if rep.eigenvalue_error.size else 0
+  if rep.eigenvalue_error.size and rep.eigenvalue_error[worst] > eigenvalue_atol:
+    raise AssertionError(f"eigenvalue {worst}: |λ − λ_ref| = {rep.eigenvalue_error[worst]:.3g} "
+                         f"> {eigenvalue_atol:g}")
+  if rep.angles_deg.size and rep.angles_deg.max() > max_angle_deg:
+    c = int(np.argmax(rep.angles_deg))
+    raise AssertionError(f"eigenvectors {rep.clusters[c][0]}..{rep.clusters[c][1] - 1}: "
+                         f"{rep.angles_deg[c]:.3g}° from the reference subspace "
+                         f"> {max_angle_deg:g}°")
+  if rep.orthonormality_error > orthonormality_atol:
+    raise AssertionError(f"max |VᵀBV − I| = {rep.orthonormality_error:.3g} > "
+                         f"{orthonormality_atol:g}")
+  return rep
+
+
+def path_laplacian(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The combinatorial Laplacian of the path graph on n nodes, with its closed-form spectrum.
+
+  Returns:
+    ``(L, eigenvalues, eigenvectors)``: L (n, n) float64; eigenvalues
+    ``2 − 2 cos(π j / n)``, j = 0..n−1 (ascending, simple); eigenvectors (n, n) with columns
+    ``cos(π j (i + ½) / n)`` normalised.
+  """
+  if n < 2:
+    raise ValueError(f"path_laplacian needs n ≥ 2; got {n}")
+  lap = 2.0 * np.eye(n) - np.eye(n, k=1) - np.eye(n, k=-1)
+  lap[0, 0] = lap[-1, -1] = 1.0
+  j = np.arange(n)
+  vec = np.cos(np.pi * np.outer(np.arange(n) + 0.5, j) / n)
+  return lap, 2.0 - 2.0 * np.cos(np.pi * j / n), vec / np.linalg.norm(vec, axis=0)
+
+
+def grid_laplacian(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The Laplacian of the h×w grid graph (4-neighbours): the Kronecker sum of two path
+  Laplacians, with eigenvalues ``μ_a + ν_b`` and eigenvectors ``u_a ⊗ v_b`` (sorted
+  ascending). A square grid has degenerate pairs (a ≠ b), which is what a comparison up to
+  rotation is for.
+
+  Returns:
+    ``(L, eigenvalues, eigenvectors)``: (n, n), (n,), (n, n) with n = h·w, row-major nodes.
+  """
+  lh, mu, u = path_laplacian(h)
+  lw, nu, v = path_laplacian(w)
+  lap = np.kron(lh, np.eye(w)) + np.kron(np.eye(h), lw)
+  lam = (mu[:, None] + nu[None, :]).ravel()
+  vec = np.einsum("ia,jb->ijab", u, v).reshape(h * w, h * w)
+  order = np.argsort(lam, kind="stable")
+  return lap, lam[order], vec[:, order]
+
+
+def ring_normalised_laplacian(n: int, weight: float = 1.0, self_loop: float = 1.0
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The generalised problem ``(D − W) y = λ D y`` (DSM's, SPEC §3) of a ring of n nodes with
+  edge weight ``weight`` and a self-loop ``self_loop`` on every node. Every degree is
+  d = 2·weight + self_loop, so the eigenvalues are ``(2 weight / d)(1 − cos(2π j / n))``:
+  simple for j = 0 (and j = n/2), doubly degenerate otherwise.
+
+  Returns:
+    ``(W, D, eigenvalues)``: W (n, n), D = diag(degrees) (n, n), the n eigenvalues ascending.
+  """
+  if n < 3:
+    raise ValueError(f"ring_normalised_laplacian needs n ≥ 3; got {n}")
+  w_mat = weight * (np.eye(n, k=1) + np.eye(n, k=-1))
+  w_mat[0, -1] = w_mat[-1, 0] = weight
+  w_mat += self_loop * np.eye(n)
+  d = 2.0 * weight + self_loop
+  lam = np.sort(2.0 * weight / d * (1.0 - np.cos(2.0 * np.pi * np.arange(n) / n)))
+  return w_mat, np.diag(w_mat.sum(1)), lam
+
+
 # ----------------------------------------------------------------------------- timing
 
 
@@ -346,6 +517,7 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
 __all__ = [
     "dsm_affinity_np", "degrees_np", "sign_rule_np", "dsm_eigsh_reference", "dsm_eigh_reference",
     "largest_component_np", "box_np", "tokencut_graph_np", "ncut_eigh_reference",
-    "tokencut_reference", "maskcut_reference", "bilateral_reference", "timed_call",
-    "median_time",
+    "tokencut_reference", "maskcut_reference", "bilateral_reference", "EigenpairReport",
+    "eigenvalue_clusters", "compare_eigenpairs", "assert_eigenpairs_close", "path_laplacian",
+    "grid_laplacian", "ring_normalised_laplacian", "timed_call", "median_time",
 ]

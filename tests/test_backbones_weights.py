@@ -319,3 +319,82 @@ def test_cache_dir_follows_environment(monkeypatch, tmp_path):
   assert weights.cache_dir() == tmp_path
   monkeypatch.delenv("SPECTRAL_JAX_CACHE")
   assert weights.cache_dir() == pathlib.Path.home() / ".cache" / "spectral_jax"
+
+
+# ---------------------------------------------------- hostile archives built opcode by opcode
+
+
+def _global(module: str, name: str) -> bytes:
+  return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _text(s: str) -> bytes:
+  b = s.encode()
+  return b"X" + len(b).to_bytes(4, "little") + b
+
+
+def _int(n: int) -> bytes:
+  b = n.to_bytes((n.bit_length() + 8) // 8, "little", signed=True)
+  return b"\x8a" + bytes([len(b)]) + b       # LONG1
+
+
+def _tuple(*items: bytes) -> bytes:
+  return b"(" + b"".join(items) + b"t"
+
+
+def _storage(numel: bytes) -> bytes:
+  return _tuple(_text("storage"), _global("torch", "FloatStorage"), _text("0"), _text("cpu"),
+                numel) + b"Q"                 # BINPERSID
+
+
+def _tensor(storage: bytes, size: tuple, stride: tuple) -> bytes:
+  return (_global("torch._utils", "_rebuild_tensor_v2")
+          + _tuple(storage, _int(0), _tuple(*map(_int, size)), _tuple(*map(_int, stride)),
+                   b"\x89", _global("collections", "OrderedDict") + b")R") + b"R")
+
+
+def _archive(path, value: bytes, storage_bytes: int = 16):
+  pkl = b"\x80\x02}" + _text("weight") + value + b"s."
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("x/data.pkl", pkl)
+    archive.writestr("x/data/0", b"\0" * storage_bytes)
+    archive.writestr("x/version", "3\n")
+  return path
+
+
+def test_handmade_archive_reader_reads_a_plain_tensor(tmp_path):
+  """The opcode builder itself is right: a well-formed 2x2 tensor reads back."""
+  state = weights.read_torch_checkpoint(
+      _archive(tmp_path / "ok.pt", _tensor(_storage(_int(4)), (2, 2), (2, 1))))
+  np.testing.assert_array_equal(state["weight"], np.zeros((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("value, match", [
+    # stride 0 over 2⁴⁰ elements: passes "reaches past its storage", would allocate 4 TiB
+    (_tensor(_storage(_int(4)), (2 ** 40,), (0,)), "declares 1099511627776 elements"),
+    (_tensor(_storage(_int(4)), (4, 4), (1, 1)), "declares 16 elements over a storage of 4"),
+    (_global("torch", "FloatStorage") + b")R", "Refusing to call torch.FloatStorage"),
+    (_tensor(_storage(_text("4")), (2,), (1,)), "declares '4' elements: not a count"),
+    (_global("torch._utils", "_rebuild_tensor_v2")
+     + _tuple(_storage(_int(4)), _int(0), _tuple(_text("2")), _tuple(_int(1)), b"\x89",
+              _global("collections", "OrderedDict") + b")R") + b"R",
+     "not a tuple of integers"),
+], ids=["stride0-huge", "overlapping", "storage-call", "string-numel", "string-size"])
+def test_hostile_storage_references_are_refused(value, match, tmp_path):
+  path = _archive(tmp_path / "hostile.pt", value)
+  with pytest.raises(weights.UnsafeCheckpointError, match=match):
+    weights.read_torch_checkpoint(path)
+
+
+def test_non_finite_and_integer_weights_are_refused(tmp_path):
+  config = backbones.get_config("dino_vits16", depth=1, width=32, num_heads=2, mlp_dim=64)
+  params = jax.tree.map(np.asarray, backbones.init_backbone(config).params)
+  state = weights.params_to_state_dict(params, config, "timm")
+  bad = dict(state)
+  bad["norm.weight"] = np.full_like(state["norm.weight"], np.nan)
+  with pytest.raises(ValueError, match=r"NaN/Inf values.*norm/scale \(32 of 32\)"):
+    weights.check_params(weights.state_dict_to_params(bad, config, "timm"), config)
+  quantised = dict(state)
+  quantised["norm.weight"] = state["norm.weight"].astype(np.int8)
+  with pytest.raises(ValueError, match="'norm.weight' is int8, not floating point"):
+    weights.state_dict_to_params(quantised, config, "timm")

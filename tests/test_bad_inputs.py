@@ -24,6 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = "experiments.train_neuralef"
 EVAL = "experiments.evaluate_neuralef"
 SEG = "experiments.segment"
+EVAL_DSM = "experiments.evaluate_dsm"
 SEG_TEST = "--config={repo}/experiments/configs/segment.py:test"
 TEST_CONFIG = "--config={repo}/experiments/configs/neuralef.py:test"
 # The checkpointed run of the `paths` fixture: the test preset, 2 steps, a checkpoint each.
@@ -171,6 +172,24 @@ CASES = [
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--weights={evil}", "--backbone_overrides=",
                        "--out={tmp}/s_evil"], 1, "Refusing to load posix.system",
                  id="seg-unsafe-weights"),
+    # An unknown field overriding the DEFAULT config (no --config): ml_collections raises while
+    # the flag is defined, at import; every command answers in one line (exit 2).
+    pytest.param(SEG, ["--config.dsm.no_such_field=3"], 2,
+                 "--config.dsm.no_such_field: no such config field 'no_such_field'",
+                 id="seg-default-config-unknown-field"),
+    pytest.param(SEG, ["--config.dsm.num_eigenvector=3"], 2,
+                 'Did you mean "num_eigenvectors"', id="seg-default-config-did-you-mean"),
+    pytest.param(SEG, [SEG_TEST, "--config.dsm.num_eigenvector=3"], 2,
+                 "no such config field 'num_eigenvector' in the --config file",
+                 id="seg-config-unknown-field-named"),
+    pytest.param(EVAL_DSM, ["--config.dsm.no_such_field=3"], 2,
+                 "--config.dsm.no_such_field: no such config field 'no_such_field'",
+                 id="evaldsm-default-config-unknown-field"),
+    pytest.param(TRAIN, ["--config.train.no_such=3"], 2,
+                 "--config.train.no_such: no such config field 'no_such'",
+                 id="train-default-config-unknown-field"),
+    pytest.param(EVAL, ["--config.nope.x=1"], 2, "--config.nope.x: no such config field 'nope'",
+                 id="eval-default-config-unknown-field"),
 ]
 
 

@@ -45,3 +45,32 @@ def test_deferred_interrupts_let_an_exception_through(handlers):
       raise ValueError("not an interrupt")
   with _cli.deferred_interrupts():   # the depth was restored
     pass
+
+
+def test_exclusive_folder_refuses_a_second_holder_naming_its_pid(tmp_path):
+  import subprocess
+  import sys
+  import textwrap
+  folder = tmp_path / "out"
+  holder = subprocess.Popen(
+      [sys.executable, "-c", textwrap.dedent(f"""
+          import sys, time
+          from spectral_jax import _cli
+          with _cli.exclusive_folder({str(folder)!r}):
+            print("held", flush=True)
+            sys.stdin.readline()
+          """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(_cli.UsageError, match=f"in use by another run \\(PID {holder.pid}\\)"):
+      with _cli.exclusive_folder(folder):
+        pass
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder was killed (-9): the kernel dropped its lock; the stale file blocks nothing.
+  assert (folder / _cli.LOCK_NAME).exists()
+  with _cli.exclusive_folder(folder):
+    with pytest.raises(_cli.UsageError, match="in use"):   # same process, second open: refused
+      with _cli.exclusive_folder(folder):
+        pass

@@ -533,3 +533,53 @@ def test_ctrl_c_saves_and_the_same_command_resumes(tmp_path, spawn, prefix):
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"resumed from step {saved}" in again.stdout
   assert f"done at step {saved + 2}" in again.stdout
+
+
+def test_torn_metrics_line_and_truncated_checkpoint_resume(tmp_path, config, features, full_run,
+                                                           capfd):
+  """What kill -9 or a full disk leaves: a torn last line of metrics.jsonl and a truncated
+  newest checkpoint. Resume drops the line and falls back to the newest intact step (moving
+  the broken one aside), and the losses from there equal the uninterrupted run's."""
+  _, full = full_run
+  train_lib.train(config, tmp_path, features, stop_at=10)   # checkpoints at 5 and 10
+  log = tmp_path / "metrics.jsonl"
+  log.write_text(log.read_text() + '{"step": 11, "loss": -0.0')          # torn
+  step10 = tmp_path / "checkpoints" / "10"
+  broken = [p for p in (step10 / "state").rglob("*") if p.is_file() and p.stat().st_size > 64]
+  assert broken, "no state file to truncate"
+  for p in broken:
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+  capfd.readouterr()
+  rest = train_lib.train(config, tmp_path, features)   # the full 20 steps
+  err = capfd.readouterr().err
+  assert "dropped an unreadable metrics line" in err and "metrics.jsonl:" in err
+  assert "checkpoint step 10" in err and "10.corrupt" in err
+  assert rest.resumed_from == 5
+  assert (tmp_path / "checkpoints" / "10.corrupt").is_dir()
+  want = {r["step"]: r["loss"] for r in full.history}
+  assert {r["step"]: r["loss"] for r in rest.history} == {s: want[s] for s in range(6, 21)}
+  steps = [r["step"] for r in train_lib.read_metrics(log)]
+  assert steps == list(range(1, 21))
+
+
+def test_divergence_stops_at_the_first_non_finite_loss_and_saves_nothing(tmp_path, config,
+                                                                        features):
+  """graph.alpha = 1e30 drives the loss to NaN: training stops with a DivergedError naming the
+  step, and no checkpoint holds NaN (the interrupt path too)."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.graph.alpha = 1e30
+    cfg.log.every = 1
+  with pytest.raises(train_lib.DivergedError, match="diverged at step 1: loss (nan|inf); no checkpoint was saved"):
+    train_lib.train(cfg, tmp_path, features)
+  assert not [p for p in (tmp_path / "checkpoints").glob("[0-9]*")]
+  # A state that is already non-finite is refused at the save itself.
+  state = train_lib.init_state(cfg, features.psi_inputs.shape[-1])
+  state = state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
+  manager = train_lib.checkpoint_manager(tmp_path / "ck", cfg)
+  try:
+    with pytest.raises(train_lib.DivergedError, match="at step 3 holds NaN/Inf and was not saved"):
+      train_lib.save_checkpoint(manager, state, cfg, force=True, step=3)
+  finally:
+    manager.close()
+  assert not list((tmp_path / "ck").glob("3*"))

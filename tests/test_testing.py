@@ -103,3 +103,82 @@ def test_median_time_calls_and_median(monkeypatch):
   assert seconds >= 0 and out.shape == (3,)
   with pytest.raises(ValueError, match="repeats"):
     testing.median_time(lambda: None, repeats=0)
+
+
+# ----------------------------------------------------------------------------- eigenpairs
+
+
+@pytest.mark.parametrize("problem", ["path", "grid"])
+def test_closed_form_spectra_match_scipy(problem):
+  import scipy.linalg
+  lap, lam, vec = testing.path_laplacian(9) if problem == "path" else testing.grid_laplacian(4, 4)
+  ref_lam, ref_vec = scipy.linalg.eigh(lap)
+  np.testing.assert_allclose(lam, ref_lam, atol=1e-12)
+  np.testing.assert_allclose(lap @ vec, vec * lam, atol=1e-12)
+  rep = testing.assert_eigenpairs_close(lam, vec, ref_lam, ref_vec, eigenvalue_atol=1e-12,
+                                        max_angle_deg=1e-5, orthonormality_atol=1e-12)
+  if problem == "grid":   # a square grid has degenerate clusters: compared up to rotation
+    assert max(b - a for a, b in rep.clusters) >= 2
+
+
+def test_ring_generalised_spectrum_matches_scipy():
+  import scipy.linalg
+  w, d, lam = testing.ring_normalised_laplacian(10, weight=0.7, self_loop=0.4)
+  np.testing.assert_allclose(scipy.linalg.eigh(d - w, d, eigvals_only=True), lam, atol=1e-12)
+
+
+def test_compare_eigenpairs_ignores_sign_and_rotation_inside_a_cluster():
+  lap, lam, vec = testing.grid_laplacian(4, 4)
+  (a, b), = [c for c in testing.eigenvalue_clusters(lam) if c[1] - c[0] == 2][:1]
+  rotated = vec.copy()
+  t = 0.6
+  rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+  rotated[:, a:b] = vec[:, a:b] @ rot
+  rotated[:, 0] *= -1
+  rep = testing.compare_eigenpairs(lam, rotated, lam, vec)
+  assert rep.angles_deg.max() < 1e-6 and rep.orthonormality_error < 1e-12
+  # The same rotation across two DIFFERENT eigenvalues is an error, and it is reported.
+  mixed = vec.copy()
+  mixed[:, b - 1:b + 1] = vec[:, b - 1:b + 1] @ rot
+  rep = testing.compare_eigenpairs(lam, mixed, lam, vec)
+  assert rep.angles_deg.max() == pytest.approx(np.degrees(t), abs=1e-6)
+  with pytest.raises(AssertionError, match=f"eigenvectors ({a}..{b - 1}|{b}..{b}): 34.4°"):
+    testing.assert_eigenpairs_close(lam, mixed, lam, vec)
+
+
+def test_compare_eigenpairs_b_inner_product():
+  import scipy.linalg
+  w, d, lam = testing.ring_normalised_laplacian(12)
+  ref_lam, ref_vec = scipy.linalg.eigh(d - w, d)
+  scaled = ref_vec * np.array([-1.0] * 12)     # signs flipped: still D-orthonormal
+  rep = testing.assert_eigenpairs_close(ref_lam, scaled, lam, ref_vec, B=d, eigenvalue_atol=1e-12,
+                                        max_angle_deg=1e-5, orthonormality_atol=1e-10)
+  assert rep.orthonormality_error < 1e-10
+  # Euclidean-orthonormal vectors are not D-orthonormal: reported.
+  with pytest.raises(AssertionError, match="VᵀBV"):
+    testing.assert_eigenpairs_close(ref_lam, ref_vec, lam, ref_vec, B=2 * d,
+                                    eigenvalue_atol=1e-12)
+
+
+def test_compare_eigenpairs_refuses_bad_input():
+  lam, vec = np.ones(3), np.eye(4)[:, :3]
+  with pytest.raises(ValueError, match="eigenvectors must both"):
+    testing.compare_eigenpairs(lam, vec, lam, np.eye(5)[:, :3])
+  with pytest.raises(ValueError, match="NaN"):
+    testing.compare_eigenpairs(lam * np.nan, vec, lam, vec)
+
+
+def test_lobpcg_on_closed_form_spectra(x64):
+  """The library's own LOBPCG against the closed forms: smallest pairs of a grid Laplacian
+  (degenerate clusters) and the generalised ring problem."""
+  lap, lam, vec = testing.grid_laplacian(6, 6)
+  k = 6   # eigenvalue clusters (0), (1, 2), (3), (4, 5): whole clusters
+  x0 = np.random.default_rng(0).normal(size=(36, 10))
+  res = eigensolvers.lobpcg(jnp.asarray(lap), jnp.asarray(x0), k=k, tol=1e-10)
+  assert bool(res.converged.all())
+  testing.assert_eigenpairs_close(res.eigenvalues, res.eigenvectors, lam[:k], vec[:, :k],
+                                  eigenvalue_atol=1e-8, max_angle_deg=1e-3)
+  w, d, lam = testing.ring_normalised_laplacian(30)
+  res = eigensolvers.lobpcg(jnp.asarray(d - w), jnp.asarray(x0[:30, :8]), B=jnp.asarray(d), k=5,
+                            tol=1e-10)
+  np.testing.assert_allclose(res.eigenvalues, lam[:5], atol=1e-8)

@@ -28,6 +28,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import io
+import math
 import os
 import pathlib
 import pickle
@@ -77,17 +78,37 @@ class _StorageType:
   def __init__(self, name: str):
     self.name, self.dtype = name, np.dtype(_STORAGE_DTYPES[name])
 
+  def __call__(self, *args, **kwargs):   # a pickle REDUCE on the class, e.g. FloatStorage()
+    raise UnsafeCheckpointError(f"Refusing to call torch.{self.name} from a pickled "
+                                "checkpoint: storages are read from the archive, never built.")
+
+
+def _is_index(x) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
   """Replaces torch._utils._rebuild_tensor(_v2): a strided view of the storage, copied."""
   del unused  # requires_grad, backward hooks, metadata.
   if not isinstance(storage, np.ndarray):
     raise UnsafeCheckpointError("A tensor in the checkpoint is not backed by a storage.")
-  size, stride = tuple(int(n) for n in size), tuple(int(s) for s in stride)
+  if not (_is_index(offset) and isinstance(size, (tuple, list)) and isinstance(stride, (tuple, list))
+          and all(_is_index(v) for v in (*size, *stride))):
+    raise UnsafeCheckpointError("A tensor in the checkpoint has a size, stride or offset that "
+                                "is not a tuple of integers.")
+  size, stride, offset = tuple(int(n) for n in size), tuple(int(s) for s in stride), int(offset)
   if offset < 0 or len(size) != len(stride) or min(size + stride, default=0) < 0:
     raise UnsafeCheckpointError("A tensor in the checkpoint has an invalid size or stride.")
   if 0 in size:
     return np.zeros(size, storage.dtype)
+  # A saved parameter never repeats storage elements: a zero stride on a dimension longer than
+  # one (torch's expand), or more elements than its storage holds, would make the copy below
+  # allocate without bound (a 1.6 KB file declaring 2⁴⁰ elements asks for 4 TiB).
+  numel = math.prod(size)
+  if any(n > 1 and s == 0 for n, s in zip(size, stride)) or numel > storage.size:
+    raise UnsafeCheckpointError(f"A tensor in the checkpoint declares {numel} elements over a "
+                                f"storage of {storage.size} (zero or overlapping strides): "
+                                "refused; re-save the state_dict with contiguous tensors.")
   item = storage.dtype.itemsize
   if offset + sum((n - 1) * s for n, s in zip(size, stride)) >= storage.size:
     raise UnsafeCheckpointError("A tensor in the checkpoint reaches past its storage.")
@@ -133,6 +154,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
             and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
       raise UnsafeCheckpointError(f"Unexpected persistent id in checkpoint: {pid!r:.80}.")
     _, storage_type, key, _, numel = pid
+    if not _is_index(numel) or numel < 0:
+      raise UnsafeCheckpointError(f"Storage {key!r:.40} declares {numel!r:.40} elements: not a "
+                                  "count.")
     if key not in self._storages:
       name = f"{self._prefix}data/{key}"
       try:
@@ -182,6 +206,10 @@ def read_torch_checkpoint(path) -> Any:
     raise
   except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as err:
     raise ValueError(f"{path} is a corrupt PyTorch checkpoint: {err}.") from err
+  except (TypeError, AttributeError, IndexError, KeyError, OverflowError, MemoryError) as err:
+    # A pickle that combines the allowed pieces in ways torch.save never writes.
+    raise UnsafeCheckpointError(f"{path}: the pickle is not a plain tensor checkpoint "
+                                f"({type(err).__name__}: {err}); refused.") from err
 
 
 # ------------------------------------------------------------------- safetensors / npz ---
@@ -398,7 +426,11 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config,
       raise ValueError(f"Checkpoint ({naming} naming) lacks '{key}': is it a {config.name} "
                        f"with depth {config.depth}?")
     used.add(key)
-    return np.asarray(state[key], np.float32)
+    value = np.asarray(state[key])
+    if not (np.issubdtype(value.dtype, np.floating) or value.dtype == ml_dtypes.bfloat16):
+      raise ValueError(f"Checkpoint tensor '{key}' is {value.dtype}, not floating point "
+                       "(quantised or corrupt weights are not read); save float weights.")
+    return value.astype(np.float32)
 
   linear = lambda key: {"kernel": get(key + ".weight").T, "bias": get(key + ".bias")}
   norm = lambda key: {"scale": get(key + ".weight"), "bias": get(key + ".bias")}
@@ -472,7 +504,8 @@ def params_to_state_dict(params, config, naming: str = "timm") -> StateDict:
 
 
 def check_params(params, config) -> None:
-  """Raises ValueError naming every leaf whose shape differs from what `config` builds."""
+  """Raises ValueError naming every leaf whose shape differs from what `config` builds, or
+  that holds NaN/Inf values."""
   expected = {"/".join(k): v for k, v in vit.param_shapes(config).items()}
   got = traverse_util.flatten_dict(params, sep="/")
   problems = [f"{k}: missing" for k in expected if k not in got]
@@ -483,6 +516,12 @@ def check_params(params, config) -> None:
     raise ValueError(f"Weights do not fit {config.name} (width {config.width}, depth "
                      f"{config.depth}, patch {config.patch_size}, grid {config.pos_grid}): "
                      + "; ".join(problems[:6]) + (" ..." if len(problems) > 6 else ""))
+  bad = [f"{k} ({int(np.size(v) - np.isfinite(v).sum())} of {np.size(v)})"
+         for k, v in got.items() if not np.all(np.isfinite(np.asarray(v, np.float32)))]
+  if bad:
+    raise ValueError(f"Weights hold NaN/Inf values, which would make every feature NaN: "
+                     f"{'; '.join(bad[:6])}{' ...' if len(bad) > 6 else ''}. The file is "
+                     "corrupt or from a diverged run; use other weights.")
 
 
 # ----------------------------------------------------------------------------- loading -----

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Sequence
+import shutil
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
@@ -66,6 +69,26 @@ def checkpoint_manager(directory: str | pathlib.Path, config: ml_collections.Con
                                item_names=ITEMS)
 
 
+class DivergedError(ValueError):
+  """Training produced a non-finite loss or state: stopped, and never saved."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_finite(state, step: int, what: str = "state") -> None:
+  """Raises `DivergedError` if any floating leaf of ``state`` holds NaN/Inf (one device
+  reduction and one scalar read: called where a checkpoint is about to be written)."""
+  if not bool(jax.device_get(_all_finite(state))):
+    raise DivergedError(f"training diverged: the {what} at step {step} holds NaN/Inf and was "
+                        "not saved; lower optim.learning_rate or check the kernel settings "
+                        "(graph.alpha, graph.k), then resume from the last checkpoint")
+
+
 def save_checkpoint(manager, state, config: ml_collections.ConfigDict, *,
                     force: bool = False, step: int | None = None,
                     data_state: Any = None) -> bool:
@@ -85,6 +108,7 @@ def save_checkpoint(manager, state, config: ml_collections.ConfigDict, *,
     return False
   if not force and not manager.should_save(step):
     return False
+  check_finite(state, step)   # a checkpoint is never non-finite
   items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json(config)))
   if data_state is not None:
     items["data"] = ocp.args.JsonSave({"processes": gather_process_json(data_state)})
@@ -156,6 +180,43 @@ def restore_checkpoint(manager, template, config: ml_collections.ConfigDict,
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract)))["state"]
   return restored
+
+
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def restore_latest_intact(manager, template, config: ml_collections.ConfigDict,
+                          warn: Callable[[str], None] | None = None) -> tuple[Any, int | None]:
+  """Restores the newest checkpoint that reads back whole: ``(state, step)``, or
+  ``(template, None)`` when there is none.
+
+  A step whose files are truncated or unreadable (what kill -9 or a full disk can leave) is
+  moved aside to ``<step>.corrupt`` (process 0; kept for inspection, never deleted), named in
+  a warning, and the next older step is tried, so a run resumes from the last intact state
+  instead of refusing to start.
+
+  Raises:
+    ConfigMismatchError: the newest readable checkpoint was written with another config
+      (that is not corruption: nothing is moved).
+  """
+  warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return restore_checkpoint(manager, template, config, step), step
+    except ConfigMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore errors vary
+      where = pathlib.Path(manager.directory) / str(step)
+      aside = where.with_name(f"{step}{CORRUPT_SUFFIX}")
+      if jax.process_index() == 0 and where.exists():
+        if aside.exists():
+          shutil.rmtree(aside)
+        where.rename(aside)
+      warn(f"checkpoint step {step} in {manager.directory} is unreadable "
+           f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); moved to {aside.name}, "
+           "resuming from the step before it")
+      manager.reload()
+  return template, None
 
 
 def _resolve_step(manager, step: int | None) -> int:
@@ -233,8 +294,9 @@ def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.
 
 
 __all__ = [
-    "ConfigMismatchError", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
+    "ConfigMismatchError", "DivergedError", "check_finite", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
     "checkpoint_manager", "config_differences", "config_json", "gather_process_json",
-    "resolve_step", "restore_checkpoint", "restore_data_state", "save_checkpoint",
+    "resolve_step", "restore_checkpoint", "restore_data_state", "restore_latest_intact",
+    "save_checkpoint",
     "saved_config", "training_fields",
 ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,12 +38,14 @@ from spectral_jax import _cli
 from spectral_jax.neuralef import fidelity as fidelity_lib
 from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
 from spectral_jax.neuralef.checkpoint import ConfigMismatchError
+from spectral_jax.neuralef.checkpoint import DivergedError
 from spectral_jax.neuralef.checkpoint import check_checkpoint_config
 from spectral_jax.neuralef.checkpoint import checkpoint_manager
 from spectral_jax.neuralef.checkpoint import config_differences
 from spectral_jax.neuralef.checkpoint import config_json
 from spectral_jax.neuralef.checkpoint import resolve_step
 from spectral_jax.neuralef.checkpoint import restore_checkpoint
+from spectral_jax.neuralef.checkpoint import restore_latest_intact
 from spectral_jax.neuralef.checkpoint import save_checkpoint
 from spectral_jax.neuralef.checkpoint import saved_config
 from spectral_jax.neuralef.checkpoint import training_fields
@@ -102,6 +105,28 @@ class TrainResult:
   fidelity: dict[str, Any] | None = None  # the last `_FidelityHook` summary (process 0)
 
 
+def read_metrics(path: str | pathlib.Path,
+                 warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+  """The records of a ``metrics.jsonl``. A line that is not a whole JSON record with a
+  ``step`` (the torn last line that kill -9 or a full disk leaves) is dropped with a warning
+  naming the file and line, instead of blocking resume or evaluation."""
+  warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr, flush=True))
+  path = pathlib.Path(path)
+  records = []
+  for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        raise ValueError("not a record with an integer step")
+    except ValueError as e:
+      warn(f"{path}:{number}: dropped an unreadable metrics line ({e}): {line[:60]!r}")
+      continue
+    records.append(record)
+  return records
+
+
 class _Logger:
   """Metrics to ``metrics.jsonl`` and, if tensorboardX is installed, TensorBoard summaries."""
 
@@ -112,9 +137,8 @@ class _Logger:
     if not enabled:
       return
     if self.path.exists():  # drop lines past the restored step (written after its checkpoint)
-      keep = [ln for ln in self.path.read_text().splitlines()
-              if ln.strip() and json.loads(ln)["step"] <= first_step]
-      self.path.write_text("".join(ln + "\n" for ln in keep))
+      keep = [r for r in read_metrics(self.path) if r["step"] <= first_step]
+      self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
     if tensorboard:
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -325,9 +349,8 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
 
   state = replicate(init_state(config, feeder.input_dim), mesh)
   manager = checkpoint_manager(workdir / "checkpoints", config)
-  resumed_from = manager.latest_step()
+  state, resumed_from = restore_latest_intact(manager, state, config)
   if resumed_from is not None:
-    state = restore_checkpoint(manager, state, config, resumed_from)
     feeder.restore(manager, resumed_from)
   step = int(jax.device_get(state.step))
   data_state = feeder.state()
@@ -353,6 +376,13 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
           now = time.perf_counter()
           record = _record(step, metrics, (now - clock) / (step - clock_step))
           record.update(info)
+          if not np.isfinite(record["loss"]):
+            last = manager.latest_step()
+            saved = "no checkpoint was saved" if last is None else (
+                f"the last checkpoint is step {last}")
+            raise DivergedError(
+                f"training diverged at step {step}: loss {record['loss']}; {saved}. Lower "
+                "optim.learning_rate or check the kernel settings (graph.alpha, graph.k)")
           if probe:  # not timed as a step
             hook(step, state, record)
             now = time.perf_counter()
@@ -391,12 +421,13 @@ def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
 
 
 __all__ = [
-    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "FeatureFeeder", "IMAGE_KEY", "ImageFeeder",
+    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "DivergedError", "FeatureFeeder", "IMAGE_KEY", "ImageFeeder",
     "KERNEL_FORMS", "RUNTIME_FIELDS", "TrainResult", "TrainState", "batch_indices",
     "batch_kernel_matmul", "check_checkpoint_config", "check_config", "checkpoint_manager",
     "config_differences", "config_json", "data_mesh", "device_batch", "init_state",
     "learning_rate_schedule", "load_trained", "make_image_train_step", "make_loss_and_grad",
     "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
-    "replicate", "resolve_step", "restore_checkpoint", "save_checkpoint", "saved_config",
+    "read_metrics", "replicate", "resolve_step", "restore_checkpoint", "save_checkpoint",
+    "saved_config",
     "steps_per_epoch", "train", "training_fields",
 ]
