@@ -34,8 +34,11 @@ ROLES = ("feature all-gather", "edge all-gather", "ψ all-gather", "kNN reduce-s
 def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k: int,
              block_size: int) -> dict:
   """Runs inside the subprocess: compile one combination, return a JSON-able row."""
+  # Deferred: this runs in a subprocess whose XLA_FLAGS set the device count; the parent that
+  # launches it never imports JAX.
   import jax  # pylint: disable=import-outside-toplevel
   from experiments.configs import neuralef as configs  # pylint: disable=import-outside-toplevel
+  from spectral_jax.neuralef import config as config_lib  # pylint: disable=import-outside-toplevel
   from spectral_jax.neuralef import pod_plan  # pylint: disable=import-outside-toplevel
   from spectral_jax.neuralef import step  # pylint: disable=import-outside-toplevel
 
@@ -45,6 +48,7 @@ def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k
   config.data.image_size = grid * 14
   config.psi.k, config.graph.k = psi_k, graph_k
   config.graph.block_size, config.graph.form = block_size, form
+  config_lib.check(config, patch_size=14, devices=devices, data=False)
   plan = pod_plan.plan_step(config, step.data_mesh())
   roles = pod_plan.summarise_collectives(plan["collectives"], feature_dim=384, k=psi_k)
   return {**{k: v for k, v in plan.items() if k != "collectives"}, "form": form,

@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tqdm import tqdm
 
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 from spectral_jax.datasets import coco, core, saliency, semantic, voc
 
 VERSION = "1.0.0"

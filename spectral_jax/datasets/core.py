@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 
 IGNORE = 255  # label value excluded from every metric (VOC void / object borders)
 
