@@ -25,7 +25,6 @@ import pytest
 from experiments.configs import neuralef as configs
 from spectral_jax import graphs
 from spectral_jax.datasets.images import NamedImage
-from spectral_jax.datasets import pipeline
 from spectral_jax.datasets import transforms
 from spectral_jax.neuralef import checkpoint as ckpt
 from spectral_jax.neuralef import feature_cache
@@ -63,19 +62,8 @@ def features():
   return synthetic_features()
 
 
-# ----------------------------------------------------------------------------- kernel, noise
-
-
-@pytest.mark.parametrize("form", graphs.NEURALEF_KERNEL_FORMS)
-def test_kernel_matmul_equals_dense_kernel(form):
-  rng = np.random.default_rng(1)
-  f = jnp.asarray(rng.normal(size=(4, 16, C)), jnp.float32)
-  grids = jnp.asarray(rng.uniform(size=(4, *GRID, 3)), jnp.float32)
-  p = jnp.asarray(rng.normal(size=(64, 5)), jnp.float32)
-  want = graphs.neuralef_kernel(f, grids, k=7, alpha=0.3, n_neighbors=(4, 2)) @ p
-  got = graphs.batch_kernel_matmul(f, grids, k=7, alpha=0.3, n_neighbors=(4, 2),
-                                      block_size=16, form=form)(p)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+# ----------------------------------------------------------------------------- noise
+# (the batch kernel's rows, graphs.batch_kernel_matmul: tests/test_graphs.py)
 
 
 def test_gumbel_noise_is_per_image_and_position_keyed():
