@@ -46,9 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import neuralef as configs
+from spectral_jax import backbones
 from spectral_jax import graphs
 from spectral_jax import testing
+from spectral_jax.backbones import reference
 from spectral_jax.neuralef import config as config_lib
+from spectral_jax.neuralef import psi as psi_lib
 from spectral_jax.neuralef import step as step_lib
 
 MIB = 2**20
@@ -143,8 +146,6 @@ def torch_backbone_inputs(backbone, crops, device: str):
   backbone part of the reference step (run on every call, like the JAX full step)."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  from spectral_jax.backbones import reference  # pylint: disable=import-outside-toplevel
-  from spectral_jax.neuralef import psi as psi_lib  # pylint: disable=import-outside-toplevel
 
   cfg = backbone.config
   model = reference.hf_model(cfg, backbone.params, attn_implementation="sdpa").to(device)
@@ -282,7 +283,6 @@ def main():
   batch = _inputs(args)
   tokens = args.images * args.grid * args.grid
   if args.backbone:
-    from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
     net = backbones.load_pretrained("dinov2_vits14")
     crops = _crops(args, net.config.patch_size)
     args.psi_dim, args.graph_dim = 3 * net.config.width, net.config.width

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from experiments.configs import neuralef as configs
-from spectral_jax import graphs
 from spectral_jax.datasets.images import NamedImage
 from spectral_jax.datasets import transforms
 from spectral_jax.neuralef import checkpoint as ckpt
