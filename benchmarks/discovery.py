@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import backbones, dsm, testing
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 from spectral_jax.dsm import tokencut as tc
 
 PATCH = 14

@@ -24,8 +24,8 @@ import numpy as np
 
 from experiments import segment
 from experiments.configs import segment as segment_config
-from spectral_jax import dsm, protocols
-from spectral_jax.data import samples
+from spectral_jax import _cli, dsm, protocols
+from spectral_jax.datasets import samples
 
 # name → (overrides of the segment config's dsm section, or of any field by its dotted path,
 # description)
@@ -149,11 +149,7 @@ def main():
     if not args.test:
       cfg.image_size = args.image_size
     for field, value in overrides.items():
-      *parents, leaf = field.split(".") if "." in field else ("dsm", field)
-      node = cfg
-      for name in parents:
-        node = node[name]
-      node[leaf] = value
+      _cli.set_field(cfg, field if "." in field else f"dsm.{field}", value)
     segment.run(cfg)
     results[key] = score_run(out / key)
   md = table(results)

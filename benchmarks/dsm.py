@@ -32,7 +32,7 @@ import numpy as np
 
 from spectral_jax import backbones, dsm, testing
 from spectral_jax.backbones import reference
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 from spectral_jax.dsm import batching
 
 

@@ -50,7 +50,7 @@ from spectral_jax import eigensolvers
 from spectral_jax import graphs
 from spectral_jax import image_ops
 from spectral_jax import testing
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 
 
 def parse_args():

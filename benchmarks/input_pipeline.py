@@ -37,10 +37,11 @@ from experiments.configs import neuralef as configs
 from spectral_jax import backbones
 from spectral_jax import datasets
 from spectral_jax import testing
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 from spectral_jax.datasets import pipeline
 from spectral_jax.datasets import transforms
-from spectral_jax.neuralef import train as train_lib
+from spectral_jax.neuralef import config as config_lib
+from spectral_jax.neuralef import step as step_lib
 
 
 def write_tree(base: pathlib.Path, records: int) -> None:
@@ -104,8 +105,9 @@ def step_rate(args) -> float:
   overrides = {"depth": args.backbone_depth} if args.backbone_depth else None
   backbone = backbones.load(args.backbone, "random", overrides=overrides)
   config.backbone.dtype = args.dtype
-  step = train_lib.make_image_train_step(config, backbone)
-  state = train_lib.init_state(config, 3 * backbone.config.width)
+  config_lib.check(config, patch_size=backbone.config.patch_size, data=False)
+  step = step_lib.make_image_train_step(config, backbone)
+  state = step_lib.init_state(config, 3 * backbone.config.width)
   images = np.random.default_rng(0).integers(0, 256, size=(args.batch, args.image_size,
                                                            args.image_size, 3), dtype=np.uint8)
   batch = {"images": jax.device_put(images)}

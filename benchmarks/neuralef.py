@@ -46,8 +46,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs import neuralef as configs
+from spectral_jax import backbones
+from spectral_jax import graphs
 from spectral_jax import testing
-from spectral_jax.neuralef import train as train_lib
+from spectral_jax.backbones import reference
+from spectral_jax.neuralef import config as config_lib
+from spectral_jax.neuralef import psi as psi_lib
+from spectral_jax.neuralef import step as step_lib
 
 MIB = 2**20
 
@@ -59,6 +64,7 @@ def _config(args):
   config.graph.block_size = args.block_size
   config.graph.form = args.form
   config.train.batch_size = args.images
+  config_lib.check(config, tokens=args.images * args.grid * args.grid, data=False)
   return config
 
 
@@ -75,8 +81,8 @@ def _inputs(args, seed=0):
 def jax_step_fn(args, batch):
   """One call = one jitted step (kernel + ψ + loss + grad + Adam), waiting for its result."""
   config = _config(args)
-  step = train_lib.make_train_step(config)
-  return _stepper(step, train_lib.init_state(config, args.psi_dim),
+  step = step_lib.make_train_step(config)
+  return _stepper(step, step_lib.init_state(config, args.psi_dim),
                   {k: jnp.asarray(v) for k, v in batch.items()})
 
 
@@ -100,8 +106,8 @@ def _crops(args, patch: int, seed=0) -> np.ndarray:
 def jax_full_step_fn(args, backbone, crops):
   """One call = one jitted step with the frozen backbone inside (`make_image_train_step`)."""
   config = _config(args)
-  step = train_lib.make_image_train_step(config, backbone)
-  return _stepper(step, train_lib.init_state(config, 3 * int(backbone.config.width)),
+  step = step_lib.make_image_train_step(config, backbone)
+  return _stepper(step, step_lib.init_state(config, 3 * int(backbone.config.width)),
                   {"images": jnp.asarray(crops)})
 
 
@@ -125,8 +131,8 @@ def kernel_memory(args, batch, form: str, block_size) -> dict:
   p = jax.ShapeDtypeStruct((feats.shape[0] * feats.shape[1], args.K), jnp.float32)
 
   def fn(f, g, x):
-    return train_lib.batch_kernel_matmul(f, g, k=args.k, alpha=0.3, block_size=block_size,
-                                         form=form)(x)
+    return graphs.batch_kernel_matmul(f, g, k=args.k, alpha=0.3, block_size=block_size,
+                                      form=form)(x)
   compiled = jax.jit(fn).lower(feats, grids, p).compile()
   mem = compiled.memory_analysis()
   return {"temp_mib": mem.temp_size_in_bytes / MIB, "output_mib": mem.output_size_in_bytes / MIB}
@@ -140,8 +146,6 @@ def torch_backbone_inputs(backbone, crops, device: str):
   backbone part of the reference step (run on every call, like the JAX full step)."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-  from spectral_jax.backbones import reference  # pylint: disable=import-outside-toplevel
-  from spectral_jax.neuralef import psi as psi_lib  # pylint: disable=import-outside-toplevel
 
   cfg = backbone.config
   model = reference.hf_model(cfg, backbone.params, attn_implementation="sdpa").to(device)
@@ -268,7 +272,7 @@ def main():
   parser.add_argument("--psi_dim", type=int, default=1152)
   parser.add_argument("--graph_dim", type=int, default=384)
   parser.add_argument("--block_size", type=int, default=1024)
-  parser.add_argument("--form", choices=train_lib.KERNEL_FORMS, default="dense")
+  parser.add_argument("--form", choices=graphs.NEURALEF_KERNEL_FORMS, default="dense")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--torch_device", default="cpu")
   parser.add_argument("--skip_torch", action="store_true")
@@ -279,7 +283,6 @@ def main():
   batch = _inputs(args)
   tokens = args.images * args.grid * args.grid
   if args.backbone:
-    from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
     net = backbones.load_pretrained("dinov2_vits14")
     crops = _crops(args, net.config.patch_size)
     args.psi_dim, args.graph_dim = 3 * net.config.width, net.config.width
@@ -312,7 +315,7 @@ def main():
   print(f"per-repeat seconds: {json.dumps({k: [round(t, 2) for t in v] for k, v in times.items()})}"
         f"; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
   print("kernel construction + one product, XLA memory analysis:")
-  for form in train_lib.KERNEL_FORMS:
+  for form in graphs.NEURALEF_KERNEL_FORMS:
     for block in (None, args.block_size):
       mem = kernel_memory(args, batch, form, block)
       print(f"  form={form:5s} block_size={str(block):5s}  temp {mem['temp_mib']:9.1f} MiB  "

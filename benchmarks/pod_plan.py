@@ -25,6 +25,13 @@ import subprocess
 import sys
 import time
 
+import jax
+
+from experiments.configs import neuralef as configs
+from spectral_jax.neuralef import config as config_lib
+from spectral_jax.neuralef import pod_plan
+from spectral_jax.neuralef import step as step_lib
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MIB, GIB = 2**20, 2**30
 ROLES = ("feature all-gather", "edge all-gather", "ψ all-gather", "kNN reduce-scatter",
@@ -34,10 +41,6 @@ ROLES = ("feature all-gather", "edge all-gather", "ψ all-gather", "kNN reduce-s
 def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k: int,
              block_size: int) -> dict:
   """Runs inside the subprocess: compile one combination, return a JSON-able row."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from experiments.configs import neuralef as configs  # pylint: disable=import-outside-toplevel
-  from spectral_jax.neuralef import pod_plan  # pylint: disable=import-outside-toplevel
-  from spectral_jax.neuralef import step  # pylint: disable=import-outside-toplevel
 
   assert jax.device_count() == devices, (jax.device_count(), devices)
   config = configs.get_config("reference")
@@ -45,7 +48,8 @@ def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k
   config.data.image_size = grid * 14
   config.psi.k, config.graph.k = psi_k, graph_k
   config.graph.block_size, config.graph.form = block_size, form
-  plan = pod_plan.plan_step(config, step.data_mesh())
+  config_lib.check(config, patch_size=14, devices=devices, data=False)
+  plan = pod_plan.plan_step(config, step_lib.data_mesh())
   roles = pod_plan.summarise_collectives(plan["collectives"], feature_dim=384, k=psi_k)
   return {**{k: v for k, v in plan.items() if k != "collectives"}, "form": form,
           "collectives": roles, "tokens_per_image": grid * grid, "graph_dim": 384}

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from spectral_jax import bilateral, clustering, crf, metrics, regions, testing
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 
 # The first call (compilation) is timed apart by _first_call, so no further warm-up.
 _median_time = functools.partial(testing.median_time, warmup=0)

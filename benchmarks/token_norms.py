@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import backbones, image_ops
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 
 
 def main() -> None:

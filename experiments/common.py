@@ -11,15 +11,10 @@ def apply_short_flags(cfg, short_flags: dict):
   """``cfg`` with each short flag that was given set at its dotted field: ``short_flags`` maps
   flag name → field path ("dsm.num_eigenvectors"). One place holds each default: the config."""
   from absl import flags  # pylint: disable=import-outside-toplevel
-  with cfg.unlocked():
-    for flag, field in short_flags.items():
-      value = flags.FLAGS[flag].value
-      if value is not None:
-        *parents, leaf = field.split(".")
-        node = cfg
-        for p in parents:
-          node = node[p]
-        node[leaf] = value
+  for flag, field in short_flags.items():
+    value = flags.FLAGS[flag].value
+    if value is not None:
+      _cli.set_field(cfg, field, value)
   return cfg
 
 

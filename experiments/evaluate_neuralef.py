@@ -27,9 +27,17 @@ from __future__ import annotations
 import json
 import pathlib
 
+import jax.numpy as jnp
+import numpy as np
 from absl import flags
 
-from spectral_jax import _cli
+from spectral_jax import _cli, backbones, datasets
+from spectral_jax.neuralef import checkpoint as ckpt
+from spectral_jax.neuralef import config as config_lib
+from spectral_jax.neuralef import evaluate as eval_lib
+from spectral_jax.neuralef import feature_cache
+from spectral_jax.neuralef import features as features_lib
+from spectral_jax.neuralef import train as train_lib
 
 # The default file only makes --config.X overrides parse; without --config=FILE the checkpoint's
 # config is used, with the dataset-evaluation fields given as --config.X applied to it.
@@ -46,9 +54,7 @@ _OUTPUT = flags.DEFINE_string("output_dir", None, "Report folder (default: <work
 
 
 def _training_summary(workdir: pathlib.Path, state) -> dict:
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
   eig = np.asarray(state.eig.value)
   summary = {"step": int(state.step),
              "eigenvalues_ema": {"top8": [round(float(x), 5) for x in eig[:8]],
@@ -63,22 +69,6 @@ def _training_summary(workdir: pathlib.Path, state) -> dict:
   return summary
 
 
-def _get(config, dotted: str):
-  for part in dotted.split("."):
-    config = config.get(part) if hasattr(config, "get") else None
-  return config
-
-
-def _set(config, dotted: str, value) -> None:
-  *parents, leaf = dotted.split(".")
-  with config.unlocked():
-    for part in parents:
-      if part not in config:
-        config[part] = type(config)()
-      config = config[part]
-    config[leaf] = value
-
-
 def _overrides() -> dict:
   """The --config.X flags given on the command line: {"X": value}."""
   return {name[len("config."):]: flags.FLAGS[name].value for name in flags.FLAGS
@@ -89,13 +79,11 @@ def _with_eval_fields(config, source):
   """``config`` with the `EVAL_FIELDS` (and the eval section) of ``source``."""
   config = config.copy_and_resolve_references()
   for field in EVAL_FIELDS:
-    value = _get(source, field)
+    value = _cli.get_field(source, field)
     if value is not None:
-      _set(config, field, value)
-    elif _get(config, field) is not None:   # a checkpoint from before the field existed
-      parent, leaf = field.rsplit(".", 1)
-      with config.unlocked():
-        del _get(config, parent)[leaf]
+      _cli.set_field(config, field, value)
+    else:   # a checkpoint from before the field existed
+      _cli.del_field(config, field)
   return config
 
 
@@ -104,8 +92,6 @@ def _dataset_sources(config, split_given: bool):
   bad name, a missing layout or split). ``data.split`` is the training split in a training
   config, so it is read only when given on this command line (``split_given``); otherwise the
   dataset's evaluation split is used."""
-  from spectral_jax import datasets  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
   data = config.data
   name = datasets.canonical_name(str(data.dataset))
   proto = eval_lib.protocol(config, name)   # ValueError: not a NeuralEF dataset
@@ -124,18 +110,13 @@ def _dataset_sources(config, split_given: bool):
 
 
 def _run_dataset(config, workdir, step, output):
-  from spectral_jax import backbones  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   with _cli.usage_errors():
     source, train_source = _dataset_sources(config, "data.split" in _overrides())
   backbone = backbones.load(config.backbone.name, config.backbone.weights)
   p = int(backbone.config.patch_size)
   input_dim = features_lib.jitted_backbone_features()(backbone, jnp.zeros((1, p, p, 3)))[0]
-  state = train_lib.load_trained(workdir, _with_eval_fields(config, train_lib.saved_config(
+  state = train_lib.load_trained(workdir, _with_eval_fields(config, ckpt.saved_config(
       workdir, step)), int(input_dim.shape[-1]), step)
   report = eval_lib.evaluate_dataset(config, state.params, backbone, source, train_source,
                                      output_dir=output, progress=bool(config.log.progress),
@@ -156,9 +137,6 @@ def _run_dataset(config, workdir, step, output):
 def main(argv):
   if len(argv) > 1:
     raise _cli.UsageError(f"unexpected arguments {argv[1:]}; this command takes flags only")
-  from spectral_jax.neuralef import evaluate as eval_lib  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
 
   workdir = _cli.directory_flag("workdir", _WORKDIR.value)
   if _OUTPUT.value:
@@ -166,29 +144,27 @@ def main(argv):
   flag_config = _cli.config_from_flag(_CONFIG)
   explicit = flags.FLAGS["config"].present
   with _cli.usage_errors():  # everything checked before the backbone is loaded
-    step = train_lib.resolve_step(workdir, _STEP.value)  # no checkpoints: FileNotFoundError
-    saved = train_lib.saved_config(workdir, step)
+    step = ckpt.resolve_step(workdir, _STEP.value)  # no checkpoints: FileNotFoundError
+    saved = ckpt.saved_config(workdir, step)
     if explicit:
       config = flag_config
     else:
       config = saved.copy_and_resolve_references()
       for field, value in _overrides().items():
-        allowed = EVAL_FIELDS + train_lib.RUNTIME_FIELDS
+        allowed = EVAL_FIELDS + ckpt.RUNTIME_FIELDS
         if not any(field == a or field.startswith(a + ".") for a in allowed):
           raise ValueError(f"--config.{field} changes how ψ was trained; only "
                            f"{', '.join(allowed)} apply to the checkpoint's config (pass "
                            "--config=FILE to give a whole config)")
-        _set(config, field, value)
-    if _get(config, "data.dataset") in (None, "", "folder"):
-      # (an evaluation dataset's fields are checked by _dataset_sources, tfds_dir included;
-      # the training pipeline's checks would demand a data_dir)
-      features_lib.check_data_config(config.data)
-    train_lib.check_config(config)
-    train_lib.check_checkpoint_config(workdir, _with_eval_fields(config, saved), step)
+        _cli.set_field(config, field, value)
+    # (an evaluation dataset's fields are checked by _dataset_sources, tfds_dir included; the
+    # training pipeline's checks would demand a data_dir)
+    config_lib.check(config, data=_cli.get_field(config, "data.dataset") in (None, "", "folder"))
+    ckpt.check_checkpoint_config(workdir, _with_eval_fields(config, saved), step)
   output = pathlib.Path(_OUTPUT.value) if _OUTPUT.value else workdir / "eval"
-  if _get(config, "data.dataset") not in (None, "", "folder"):   # "folder": the bundled photos
+  if _cli.get_field(config, "data.dataset") not in (None, "", "folder"):   # "folder": the bundled photos
     return _run_dataset(config, workdir, step, output)
-  backbone, feats, _ = features_lib.prepare_features(config)
+  backbone, feats, _ = feature_cache.prepare_features(config)
   state = train_lib.load_trained(workdir, config, feats.psi_inputs.shape[-1], step)
   report = eval_lib.evaluate(config, state.params, backbone, feats, output_dir=output,
                              extra={"training": _training_summary(workdir, state)})

@@ -24,12 +24,18 @@ Multi-host: start one process per host with --coordinator=HOST:PORT --num_proces
 
 from __future__ import annotations
 
-import json
 import pathlib
 
+import jax
 from absl import flags
 
 from spectral_jax import _cli
+from spectral_jax import backbones
+from spectral_jax.datasets import pipeline
+from spectral_jax.neuralef import checkpoint as ckpt
+from spectral_jax.neuralef import config as config_lib
+from spectral_jax.neuralef import feature_cache
+from spectral_jax.neuralef import train as train_lib
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent / "configs" / "neuralef.py"
 _CONFIG = _cli.define_config_file(
@@ -42,32 +48,18 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (multi-host).")
 
 
-def validated_config(jax, workdir: pathlib.Path):
-  """The --config, checked whole before anything is loaded: its values (UsageError), the batch
-  against the devices and the backbone's patch grid, and the workdir's checkpoint's config."""
-  from spectral_jax import backbones  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
-
+def validated_config(workdir: pathlib.Path) -> config_lib.Checked:
+  """The --config, checked whole, once, before anything is loaded (``neuralef.config.check``):
+  its values (UsageError), the batch against the devices and the backbone's patch grid, and the
+  workdir's checkpoint's config."""
   config = _cli.config_from_flag(_CONFIG)
   with _cli.usage_errors():
     if _STOP_AT.value is not None and _STOP_AT.value < 1:
       raise ValueError(f"--stop_at must be ≥ 1; got {_STOP_AT.value}")
-    features_lib.check_data_config(config.data)
-    if config.backbone.overrides:
-      try:
-        overrides = json.loads(config.backbone.overrides)
-      except ValueError as e:
-        raise ValueError(f"backbone.overrides must be a JSON object; {e}") from e
-      if not isinstance(overrides, dict) or config.backbone.weights != "random":
-        raise ValueError("backbone.overrides must be a JSON object and needs "
-                         "backbone.weights=random")
-      if not config.data.dataset:
-        raise ValueError("backbone.overrides applies to data.dataset runs only")
     patch = backbones.get_config(config.backbone.name).patch_size
-    train_lib.check_config(config, patch_size=patch, devices=jax.device_count())
-    train_lib.check_checkpoint_config(workdir, config)
-  return config
+    checked = config_lib.check(config, patch_size=patch, devices=jax.device_count())
+    ckpt.check_checkpoint_config(workdir, config)
+  return checked
 
 
 def main(argv):
@@ -76,57 +68,52 @@ def main(argv):
   # Explicitly, so a process started with SIGINT ignored (`cmd &` in a script) still saves.
   _cli.install_signal_handlers()
   workdir = _cli.directory_flag("workdir", _WORKDIR.value)
-  import jax  # pylint: disable=g-import-not-at-top
-
   if _COORDINATOR.value:
-    # CPU collectives across processes need gloo (the setting only concerns the CPU backend).
+    # CPU collectives across processes need gloo (the setting only concerns the CPU backend;
+    # importing the modules above initialises no backend, so it still applies here).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  from spectral_jax.neuralef import features as features_lib  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
 
-  config = validated_config(jax, workdir)
+  checked = validated_config(workdir)
+  config = checked.config
   if config.data.dataset:
-    return _train_from_dataset(jax, config, workdir)
-  images = features_lib.training_images(config.data.images, config.data.recursive)
+    return _train_from_dataset(checked, workdir)
+  images = pipeline.training_images(config.data.images, config.data.recursive)
   with _cli.usage_errors():  # enough views for one batch, before the backbone runs
     train_lib.steps_per_epoch(len(images) * int(config.data.views_per_image),
                               int(config.train.batch_size))
-  backbone, feats, hit = features_lib.prepare_features(config, refresh=_REFRESH.value,
-                                                       images=images)
+  backbone, feats, hit = feature_cache.prepare_features(config, refresh=_REFRESH.value,
+                                                        images=images)
   print(f"backbone {backbone.config.name}: {backbone.weights_note}")
   print(f"features: {len(feats)} views of {len(feats.names)} images, grid {feats.grid}, "
         f"cache {'hit' if hit else 'miss (extracted)'} [{feats.key[:12]}]")
   print(f"devices: {jax.device_count()} ({jax.process_count()} process(es)), global batch "
         f"{config.train.batch_size}", flush=True)
-  result = train_lib.train(config, workdir, feats, stop_at=_STOP_AT.value)
-  return _report(jax, config, result, workdir)
+  result = train_lib.train(checked, workdir, feats, stop_at=_STOP_AT.value)
+  return _report(config, result, workdir)
 
 
-def _train_from_dataset(jax, config, workdir):
+def _train_from_dataset(checked: config_lib.Checked, workdir):
   """--config.data.dataset=NAME: the grain pipeline, the backbone inside the step."""
-  from spectral_jax import backbones  # pylint: disable=g-import-not-at-top
-  from spectral_jax.datasets import pipeline  # pylint: disable=g-import-not-at-top
-  from spectral_jax.neuralef import train as train_lib  # pylint: disable=g-import-not-at-top
-
+  config = checked.config
   data = config.data
   source = pipeline.training_source(data.dataset, data.data_dir, data.split,
                                     recursive=data.recursive)
   with _cli.usage_errors():
     pipeline.shard_bounds(len(source), jax.process_index(), jax.process_count())
-  overrides = json.loads(config.backbone.overrides) if config.backbone.overrides else None
-  backbone = backbones.load(config.backbone.name, config.backbone.weights, overrides=overrides)
+  backbone = backbones.load(config.backbone.name, config.backbone.weights,
+                            overrides=checked.overrides)
   print(f"backbone {backbone.config.name} ({config.backbone.dtype}): {backbone.weights_note}")
   print(f"data: {data.dataset} {source.split!r}, {len(source)} images, fresh {data.image_size}-px "
         f"crops every step (grain, {data.num_workers} workers)")
   print(f"devices: {jax.device_count()} ({jax.process_count()} process(es)), global batch "
         f"{config.train.batch_size}", flush=True)
-  result = train_lib.train(config, workdir, source=source, backbone=backbone,
+  result = train_lib.train(checked, workdir, source=source, backbone=backbone,
                            stop_at=_STOP_AT.value)
-  return _report(jax, config, result, workdir)
+  return _report(config, result, workdir)
 
 
-def _report(jax, config, result, workdir):
+def _report(config, result, workdir):
   if result.resumed_from is not None:
     print(f"resumed from step {result.resumed_from}")
   if result.history:

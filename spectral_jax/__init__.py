@@ -8,8 +8,11 @@ Subpackages (each with a curated ``__all__``; import them explicitly, e.g.
 
 * ``backbones``: Flax ViTs (DINO v1, timm augreg, DINOv2), safe weight readers, features.
 * ``graphs``: DSM affinities, NeuralEF batch kernels (blockwise k-NN), normalisation, jraph export.
-* ``neuralef``: NeuralEF's ψ and loss; ``neuralef.features`` / ``.train`` / ``.evaluate``.
-* ``data``: image files and the bundled sample photos.
+* ``neuralef``: NeuralEF's ψ and loss; ``neuralef.config`` / ``.features`` / ``.feature_cache`` /
+  ``.train`` / ``.evaluate``.
+* ``datasets``: image files (``datasets.images``), the bundled sample photos
+  (``datasets.samples``), the benchmarks' readers, training crops and the grain pipeline.
+  (``data`` is a deprecated alias of ``datasets.images`` / ``datasets.samples``.)
 
 Modules:
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pathlib
 import pickle
@@ -43,11 +44,25 @@ EXPECTED_ERRORS = (ValueError, OSError, pickle.UnpicklingError, WorkError)
 
 
 def parse_overrides(text: str) -> dict:
-  """``"depth=2,width=96"`` → ``{"depth": 2, "width": 96}`` (ints, floats, else strings).
+  """A backbone's config overrides, in either syntax every command accepts:
+
+  * ``"depth=2,width=96"`` → ``{"depth": 2, "width": 96}`` (ints, floats, else strings);
+  * a JSON object, ``'{"depth": 2, "width": 96}'`` (text starting with ``{``).
+
+  ``""`` → ``{}``. The text itself is what configs and checkpoints store.
 
   Raises:
-    UsageError: an item is not ``key=value``.
+    UsageError: an item is not ``key=value``, or the JSON is not an object.
   """
+  if text.strip().startswith("{"):
+    try:
+      out = json.loads(text)
+    except ValueError as e:
+      raise UsageError(f"overrides {text!r} is not a JSON object ({e}); write "
+                       "'{\"depth\": 2}' or 'depth=2,width=96'") from e
+    if not isinstance(out, dict):
+      raise UsageError(f"overrides {text!r} is not a JSON object")
+    return out
   out = {}
   for item in filter(None, (s.strip() for s in text.split(","))):
     key, sep, value = item.partition("=")
@@ -63,6 +78,39 @@ def parse_overrides(text: str) -> dict:
     else:
       out[key.strip()] = value
   return out
+
+
+def get_field(config, dotted: str, default=None):
+  """``config``'s field at a dotted path (``"data.dataset"``), or ``default`` where a part of
+  the path is missing."""
+  node = config
+  for part in dotted.split("."):
+    if not hasattr(node, "get") or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def set_field(config, dotted: str, value) -> None:
+  """Sets ``config``'s field at a dotted path (an ``ml_collections.ConfigDict``, unlocked for
+  the call); missing sections on the way are created."""
+  *parents, leaf = dotted.split(".")
+  with config.unlocked():
+    node = config
+    for part in parents:
+      if part not in node:
+        node[part] = type(config)()
+      node = node[part]
+    node[leaf] = value
+
+
+def del_field(config, dotted: str) -> None:
+  """Removes ``config``'s field at a dotted path, if present."""
+  parent, _, leaf = dotted.rpartition(".")
+  node = get_field(config, parent) if parent else config
+  if node is not None and hasattr(node, "get") and leaf in node:
+    with config.unlocked():
+      del node[leaf]
 
 
 _DEFERRED = {"depth": 0, "pending": None}   # see deferred_interrupts

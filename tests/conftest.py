@@ -13,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 
 
 @pytest.fixture(scope="session")

@@ -234,9 +234,9 @@ def paths(tmp_path_factory):
 
 
 def _random_features():
-  from spectral_jax.neuralef import features as feats_lib
+  from spectral_jax.neuralef import feature_cache
   rng = np.random.default_rng(0)
-  return feats_lib.FeatureSet(
+  return feature_cache.FeatureSet(
       psi_inputs=rng.normal(size=(8, 16, 12)).astype(np.float32),
       graph_features=rng.normal(size=(8, 16, 4)).astype(np.float32),
       image_grids=rng.uniform(size=(8, 4, 4, 3)).astype(np.float32),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spectral_jax import bilateral, metrics, testing
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 
 PARAMS = bilateral.BilateralParams()
 

@@ -74,3 +74,37 @@ def test_exclusive_folder_refuses_a_second_holder_naming_its_pid(tmp_path):
     with pytest.raises(_cli.UsageError, match="in use"):   # same process, second open: refused
       with _cli.exclusive_folder(folder):
         pass
+
+
+@pytest.mark.parametrize("text", ["depth=2,width=96,name=x,scale=0.5",
+                                  '{"depth": 2, "width": 96, "name": "x", "scale": 0.5}',
+                                  ' {"depth": 2, "width": 96, "name": "x", "scale": 0.5} '])
+def test_parse_overrides_both_syntaxes(text):
+  assert _cli.parse_overrides(text) == {"depth": 2, "width": 96, "name": "x", "scale": 0.5}
+
+
+@pytest.mark.parametrize("text, match", [("depth", "is not key=value"),
+                                         ("=3", "is not key=value"),
+                                         ('{"depth": 2', "is not a JSON object"),
+                                         ("{}x", "is not a JSON object")])
+def test_parse_overrides_errors(text, match):
+  with pytest.raises(_cli.UsageError, match=match):
+    _cli.parse_overrides(text)
+  assert _cli.parse_overrides("") == {}
+
+
+def test_dotted_fields():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict({"data": {"dataset": "voc07", "split": ""}, "seed": 0})
+  config.lock()
+  assert _cli.get_field(config, "data.dataset") == "voc07"
+  assert _cli.get_field(config, "data.missing") is None
+  assert _cli.get_field(config, "seed.deeper", "d") == "d"
+  _cli.set_field(config, "data.dataset", "ade20k")
+  _cli.set_field(config, "eval.limit", 3)   # a missing section is created
+  assert config.data.dataset == "ade20k" and config.eval.limit == 3
+  _cli.del_field(config, "data.split")
+  _cli.del_field(config, "data.absent")     # nothing to remove: no error
+  assert "split" not in config.data
+  with pytest.raises(AttributeError):       # still locked after the calls
+    config.new_field = 1

@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import DIFFICULT_OBJECT, TRUNCATED_OBJECT, VOC_IDS
 from spectral_jax import datasets
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 from spectral_jax.datasets import core, saliency, voc
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from spectral_jax import datasets
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 from spectral_jax.datasets import coco
 
 

@@ -19,7 +19,7 @@ from test_datasets import _write_cub  # noqa: E402
 from test_datasets_coco import _write_coco  # noqa: E402
 
 from spectral_jax import datasets  # noqa: E402
-from spectral_jax.data import samples  # noqa: E402
+from spectral_jax.datasets import samples  # noqa: E402
 from spectral_jax.datasets import builders  # noqa: E402
 
 ROOT = pathlib.Path(__file__).absolute().parents[1]

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from spectral_jax import backbones, clustering, dsm, testing
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 
 P = 14
 GRIDS = ((10, 13), (16, 9))  # two photos of different shapes, padded together to 16×16

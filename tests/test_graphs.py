@@ -362,3 +362,19 @@ def test_k_too_large_names_k_and_n(feats, voc_grid):
 def test_bad_inputs_raise_clearly(feats, voc_grid, call, error, match):
   with pytest.raises(error, match=match):
     call(feats, voc_grid)
+
+
+@pytest.mark.parametrize("form", graphs.NEURALEF_KERNEL_FORMS)
+def test_batch_kernel_matmul_equals_dense_kernel(form):
+  """One device's rows of G as a matmul (all rows without an axis) equal the dense
+  ``neuralef_kernel`` times p, in both forms (the sharded form: tests/test_neuralef_train.py)."""
+  rng = np.random.default_rng(1)
+  f = jnp.asarray(rng.normal(size=(4, 16, 4)), jnp.float32)
+  grids = jnp.asarray(rng.uniform(size=(4, 4, 4, 3)), jnp.float32)
+  p = jnp.asarray(rng.normal(size=(64, 5)), jnp.float32)
+  want = graphs.neuralef_kernel(f, grids, k=7, alpha=0.3, n_neighbors=(4, 2)) @ p
+  got = graphs.batch_kernel_matmul(f, grids, k=7, alpha=0.3, n_neighbors=(4, 2),
+                                   block_size=16, form=form)(p)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="form must be one of"):
+    graphs.batch_kernel_matmul(f, grids, k=7, alpha=0.3, form="csr")

@@ -1,10 +1,10 @@
-"""Tests for spectral_jax.data.images: format conversions and clear errors."""
+"""Tests for spectral_jax.datasets.images: format conversions and clear errors."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from spectral_jax.data import images
+from spectral_jax.datasets import images
 
 
 def _save(tmp_path, name, img, **kw):
@@ -80,7 +80,7 @@ def test_list_images_filters_by_suffix(tmp_path):
 
 
 def test_square_photos_are_centre_crops_of_the_bundled_photos():
-  from spectral_jax.data import samples  # pylint: disable=import-outside-toplevel
+  from spectral_jax.datasets import samples  # pylint: disable=import-outside-toplevel
   photos = list(samples.bundled_photos().values())
   batch = samples.square_photos(32, len(photos) + 1)
   assert batch.shape == (len(photos) + 1, 32, 32, 3) and batch.dtype == np.float32

@@ -22,9 +22,9 @@ SMALL = ["--config.eval.short_side=112", "--config.eval.window=112", "--config.e
 
 
 def _random_features(c_dim: int):
-  from spectral_jax.neuralef import features as feats_lib
+  from spectral_jax.neuralef import feature_cache
   rng = np.random.default_rng(0)
-  return feats_lib.FeatureSet(
+  return feature_cache.FeatureSet(
       psi_inputs=rng.normal(size=(8, 16, 3 * c_dim)).astype(np.float32),
       graph_features=rng.normal(size=(8, 16, c_dim)).astype(np.float32),
       image_grids=rng.uniform(size=(8, 4, 4, 3)).astype(np.float32),

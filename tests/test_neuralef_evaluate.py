@@ -14,7 +14,8 @@ from experiments.configs import neuralef as configs
 from spectral_jax import metrics
 from spectral_jax import protocols
 from spectral_jax.neuralef import evaluate as ev
-from spectral_jax.neuralef import features as feats_lib
+from spectral_jax.neuralef import feature_cache
+from spectral_jax.neuralef import step as step_lib
 from spectral_jax.neuralef import train as train_lib
 
 
@@ -69,7 +70,7 @@ def end_to_end(tmp_path_factory):
   # the tiny backbone of test_neuralef_train: same feature shapes, so the same compiled step
   bb_cfg = backbones.get_config("dinov2_vits14", depth=2, width=4, num_heads=2, mlp_dim=8)
   backbone = backbones.init_backbone(bb_cfg, seed=0)
-  backbone, feats, hit = feats_lib.prepare_features(config, backbone=backbone, progress=False)
+  backbone, feats, hit = feature_cache.prepare_features(config, backbone=backbone, progress=False)
   result = train_lib.train(config, root / "run", feats)
   report = ev.evaluate(config, result.state.params, backbone, feats, output_dir=root / "eval",
                        extra={"training": {"step": int(result.state.step)}})
@@ -99,13 +100,13 @@ def test_end_to_end_training_lowers_the_loss(end_to_end):
   """At the same step (same τ, same Gumbel noise, same batch) the trained ψ has a lower loss
   than the initial one."""
   config, feats, _, result, _, _ = end_to_end
-  mesh = train_lib.data_mesh()
-  step_fn = train_lib.make_train_step(config, mesh)
+  mesh = step_lib.data_mesh()
+  step_fn = step_lib.make_train_step(config, mesh)
   last = config.train.num_steps - 1
-  batch = train_lib.device_batch(feats.batch, train_lib.batch_indices(
+  batch = step_lib.device_batch(feats.batch, train_lib.batch_indices(
       last, len(feats), config.train.batch_size, config.seed), mesh)
-  init = train_lib.replicate(train_lib.init_state(config, feats.psi_inputs.shape[-1]), mesh)
-  at = lambda state: state.replace(step=train_lib.replicate(np.int32(last), mesh))
+  init = step_lib.replicate(step_lib.init_state(config, feats.psi_inputs.shape[-1]), mesh)
+  at = lambda state: state.replace(step=step_lib.replicate(np.int32(last), mesh))
   before = float(step_fn(at(init), batch)[1]["loss"])
   after = float(step_fn(at(result.state), batch)[1]["loss"])
   assert after < before

@@ -144,19 +144,20 @@ def test_training_logs_fidelity_against_an_independent_reference(tmp_path):
   from experiments.configs import neuralef as configs  # pylint: disable=import-outside-toplevel
   from spectral_jax import graphs  # pylint: disable=import-outside-toplevel
   from spectral_jax.neuralef import loss as loss_lib  # pylint: disable=import-outside-toplevel
+  from spectral_jax.neuralef import step as step_lib  # pylint: disable=import-outside-toplevel
   from spectral_jax.neuralef import train as train_lib  # pylint: disable=import-outside-toplevel
 
   config = configs.get_config("test")
   config.log.tensorboard = False
   config.train.num_steps = 10
   feats = synthetic_features()
-  mesh = train_lib.data_mesh(jax.devices()[:1])
+  mesh = step_lib.data_mesh(jax.devices()[:1])
   # The same steps without the probe (the loop's step function, compiled once for both).
-  state = train_lib.replicate(train_lib.init_state(config, feats.psi_inputs.shape[-1]), mesh)
-  step_fn, plain_losses = train_lib.make_train_step(config, mesh), []
+  state = step_lib.replicate(step_lib.init_state(config, feats.psi_inputs.shape[-1]), mesh)
+  step_fn, plain_losses = step_lib.make_train_step(config, mesh), []
   for i in range(config.train.num_steps):
     views = train_lib.batch_indices(i, len(feats), config.train.batch_size, config.seed)
-    state, metrics = step_fn(state, train_lib.device_batch(feats.batch, views, mesh))
+    state, metrics = step_fn(state, step_lib.device_batch(feats.batch, views, mesh))
     plain_losses.append(float(metrics["loss"]))
   config.log.fidelity_every = 5
   run = train_lib.train(config, tmp_path / "probed", feats, mesh=mesh)
@@ -177,7 +178,7 @@ def test_training_logs_fidelity_against_an_independent_reference(tmp_path):
   lam, u = np.linalg.eigh(g)
   lam, u = lam[::-1], u[:, ::-1]
   assert lam[k - 1] - lam[k] > 1e-3  # the top-K eigenspace is well defined
-  logits = train_lib.psi_module(config).apply({"params": run.state.params},
+  logits = step_lib.psi_module(config).apply({"params": run.state.params},
                                               jnp.asarray(batch["psi_inputs"]))[0]
   tau = loss_lib.tau_schedule(config.train.num_steps, config.loss.tau_max, config.loss.tau_min)
   p = np.asarray(jax.nn.softmax(logits / tau(10), axis=-1), np.float64).reshape(-1, k)

@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 
 from experiments.configs import neuralef as configs
-from spectral_jax import graphs
-from spectral_jax.data.images import NamedImage
-from spectral_jax.neuralef import features as feats_lib
+from spectral_jax.datasets.images import NamedImage
+from spectral_jax.datasets import transforms
+from spectral_jax.neuralef import checkpoint as ckpt
+from spectral_jax.neuralef import feature_cache
 from spectral_jax.neuralef import loss as loss_lib
+from spectral_jax.neuralef import step as step_lib
 from spectral_jax.neuralef import train as train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ GRID, C, D = (4, 4), 4, 12  # the shapes of TINY_BACKBONE's features at 56 px (s
 TINY_BACKBONE = dict(depth=2, width=4, num_heads=2, mlp_dim=8)
 
 
-def synthetic_features(num_views=16, seed=0) -> feats_lib.FeatureSet:
+def synthetic_features(num_views=16, seed=0) -> feature_cache.FeatureSet:
   """Views whose tokens come from 4 clusters in feature space (a kernel with structure)."""
   rng = np.random.default_rng(seed)
   n = GRID[0] * GRID[1]
@@ -42,7 +44,7 @@ def synthetic_features(num_views=16, seed=0) -> feats_lib.FeatureSet:
   member = rng.integers(0, 4, size=(num_views, n))
   graph = centres[member] + 0.3 * rng.normal(size=(num_views, n, C))
   psi_in = np.concatenate([graph, graph @ rng.normal(size=(C, D - C))], axis=-1)
-  return feats_lib.FeatureSet(
+  return feature_cache.FeatureSet(
       psi_inputs=psi_in.astype(np.float32), graph_features=graph.astype(np.float32),
       image_grids=rng.uniform(size=(num_views, *GRID, 3)).astype(np.float32),
       image_index=np.arange(num_views, dtype=np.int32), view_index=np.zeros(num_views, np.int32),
@@ -59,25 +61,14 @@ def features():
   return synthetic_features()
 
 
-# ----------------------------------------------------------------------------- kernel, noise
-
-
-@pytest.mark.parametrize("form", train_lib.KERNEL_FORMS)
-def test_kernel_matmul_equals_dense_kernel(form):
-  rng = np.random.default_rng(1)
-  f = jnp.asarray(rng.normal(size=(4, 16, C)), jnp.float32)
-  grids = jnp.asarray(rng.uniform(size=(4, *GRID, 3)), jnp.float32)
-  p = jnp.asarray(rng.normal(size=(64, 5)), jnp.float32)
-  want = graphs.neuralef_kernel(f, grids, k=7, alpha=0.3, n_neighbors=(4, 2)) @ p
-  got = train_lib.batch_kernel_matmul(f, grids, k=7, alpha=0.3, n_neighbors=(4, 2),
-                                      block_size=16, form=form)(p)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+# ----------------------------------------------------------------------------- noise
+# (the batch kernel's rows, graphs.batch_kernel_matmul: tests/test_graphs.py)
 
 
 def test_gumbel_noise_is_per_image_and_position_keyed():
   key = jax.random.key(3)
   logits = jnp.zeros((4, 16, 8))
-  draw = jax.jit(train_lib.per_image_gumbel_softmax)
+  draw = jax.jit(step_lib.per_image_gumbel_softmax)
   full = draw(key, logits, 0.5)
   # images differ from each other
   assert not np.allclose(full[0], full[1])
@@ -93,16 +84,16 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
     from experiments.configs import neuralef as configs
-    from spectral_jax.neuralef import train as train_lib
+    from spectral_jax.neuralef import step as step_lib
     sys.path.insert(0, "tests")
     from test_neuralef_train import synthetic_features
 
     forms, with_step, with_pmap = sys.argv[1].split(","), sys.argv[2] == "1", sys.argv[3] == "1"
     config = configs.get_config("test")
     batch = synthetic_features(8).batch(np.arange(8))
-    state = train_lib.init_state(config, batch["psi_inputs"].shape[-1]).replace(
+    state = step_lib.init_state(config, batch["psi_inputs"].shape[-1]).replace(
         step=jnp.asarray(3, jnp.int32))
-    mesh = train_lib.data_mesh()
+    mesh = step_lib.data_mesh()
 
     def rel(a, b):
       errs = [np.abs(np.asarray(x) - np.asarray(y)).max() / max(np.abs(np.asarray(y)).max(), 1e-30)
@@ -112,19 +103,19 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     out = {}
     for form in forms:
       config.graph.form = form
-      ref = jax.jit(train_lib.make_loss_and_grad(config))(state, batch)
-      sm = jax.jit(jax.shard_map(train_lib.make_loss_and_grad(config, axis_name="data"),
+      ref = jax.jit(step_lib.make_loss_and_grad(config))(state, batch)
+      sm = jax.jit(jax.shard_map(step_lib.make_loss_and_grad(config, axis_name="data"),
                                  mesh=mesh, in_specs=(P(), P("data")),
                                  out_specs=(P(), P(), P())))(state, batch)
       out[f"shard_map_{form}"] = [rel(a, b) for a, b in zip(sm, ref)]
       if with_pmap:
-        pm = jax.pmap(train_lib.make_loss_and_grad(config, axis_name="data", sum_grads=True),
+        pm = jax.pmap(step_lib.make_loss_and_grad(config, axis_name="data", sum_grads=True),
                       axis_name="data", in_axes=(None, 0))(
             state, {k: v.reshape(8, -1, *v.shape[1:]) for k, v in batch.items()})
         out[f"pmap_{form}"] = [rel(jax.tree.map(lambda x: x[0], a), b) for a, b in zip(pm, ref)]
       if with_step:
-        one = train_lib.make_train_step(config)(state, batch)
-        eight = train_lib.make_train_step(config, mesh)(state, batch)
+        one = step_lib.make_train_step(config)(state, batch)
+        eight = step_lib.make_train_step(config, mesh)(state, batch)
         # Adam moves each parameter by about the learning rate whatever its gradient's size, so
         # a parameter whose gradient lies below float32 summation noise moves by a noisy
         # fraction of a step (measured: the worst differences sit where |g| ≈ 4e-5 max|g|);
@@ -185,11 +176,11 @@ class _FakeSharding:
 
 
 def test_process_rows():
-  assert train_lib.process_rows(8, _FakeSharding([(4, 6), (6, 8)])) == slice(4, 8)
+  assert step_lib.process_rows(8, _FakeSharding([(4, 6), (6, 8)])) == slice(4, 8)
   with pytest.raises(ValueError, match="not one block"):
-    train_lib.process_rows(8, _FakeSharding([(0, 2), (4, 6)]))
-  sharding = jax.sharding.NamedSharding(train_lib.data_mesh(), jax.sharding.PartitionSpec("data"))
-  assert train_lib.process_rows(8, sharding) == slice(0, 8)
+    step_lib.process_rows(8, _FakeSharding([(0, 2), (4, 6)]))
+  sharding = jax.sharding.NamedSharding(step_lib.data_mesh(), jax.sharding.PartitionSpec("data"))
+  assert step_lib.process_rows(8, sharding) == slice(0, 8)
 
 
 _MULTIHOST_SCRIPT = textwrap.dedent("""
@@ -298,9 +289,9 @@ def test_run_writes_metrics_and_tensorboard(full_run, config):
   assert full.history[0]["learning_rate"] == pytest.approx(config.optim.learning_rate)
   assert all(np.isfinite(r["loss"]) for r in full.history)
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-  saved = train_lib.saved_config(workdir)
-  assert train_lib.config_differences(train_lib.config_json(saved),
-                                      train_lib.config_json(config)) == []
+  saved = ckpt.saved_config(workdir)
+  assert ckpt.config_differences(ckpt.config_json(saved),
+                                      ckpt.config_json(config)) == []
 
 
 def test_checkpoint_of_another_config_is_rejected(full_run, config, features):
@@ -308,7 +299,7 @@ def test_checkpoint_of_another_config_is_rejected(full_run, config, features):
   other = config.copy_and_resolve_references()
   other.psi.k = 4
   other.loss.t = 0.1
-  with pytest.raises(train_lib.ConfigMismatchError, match=r"loss\.t: checkpoint 0\.01 vs now "
+  with pytest.raises(ckpt.ConfigMismatchError, match=r"loss\.t: checkpoint 0\.01 vs now "
                      r"0\.1; psi\.k: checkpoint 8 vs now 4"):
     train_lib.train(other, workdir, features)
   # runtime fields may change: a finished run resumes and does nothing
@@ -323,11 +314,11 @@ def test_labels_cannot_reach_the_step(config, features, full_run):
   """SPEC §5 leak: a batch carrying labels gives bit-identical updates whatever the labels, and
   the training batch never contains them."""
   del full_run  # the step below is the run's compiled step (same config and mesh)
-  assert set(features.batch(np.arange(8))) == set(train_lib.BATCH_KEYS)
-  mesh = train_lib.data_mesh()
-  step = train_lib.make_train_step(config, mesh)
-  state = train_lib.replicate(train_lib.init_state(config, D), mesh)
-  batch = train_lib.device_batch(features.batch, np.arange(8), mesh)
+  assert set(features.batch(np.arange(8))) == set(step_lib.BATCH_KEYS)
+  mesh = step_lib.data_mesh()
+  step = step_lib.make_train_step(config, mesh)
+  state = step_lib.replicate(step_lib.init_state(config, D), mesh)
+  batch = step_lib.device_batch(features.batch, np.arange(8), mesh)
   rng = np.random.default_rng(0)
   outs = [step(state, {**batch, "labels": jnp.asarray(rng.integers(0, 5, size=(8, 16)))})
           for _ in range(2)]
@@ -363,7 +354,7 @@ class _Pending:
 def test_logged_seconds_time_the_step_not_its_dispatch(tmp_path, config, features, monkeypatch):
   """``seconds`` (TensorBoard train/seconds) waits for the logged step's result: a step whose
   result takes 0.2 s to be ready is logged as ≥ 0.2 s (dispatch alone took milliseconds)."""
-  real = train_lib.make_train_step
+  real = step_lib.make_train_step
 
   def slow_step(*args):
     step = real(*args)
@@ -372,7 +363,7 @@ def test_logged_seconds_time_the_step_not_its_dispatch(tmp_path, config, feature
       new_state, metrics = step(state, batch)
       return new_state, {**metrics, "loss": _Pending(metrics["loss"])}
     return run
-  monkeypatch.setattr(train_lib, "make_train_step", slow_step)
+  monkeypatch.setattr(step_lib, "make_train_step", slow_step)
   short = config.copy_and_resolve_references()
   short.train.num_steps = 4
   history = train_lib.train(short, tmp_path, features).history
@@ -389,33 +380,16 @@ class _Untouchable:
 
 
 def test_save_checkpoint_does_not_sync_when_not_due(tmp_path, config):
-  manager = train_lib.checkpoint_manager(tmp_path, config)  # every 5 steps
+  manager = ckpt.checkpoint_manager(tmp_path, config)  # every 5 steps
   try:
-    state = train_lib.init_state(config, D).replace(step=jnp.asarray(5, jnp.int32))
-    assert train_lib.save_checkpoint(manager, state, config, step=5)
+    state = step_lib.init_state(config, D).replace(step=jnp.asarray(5, jnp.int32))
+    assert ckpt.save_checkpoint(manager, state, config, step=5)
     for step in (6, 7, 9):  # orbax saves a run's first step, then multiples of 5
-      assert not train_lib.save_checkpoint(manager, _Untouchable(), config, step=step)
+      assert not ckpt.save_checkpoint(manager, _Untouchable(), config, step=step)
     manager.wait_until_finished()
     assert manager.all_steps() == [5]
   finally:
     manager.close()
-
-
-def test_unreadable_training_images_are_skipped(tmp_path):
-  from PIL import Image
-  rgb = np.random.default_rng(0).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
-  Image.fromarray(rgb).save(tmp_path / "good.png")
-  (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-  skipped = []
-  images = feats_lib.training_images(str(tmp_path),
-                                     on_skip=lambda path, e: skipped.append((path, str(e))))
-  assert [im.name for im in images] == ["good"]
-  np.testing.assert_array_equal(images[0].rgb, rgb)
-  assert [path for path, _ in skipped] == [str(tmp_path / "bad.jpg")]
-  assert "cannot read" in skipped[0][1]
-  (tmp_path / "good.png").unlink()
-  with pytest.raises(FileNotFoundError, match="none of the 1 image files"):
-    feats_lib.training_images(str(tmp_path), on_skip=lambda path, e: None)
 
 
 # ----------------------------------------------------------------------------- feature cache
@@ -433,23 +407,23 @@ def _images(seed=0):
           NamedImage("b", rng.integers(0, 256, size=(60, 45, 3), dtype=np.uint8))]
 
 
-AUG = feats_lib.AugmentConfig(image_size=28, views_per_image=2)
+AUG = transforms.FixedViews(image_size=28, views_per_image=2)
 
 
 def test_feature_cache_hit_miss_and_key(tmp_path, tiny_backbone):
   images = _images()
-  first, hit = feats_lib.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
+  first, hit = feature_cache.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
   assert not hit and len(first) == 4 and first.grid == (2, 2)
   assert first.psi_inputs.shape == (4, 4, D) and first.graph_features.shape == (4, 4, C)
   # ψ's input is [block 0, block depth//2, last keys]; the graph uses the keys (DINOv2)
   np.testing.assert_array_equal(first.psi_inputs[..., 2 * C:], first.graph_features)
-  second, hit = feats_lib.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
+  second, hit = feature_cache.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
   assert hit
   for name in ("psi_inputs", "graph_features", "image_grids", "image_index", "view_index"):
     np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
-  ident = feats_lib.backbone_identity(tiny_backbone)
+  ident = feature_cache.backbone_identity(tiny_backbone)
   def key(imgs=images, aug=AUG, bid=ident, dt="float32"):
-    return feats_lib.cache_key(bid, imgs, aug, dt)
+    return feature_cache.cache_key(bid, imgs, aug, dt)
   assert key() == first.key
   changed_image = [images[0], NamedImage("b", images[1].rgb.copy())]
   changed_image[1].rgb[0, 0, 0] ^= 1
@@ -462,38 +436,38 @@ def test_feature_cache_hit_miss_and_key(tmp_path, tiny_backbone):
 
 def test_feature_cache_corrupt_and_partial(tmp_path, tiny_backbone):
   images = _images(1)
-  feats, _ = feats_lib.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
+  feats, _ = feature_cache.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
   entry = tmp_path / feats.key
   shard = entry / "shard_00000.npz"
   shard.write_bytes(shard.read_bytes()[:100])
-  with pytest.raises(feats_lib.FeatureCacheError, match="corrupt.*delete"):
-    feats_lib.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
+  with pytest.raises(feature_cache.FeatureCacheError, match="corrupt.*delete"):
+    feature_cache.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
   # refresh replaces it; an entry without meta.json (interrupted extraction) is a miss
-  _, hit = feats_lib.cached_feature_set(tiny_backbone, images, AUG, tmp_path, refresh=True)
+  _, hit = feature_cache.cached_feature_set(tiny_backbone, images, AUG, tmp_path, refresh=True)
   assert not hit
   (entry / "meta.json").unlink()
-  _, hit = feats_lib.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
+  _, hit = feature_cache.cached_feature_set(tiny_backbone, images, AUG, tmp_path)
   assert not hit and (entry / "meta.json").is_file()
   meta = json.loads((entry / "meta.json").read_text())
   meta["num_views"] = 5
   (entry / "meta.json").write_text(json.dumps(meta))
-  with pytest.raises(feats_lib.FeatureCacheError, match="inconsistent"):
-    feats_lib.load_cached(entry)
+  with pytest.raises(feature_cache.FeatureCacheError, match="inconsistent"):
+    feature_cache.load_cached(entry)
 
 
 def test_augmented_views_are_seeded_crops():
   rgb = np.random.default_rng(0).integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
-  aug = feats_lib.AugmentConfig(image_size=20, views_per_image=3)
-  views = feats_lib.augmented_views(rgb, 0, aug)
+  aug = transforms.FixedViews(image_size=20, views_per_image=3)
+  views = transforms.fixed_views(rgb, 0, aug)
   assert views.shape == (3, 20, 20, 3) and views.dtype == np.uint8
-  np.testing.assert_array_equal(views, feats_lib.augmented_views(rgb, 0, aug))
-  assert not np.array_equal(views, feats_lib.augmented_views(rgb, 1, aug))
+  np.testing.assert_array_equal(views, transforms.fixed_views(rgb, 0, aug))
+  assert not np.array_equal(views, transforms.fixed_views(rgb, 1, aug))
   # view 0: the short side resized to 20, then the centre crop
   from PIL import Image
   centre = np.asarray(Image.fromarray(rgb).resize((27, 20), Image.BILINEAR))[:, 3:23]
   np.testing.assert_array_equal(views[0], centre)
   with pytest.raises(ValueError, match="min_scale"):
-    feats_lib.AugmentConfig(min_scale=0.5)
+    transforms.FixedViews(min_scale=0.5)
 
 
 # Starts a command with SIGINT ignored, as `cmd &` in a script does (a shell, not preexec_fn:
@@ -570,16 +544,17 @@ def test_divergence_stops_at_the_first_non_finite_loss_and_saves_nothing(tmp_pat
   with cfg.unlocked():
     cfg.graph.alpha = 1e30
     cfg.log.every = 1
-  with pytest.raises(train_lib.DivergedError, match="diverged at step 1: loss (nan|inf); no checkpoint was saved"):
+  with pytest.raises(ckpt.DivergedError,
+                     match="diverged at step 1: loss (nan|inf); no checkpoint was saved"):
     train_lib.train(cfg, tmp_path, features)
   assert not [p for p in (tmp_path / "checkpoints").glob("[0-9]*")]
   # A state that is already non-finite is refused at the save itself.
-  state = train_lib.init_state(cfg, features.psi_inputs.shape[-1])
+  state = step_lib.init_state(cfg, features.psi_inputs.shape[-1])
   state = state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
-  manager = train_lib.checkpoint_manager(tmp_path / "ck", cfg)
+  manager = ckpt.checkpoint_manager(tmp_path / "ck", cfg)
   try:
-    with pytest.raises(train_lib.DivergedError, match="at step 3 holds NaN/Inf and was not saved"):
-      train_lib.save_checkpoint(manager, state, cfg, force=True, step=3)
+    with pytest.raises(ckpt.DivergedError, match="at step 3 holds NaN/Inf and was not saved"):
+      ckpt.save_checkpoint(manager, state, cfg, force=True, step=3)
   finally:
     manager.close()
   assert not list((tmp_path / "ck").glob("3*"))

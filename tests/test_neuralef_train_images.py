@@ -23,10 +23,12 @@ from conftest import write_pascal_context
 from experiments.configs import neuralef as configs
 from spectral_jax import backbones
 from spectral_jax import graphs
-from spectral_jax.data.images import NamedImage
+from spectral_jax.datasets.images import NamedImage
 from spectral_jax.datasets import pipeline
 from spectral_jax.datasets import transforms
+from spectral_jax.neuralef import config as config_lib
 from spectral_jax.neuralef import features as feats_lib
+from spectral_jax.neuralef import step as step_lib
 from spectral_jax.neuralef import train as train_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -150,10 +152,10 @@ def test_pipeline_bad_input():
   data = image_config().data
   data.dataset = "pascal_context"
   with pytest.raises(ValueError, match="data.data_dir must name"):
-    pipeline.check_pipeline_config(data)
+    config_lib.check_data(data)
   data.data_dir = "/nonexistent/dir"
   with pytest.raises(ValueError, match="is not a folder"):
-    pipeline.check_pipeline_config(data)
+    config_lib.check_data(data)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -165,7 +167,7 @@ def test_image_step_equals_cache_step(backbone, sharded):
   """Images in → backbone inside the step equals the cache path's step on features that the
   cache's functions computed from the same images with the same backbone."""
   config = image_config()
-  mesh = train_lib.data_mesh() if sharded else None
+  mesh = step_lib.data_mesh() if sharded else None
   images = np.random.default_rng(0).integers(0, 256, size=(8, 58, 57, 3), dtype=np.uint8)
   p = backbone.config.patch_size
   crops = images[:, :56, :56]
@@ -174,9 +176,9 @@ def test_image_step_equals_cache_step(backbone, sharded):
   cached = {"psi_inputs": np.asarray(psi_in), "graph_features": np.asarray(graph_feats),
             "image_grids": np.asarray(graphs.resize_to_grid(crops, (56 // p, 56 // p),
                                                             convention="torch"))}
-  state = train_lib.replicate(train_lib.init_state(config, psi_in.shape[-1]), mesh)
-  want = train_lib.make_train_step(config, mesh)(state, cached)
-  got = train_lib.make_image_train_step(config, backbone, mesh)(state, {"images": images})
+  state = step_lib.replicate(step_lib.init_state(config, psi_in.shape[-1]), mesh)
+  want = step_lib.make_train_step(config, mesh)(state, cached)
+  got = step_lib.make_image_train_step(config, backbone, mesh)(state, {"images": images})
   for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # Adam moves each parameter by about the learning rate whatever its gradient's size, so the
@@ -192,10 +194,10 @@ def test_image_step_bf16_backbone_is_close(backbone):
   """bf16 backbone compute: float32 loss and kernel, the loss near the float32 step's."""
   config = image_config()
   images = np.random.default_rng(1).integers(0, 256, size=(8, 56, 56, 3), dtype=np.uint8)
-  state = train_lib.init_state(config, 3 * backbone.config.width)
-  f32 = train_lib.make_image_train_step(config, backbone)(state, {"images": images})[1]
+  state = step_lib.init_state(config, 3 * backbone.config.width)
+  f32 = step_lib.make_image_train_step(config, backbone)(state, {"images": images})[1]
   config.backbone.dtype = "bfloat16"
-  bf16 = train_lib.make_image_train_step(config, backbone)(state, {"images": images})[1]
+  bf16 = step_lib.make_image_train_step(config, backbone)(state, {"images": images})[1]
   assert bf16["loss"].dtype == jnp.float32 and np.isfinite(float(bf16["loss"]))
   np.testing.assert_allclose(float(bf16["loss"]), float(f32["loss"]), rtol=0.05)
 
@@ -304,11 +306,11 @@ def test_two_processes_read_their_shards_and_resume(tmp_path, spawn, backbone):
   # the reference: one process, both hosts' pipelines, the global batch = host 0's rows, host 1's
   config = image_config(3)
   source = pipeline.ImageListSource(photos())
-  aug = pipeline.train_augment_config(config.data)
+  aug = config_lib.train_augment(config.data)
   its = [iter(pipeline.training_dataset(source, aug, batch_size=4, seed=config.seed,
                                         shard_index=i, shard_count=2)) for i in (0, 1)]
-  step = train_lib.make_image_train_step(config, backbone)
-  state = train_lib.init_state(config, 3 * backbone.config.width)
+  step = step_lib.make_image_train_step(config, backbone)
+  state = step_lib.init_state(config, 3 * backbone.config.width)
   want_loss, want_index = [], []
   for _ in range(3):
     parts = [next(it) for it in its]

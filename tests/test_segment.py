@@ -19,7 +19,7 @@ from PIL import Image
 from experiments import segment
 from experiments.configs import segment as segment_config
 from spectral_jax import dsm, metrics, viz
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 
 ROOT = pathlib.Path(__file__).absolute().parents[1]
 LABELLED = samples.LABELLED_SAMPLES

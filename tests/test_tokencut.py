@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from spectral_jax import backbones, image_ops, regions, testing
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 from spectral_jax.dsm import tokencut as tc
 
 GRID = (12, 16)

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from spectral_jax import viz
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 
 
 def test_heatmap_is_symmetric_around_zero():

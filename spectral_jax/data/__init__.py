@@ -1,4 +1,9 @@
-"""Data at the edges of the pipeline: image files and the bundled sample photos.
+"""Deprecated: moved to ``spectral_jax.datasets`` (``datasets.images``, ``datasets.samples``).
+
+This package re-exports the same names for one release; import them from
+``spectral_jax.datasets.images`` / ``spectral_jax.datasets.samples`` instead.
+
+Data at the edges of the pipeline: image files and the bundled sample photos.
 
 * ``images``: image files → (H, W, 3) uint8 RGB arrays and back (``read_image``, ``list_images``,
   ``write_png``; grayscale, palette, RGBA, 16-bit and EXIF orientation handled).
@@ -10,20 +15,20 @@
 # pylint: disable=g-importing-member
 from spectral_jax.data import images as images
 from spectral_jax.data import samples as samples
-from spectral_jax.data.images import IMAGE_SUFFIXES as IMAGE_SUFFIXES
-from spectral_jax.data.images import ImageReadError as ImageReadError
-from spectral_jax.data.images import NamedImage as NamedImage
-from spectral_jax.data.images import list_images as list_images
-from spectral_jax.data.images import read_image as read_image
-from spectral_jax.data.images import to_rgb_uint8 as to_rgb_uint8
-from spectral_jax.data.images import write_png as write_png
-from spectral_jax.data.samples import LABELLED_SAMPLES as LABELLED_SAMPLES
-from spectral_jax.data.samples import SKIMAGE_PHOTOS as SKIMAGE_PHOTOS
-from spectral_jax.data.samples import LabelledPhoto as LabelledPhoto
-from spectral_jax.data.samples import bundled_photos as bundled_photos
-from spectral_jax.data.samples import labelled_photo as labelled_photo
-from spectral_jax.data.samples import skimage_photo as skimage_photo
-from spectral_jax.data.samples import square_photos as square_photos
+from spectral_jax.datasets.images import IMAGE_SUFFIXES as IMAGE_SUFFIXES
+from spectral_jax.datasets.images import ImageReadError as ImageReadError
+from spectral_jax.datasets.images import NamedImage as NamedImage
+from spectral_jax.datasets.images import list_images as list_images
+from spectral_jax.datasets.images import read_image as read_image
+from spectral_jax.datasets.images import to_rgb_uint8 as to_rgb_uint8
+from spectral_jax.datasets.images import write_png as write_png
+from spectral_jax.datasets.samples import LABELLED_SAMPLES as LABELLED_SAMPLES
+from spectral_jax.datasets.samples import SKIMAGE_PHOTOS as SKIMAGE_PHOTOS
+from spectral_jax.datasets.samples import LabelledPhoto as LabelledPhoto
+from spectral_jax.datasets.samples import bundled_photos as bundled_photos
+from spectral_jax.datasets.samples import labelled_photo as labelled_photo
+from spectral_jax.datasets.samples import skimage_photo as skimage_photo
+from spectral_jax.datasets.samples import square_photos as square_photos
 # pylint: enable=g-importing-member
 
 __all__ = (

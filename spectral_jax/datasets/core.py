@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from spectral_jax import metrics
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 
 IGNORE = metrics.IGNORE_INDEX  # excluded from every metric (VOC void / object borders)
 

@@ -22,30 +22,58 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from spectral_jax import datasets
 from spectral_jax.datasets import core
+from spectral_jax.datasets import images as images_lib
+from spectral_jax.datasets import samples
 from spectral_jax.datasets import transforms
 
-# dataset → its training split (the reference trains on these; evaluation uses the val splits)
-TRAIN_SPLITS = {"pascal_context": "train", "cityscapes": "train", "ade20k": "training"}
+# the datasets the reference trains on (their training splits: datasets.DATASETS), or "folder"
+TRAIN_SPLITS = {name: datasets.DATASETS[name].train_split
+                for name in ("pascal_context", "cityscapes", "ade20k")}
 TRAIN_DATASETS = (*TRAIN_SPLITS, "folder")
+
+
+def training_images(folder: str = "", recursive: bool = False, *,
+                    on_skip: Callable[[str, Exception], None] | None = None
+                    ) -> list[images_lib.NamedImage]:
+  """The training images of a folder (``datasets.images.read_folder``: unreadable files
+  skipped and reported, collision-free names), or the bundled sample photos for ``""``.
+
+  Raises:
+    FileNotFoundError: ``folder`` is not a directory, or holds no readable image.
+  """
+  if not folder:
+    return [images_lib.NamedImage(name, rgb) for name, rgb in samples.bundled_photos().items()]
+  return images_lib.read_folder(
+      folder, recursive=recursive, on_skip=on_skip,
+      hint="point data.images (or data.data_dir) at a folder of readable images, \"\" for the "
+           "bundled photos")
 
 
 class ImageListSource(core.DataSource):
   """Random access over decoded images (a folder of photos, the bundled photos).
 
   Args:
-    images: ``NamedImage``s (``name``, ``rgb`` (H, W, 3) uint8).
+    images: ``NamedImage``s (``name``, ``rgb`` (H, W, 3) uint8) with distinct names (as
+      `training_images` gives them).
     name: the source's name.
+  Raises:
+    ValueError: two images share a name (one would hide the other).
   """
 
   def __init__(self, images: Sequence[Any], name: str = "folder"):
     self.name, self.split, self.root = name, "train", None
     self._images = {im.name: im.rgb for im in images}
+    if len(self._images) != len(images):
+      names = [im.name for im in images]
+      twice = sorted({n for n in names if names.count(n) > 1})
+      raise ValueError(f"training images share the names {twice}; each needs its own")
     self.ids = list(self._images)
 
   def read(self, image_id: str) -> core.Record:
@@ -66,11 +94,9 @@ def training_source(dataset: str, data_dir: str = "", split: str = "", *,
     raise ValueError(f"unknown training dataset {dataset!r}; choose one of "
                      f"{', '.join(TRAIN_DATASETS)} (or \"\" for the feature cache)")
   if dataset == "folder":
-    from spectral_jax.neuralef import features  # pylint: disable=import-outside-toplevel
-    return ImageListSource(features.training_images(data_dir, recursive))
+    return ImageListSource(training_images(data_dir, recursive))
   if not data_dir:
     raise ValueError(f"data.data_dir must name the folder holding {dataset}")
-  from spectral_jax import datasets  # pylint: disable=import-outside-toplevel
   return datasets.load(dataset, data_dir, split or TRAIN_SPLITS[dataset])
 
 
@@ -133,7 +159,7 @@ def training_dataset(source, aug: transforms.TrainAugment, *, batch_size: int, s
     A ``grain.IterDataset`` of ``{"image": (b, S, S, 3) uint8, "index": (b,) int64,
     "aug": (b, 8) float32}``.
   """
-  import grain  # pylint: disable=import-outside-toplevel
+  import grain  # pylint: disable=import-outside-toplevel  # optional (the `data` extra): deferred
 
   if shard_index is None or shard_count is None:
     import jax  # pylint: disable=import-outside-toplevel
@@ -164,37 +190,5 @@ def encode_state(state: Any) -> str:
   return text
 
 
-def check_pipeline_config(data_config) -> None:
-  """Checks the pipeline fields of a training config's ``data`` section before loading.
-
-  Raises:
-    ValueError: naming the bad field (unknown dataset, a missing ``data_dir``, bad augmentation
-      or reader settings).
-  """
-  import pathlib  # pylint: disable=import-outside-toplevel
-
-  if data_config.dataset not in TRAIN_DATASETS:
-    raise ValueError(f"data.dataset must be one of {', '.join(TRAIN_DATASETS)} (or \"\" for the "
-                     f"feature cache); got {data_config.dataset!r}")
-  if data_config.dataset != "folder" and not data_config.data_dir:
-    raise ValueError(f"data.data_dir must name the folder holding {data_config.dataset}")
-  if data_config.data_dir and not pathlib.Path(data_config.data_dir).expanduser().is_dir():
-    raise ValueError(f"data.data_dir {data_config.data_dir!r} is not a folder")
-  train_augment_config(data_config)
-  for name, low in (("num_threads", 1), ("prefetch", 0), ("num_workers", 0)):
-    if int(data_config[name]) < low:
-      raise ValueError(f"data.{name} must be ≥ {low}; got {data_config[name]}")
-
-
-def train_augment_config(data_config) -> transforms.TrainAugment:
-  """The `transforms.TrainAugment` of a training config's ``data`` section."""
-  return transforms.TrainAugment(
-      crop_size=int(data_config.image_size), scale=tuple(int(s) for s in data_config.resize_scale),
-      ratio_range=tuple(float(r) for r in data_config.ratio_range),
-      cat_max_ratio=float(data_config.cat_max_ratio), flip_prob=float(data_config.flip_prob),
-      photometric=bool(data_config.photometric))
-
-
-__all__ = ["AugmentRecord", "ImageListSource", "TRAIN_DATASETS", "TRAIN_SPLITS",
-           "check_pipeline_config", "encode_state",
-           "shard_bounds", "train_augment_config", "training_dataset", "training_source"]
+__all__ = ["AugmentRecord", "ImageListSource", "TRAIN_DATASETS", "TRAIN_SPLITS", "encode_state",
+           "shard_bounds", "training_dataset", "training_images", "training_source"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pathlib
 
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 from spectral_jax.datasets import core
 
 # The archives each benchmark is extracted from (named in errors and in the tfds builders).

@@ -1,4 +1,14 @@
-"""The reference's training augmentation and evaluation resize, as named NumPy / PIL transforms.
+"""Every training and evaluation crop, as named NumPy / PIL transforms.
+
+Two training augmentations, different by design:
+
+* `train_augment` (`TrainAugment`): the reference's fresh augmentation, drawn again every epoch
+  by the grain pipeline (``datasets.pipeline``); steps 1-5 below.
+* `fixed_views` (`FixedViews`): a fixed set of square views per image, a pure function of
+  ``(seed, image, view)``, for the NeuralEF feature cache (``neuralef.feature_cache``): the
+  backbone's features of these views are computed once and stored, so they cannot change.
+
+The reference's training augmentation and evaluation resize:
 
 NeuralEF's segmentation training (Deng & Luo) uses mmsegmentation's Pascal Context pipeline;
 each step there is one function here, with its defaults (``configs/_base_/datasets/
@@ -300,6 +310,74 @@ def photometric_distortion(image: np.ndarray, rng: np.random.Generator, *,
 # ----------------------------------------------------------------------------- the pipeline
 
 
+@dataclasses.dataclass(frozen=True)
+class FixedViews:
+  """The fixed views of the feature cache: every image gives ``views_per_image`` square crops
+  of ``image_size`` pixels (`fixed_views`). The field names are part of the feature cache's
+  key (``neuralef.feature_cache.cache_key`` hashes ``dataclasses.asdict`` of this): keep them.
+
+  Attributes:
+    image_size: side of the square crops in pixels (a multiple of the patch size is best:
+      the backbone crops the rest away).
+    views_per_image: V ≥ 1 crops per image; view 0 is the centre crop.
+    min_scale, max_scale: range of the short-side scale s of views ≥ 1 (1 ≤ min ≤ max).
+    flip: random horizontal flips for views ≥ 1.
+    seed: seed of the crop draws.
+  """
+  image_size: int = 336
+  views_per_image: int = 4
+  min_scale: float = 1.0
+  max_scale: float = 2.0
+  flip: bool = True
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.image_size < 1 or self.views_per_image < 1:
+      raise ValueError(f"image_size and views_per_image must be ≥ 1; got {self.image_size}, "
+                       f"{self.views_per_image}")
+    if not 1.0 <= self.min_scale <= self.max_scale:
+      raise ValueError(f"need 1 ≤ min_scale ≤ max_scale; got {self.min_scale}, {self.max_scale}")
+
+
+def fixed_views(rgb: np.ndarray, image_id: int, views: FixedViews) -> np.ndarray:
+  """The ``views.views_per_image`` square crops of one image.
+
+  View 0 is the centre crop after resizing the short side to ``image_size``; the others resize
+  the short side to ``s·image_size`` with ``s ~ U(min_scale, max_scale)``, crop a random square
+  and flip it horizontally with probability ½ (the reference trains on random resized crops and
+  flips). Draws come from ``np.random.default_rng([seed, image_id, view])``, so the views are a
+  function of their arguments (and of the feature cache's key).
+
+  Args:
+    rgb: (H, W, 3) uint8 image.
+    image_id: the image's index in the list (seeds its draws).
+    views: the views to take.
+  Returns:
+    (V, S, S, 3) uint8 crops, S = ``views.image_size``.
+  """
+  if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+    raise ValueError(f"images must be (H, W, 3) uint8; got {rgb.shape} {rgb.dtype}")
+  size = views.image_size
+  h, w = rgb.shape[:2]
+  out = []
+  for v in range(views.views_per_image):
+    rng = np.random.default_rng([views.seed, image_id, v])
+    scale = 1.0 if v == 0 else rng.uniform(views.min_scale, views.max_scale)
+    short = max(size, int(round(size * scale)))
+    rh, rw = (short, max(short, round(w * short / h))) if h <= w else (
+        max(short, round(h * short / w)), short)
+    img, _ = resize(rgb, (rh, rw))
+    if v == 0:
+      y0, x0 = (rh - size) // 2, (rw - size) // 2
+    else:
+      y0, x0 = int(rng.integers(0, rh - size + 1)), int(rng.integers(0, rw - size + 1))
+    crop = img[y0:y0 + size, x0:x0 + size]
+    if v > 0 and views.flip and rng.uniform() < 0.5:
+      crop = crop[:, ::-1]
+    out.append(np.ascontiguousarray(crop))
+  return np.stack(out)
+
+
 AUG_PARAM_NAMES = ("ratio", "y0", "x0", "flip", "brightness", "contrast", "saturation", "hue")
 
 
@@ -340,8 +418,8 @@ def train_augment(image: np.ndarray, rng: np.random.Generator, aug: TrainAugment
 
 
 __all__ = [
-    "AUG_PARAM_NAMES", "IGNORE", "REFERENCE_CAT_MAX_RATIO", "REFERENCE_RATIO_RANGE",
+    "AUG_PARAM_NAMES", "FixedViews", "IGNORE", "REFERENCE_CAT_MAX_RATIO", "REFERENCE_RATIO_RANGE",
     "REFERENCE_SCALE", "TrainAugment", "adjust_hue", "adjust_saturation", "crop_offsets",
-    "eval_resize", "hsv_to_rgb", "pad_to", "photometric_distortion", "random_crop",
+    "eval_resize", "fixed_views", "hsv_to_rgb", "pad_to", "photometric_distortion", "random_crop",
     "random_flip", "random_resize", "rescale_size", "resize", "rgb_to_hsv", "train_augment",
 ]

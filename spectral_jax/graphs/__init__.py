@@ -14,7 +14,8 @@ Modules (everything public is re-exported here; import from ``spectral_jax.graph
 * ``knn``: k-nearest-neighbour rows computed in blocks of query rows, so that peak memory is
   O(block_size·n + m·k) instead of O(n²): ``topk_cosine_rows`` (with ``knn_degrees`` and
   ``knn_rows_matmul`` for kernel rows sharded over devices) and ``knn_feature_graph``.
-* ``kernel``: NeuralEF's ``pixel_graph`` and batch kernel ``neuralef_kernel``.
+* ``kernel``: NeuralEF's ``pixel_graph`` and batch kernel ``neuralef_kernel``, and one device's
+  rows of it as a matmul, ``batch_kernel_matmul`` (sharded over a mapped axis).
 * ``export``: ``to_graphs_tuple`` (jraph).
 * ``resize_to_grid`` (an image brought to the patch grid, PIL or PyTorch bilinear) lives in
   ``spectral_jax.image_ops`` and is re-exported here.
@@ -43,6 +44,7 @@ from spectral_jax.graphs._constants import MIN_DEGREE as MIN_DEGREE
 from spectral_jax.graphs._constants import NEURALEF_ALPHA as NEURALEF_ALPHA
 from spectral_jax.graphs._constants import NEURALEF_DISTANCE_WEIGHTS as NEURALEF_DISTANCE_WEIGHTS
 from spectral_jax.graphs._constants import NEURALEF_K as NEURALEF_K
+from spectral_jax.graphs._constants import NEURALEF_KERNEL_FORMS as NEURALEF_KERNEL_FORMS
 from spectral_jax.graphs._constants import NEURALEF_N_NEIGHBORS as NEURALEF_N_NEIGHBORS
 from spectral_jax.graphs.affinity import colour_knn_affinity as colour_knn_affinity
 from spectral_jax.graphs.affinity import colour_knn_indices as colour_knn_indices
@@ -52,6 +54,7 @@ from spectral_jax.graphs.affinity import feature_affinity as feature_affinity
 from spectral_jax.graphs.affinity import l2_normalize as l2_normalize
 from spectral_jax.graphs.affinity import normalize_symmetric as normalize_symmetric
 from spectral_jax.graphs.export import to_graphs_tuple as to_graphs_tuple
+from spectral_jax.graphs.kernel import batch_kernel_matmul as batch_kernel_matmul
 from spectral_jax.graphs.kernel import neuralef_kernel as neuralef_kernel
 from spectral_jax.graphs.kernel import pixel_graph as pixel_graph
 from spectral_jax.graphs.knn import knn_degrees as knn_degrees
@@ -68,7 +71,9 @@ __all__ = (
     "NEURALEF_ALPHA",
     "NEURALEF_DISTANCE_WEIGHTS",
     "NEURALEF_K",
+    "NEURALEF_KERNEL_FORMS",
     "NEURALEF_N_NEIGHBORS",
+    "batch_kernel_matmul",
     "colour_knn_affinity",
     "colour_knn_indices",
     "degrees",

@@ -11,3 +11,5 @@ NEURALEF_K = 256
 NEURALEF_N_NEIGHBORS = (10, 5)
 NEURALEF_DISTANCE_WEIGHTS = (2.0, 0.1)
 NEURALEF_ALPHA = 0.3
+# Forms of one device's rows of the NeuralEF batch kernel (`kernel.batch_kernel_matmul`).
+NEURALEF_KERNEL_FORMS = ("dense", "knn")

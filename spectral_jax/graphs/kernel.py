@@ -1,22 +1,29 @@
-"""The NeuralEF batch kernel ``G = G₁ + α·G₂`` (SPEC §2; Deng & Luo, eq. 6) and its pixel graph."""
+"""The NeuralEF batch kernel ``G = G₁ + α·G₂`` (SPEC §2; Deng & Luo, eq. 6) and its pixel graph.
+
+``neuralef_kernel`` forms G whole; ``batch_kernel_matmul`` gives one device's rows of it as a
+matmul (the form the sharded NeuralEF train step uses, with collectives over a mapped axis).
+"""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax.experimental import sparse
 
 from spectral_jax.graphs._constants import MIN_DEGREE, NEURALEF_ALPHA
 from spectral_jax.graphs._constants import NEURALEF_DISTANCE_WEIGHTS, NEURALEF_K
-from spectral_jax.graphs._constants import NEURALEF_N_NEIGHBORS
-from spectral_jax.graphs._edges import batched, edges_to_graph
+from spectral_jax.graphs._constants import NEURALEF_KERNEL_FORMS, NEURALEF_N_NEIGHBORS
+from spectral_jax.graphs._edges import batched, both_directions, edges_to_graph, flat_rows
+from spectral_jax.graphs._edges import row_ids
 from spectral_jax.graphs._validation import check_array, check_block_size, check_image_grid
 from spectral_jax.graphs._validation import check_k, check_output, check_passes
 from spectral_jax.graphs.affinity import _colour_knn_edges, normalize_symmetric
-from spectral_jax.graphs.knn import _knn_feature_graph
+from spectral_jax.graphs.knn import _knn_feature_graph, knn_degrees, knn_rows_matmul
+from spectral_jax.graphs.knn import topk_cosine_rows
 
 
 def _first_occurrences(rows, cols, n: int):
@@ -125,4 +132,111 @@ def neuralef_kernel(features: jax.Array, image_grids: jax.Array, *, k: int = NEU
                           block_size=block_size, output=output)
 
 
-__all__ = ["pixel_graph", "neuralef_kernel"]
+def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k: int,
+                        alpha: float, n_neighbors: Sequence[int] = NEURALEF_N_NEIGHBORS,
+                        distance_weights: Sequence[float] = NEURALEF_DISTANCE_WEIGHTS,
+                        block_size: int | None = None, form: str = "dense",
+                        axis_name: str | None = None,
+                        min_degree: float = MIN_DEGREE) -> Callable[[jax.Array], jax.Array]:
+  """This device's rows of the NeuralEF batch kernel, as ``p ↦ G_rows @ p`` (SPEC §2, eq. (4)).
+
+  ``G = D₁^-½ A D₁^-½ + α·D₂^-½ Ã D₂^-½`` over the n = D·m global tokens (token t = b·N + p is
+  patch p of global image b), with A = (A₀ + A₀ᵀ)/2 the symmetrised top-k cosine graph of the
+  global batch's graph features and Ã the block-diagonal pixel graph. Equal to the rows
+  ``[offset, offset + m)`` of `neuralef_kernel` on the global batch (SPEC §5: the NeuralEF train step's kernel, sharded
+  over a data axis by ``neuralef.step``).
+
+  Args:
+    graph_features: (b, N, C) this device's crops' high-level features (all of them without
+      ``axis_name``).
+    image_grids: (b, h, w, 3) their RGB grids in [0, 1], h·w = N.
+    k: feature neighbours per token (reference 256).
+    alpha: pixel-graph weight α (reference 0.3).
+    n_neighbors, distance_weights: the pixel graph's passes.
+    block_size: query rows per top-k block (None: one (m, n) similarity).
+    form: "dense" materialises this device's (m, n) rows of G₁ (fast matmuls; O(m·n) memory);
+      "knn" keeps the (m, k) neighbour lists and multiplies by gathers and a ``psum_scatter``
+      (O(m·k + n·K) memory, gathers in blocks of rows).
+    axis_name: the mapped batch axis inside ``shard_map``/``pmap``, or None.
+    min_degree: zero-degree guard of both normalisations.
+  Returns:
+    ``kernel_matmul(p)``: (n, K) → (m, K), m = b·N; the form ``neuralef_loss`` accepts.
+  """
+  if form not in NEURALEF_KERNEL_FORMS:
+    raise ValueError(f"form must be one of {NEURALEF_KERNEL_FORMS}; got {form!r}")
+  chex.assert_rank([graph_features, image_grids], [3, 4])
+  b, n_tok, _ = graph_features.shape
+  m = b * n_tok
+  feats = graph_features.reshape(m, -1)
+  if axis_name is None:
+    all_feats, offset = feats, 0
+  else:
+    all_feats = jax.lax.all_gather(feats, axis_name, tiled=True)
+    offset = jax.lax.axis_index(axis_name) * m
+  n = all_feats.shape[0]
+  values, indices = topk_cosine_rows(feats, all_feats, k, row_offset=offset,
+                                            block_size=block_size)
+  scale = jax.lax.rsqrt(knn_degrees(values, indices, n, row_offset=offset,
+                                           axis_name=axis_name, min_degree=min_degree))
+  scale_rows = jax.lax.dynamic_slice_in_dim(scale, offset, m)
+  pixels = normalize_symmetric(
+      pixel_graph(image_grids, n_neighbors=n_neighbors, distance_weights=distance_weights,
+                         output="bcoo"), min_degree)
+
+  if form == "dense":
+    # A's edges as knn_feature_graph forms them (A₀'s edges of every device, both
+    # directions, halved), kept where the row is one of ours: this device's (m, n) rows of A.
+    all_values, all_indices = values, indices
+    if axis_name is not None:
+      all_values = jax.lax.all_gather(values, axis_name, tiled=True)
+      all_indices = jax.lax.all_gather(indices, axis_name, tiled=True)
+    rows, cols, data = both_directions(row_ids(all_values.shape), flat_rows(all_indices),
+                                       flat_rows(all_values) / 2)
+    rows = rows - offset
+    rows = jnp.where((rows >= 0) & (rows < m), rows, m)  # m is out of range: dropped
+    a_rows = jnp.zeros((m, n), values.dtype).at[rows, cols].add(data, mode="drop")
+    g1_rows = scale_rows[:, None] * a_rows * scale[None, :]
+    feature_part = lambda p: g1_rows @ p
+  else:
+    def feature_part(p):
+      q = scale[:, None] * p
+      q_rows = jax.lax.dynamic_slice_in_dim(q, offset, m)
+      out_edges, in_edges = _knn_products(values, indices, q, q_rows, block_size)
+      if axis_name is not None:                                              # (A₀ᵀ q)_rows
+        in_edges = jax.lax.psum_scatter(in_edges, axis_name, scatter_dimension=0, tiled=True)
+      return scale_rows[:, None] * (out_edges + in_edges) / 2
+
+  def kernel_matmul(p: jax.Array) -> jax.Array:
+    p_rows = jax.lax.dynamic_slice_in_dim(p, offset, m).reshape(b, n_tok, -1)
+    pix = sparse.bcoo_dot_general(pixels, p_rows.astype(pixels.dtype),
+                                  dimension_numbers=(([2], [1]), ([0], [0])))
+    return feature_part(p) + alpha * pix.reshape(m, -1).astype(p.dtype)
+
+  return kernel_matmul
+
+
+def _knn_products(values, indices, q, q_rows, block_size):
+  """``(A₀[rows] q, A₀[rows]ᵀ q_rows)`` from (m, k) neighbour lists, (n, c) q, (m, c) q_rows.
+
+  Both products touch (rows, k, c) gathered/scattered values; they are formed for a block of
+  rows at a time (a ``scan`` accumulating the (n, c) scatter), with as many rows as keep that
+  block the size of a top-k block (``block_size`` × n floats). ``block_size=None``: all rows.
+  """
+  m, k = values.shape
+  n, c = q.shape
+  rows = m if block_size is None else int(min(m, max(1, block_size * n // (k * c))))
+  pad = -m % rows
+  padded = lambda a: jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(
+      (m + pad) // rows, rows, *a.shape[1:])
+
+  def block(acc, blk):
+    v, i, qr = blk
+    out = knn_rows_matmul(v, i, q)
+    return acc.at[i].add(v[..., None].astype(q.dtype) * qr[:, None, :]), out
+
+  in_edges, out_edges = jax.lax.scan(block, jnp.zeros_like(q),
+                                     (padded(values), padded(indices), padded(q_rows)))
+  return out_edges.reshape(m + pad, c)[:m], in_edges
+
+
+__all__ = ["batch_kernel_matmul", "neuralef_kernel", "pixel_graph"]

@@ -10,13 +10,16 @@ The pieces users compose (a training step: ψ → Gumbel-softmax → L2 batch no
   ``ema_update`` (``loss.py``).
 
 Training and evaluation live in submodules (imported on demand, they pull in orbax, PIL and the
-backbones): ``neuralef.features`` (backbone features of augmented crops, cached on disk),
-``neuralef.train`` (the loop and data order; it re-exports ``neuralef.step``: state, the
-shard_map train step, and ``neuralef.checkpoint``: orbax checkpoints and config checks),
-``neuralef.evaluate`` (argmax clusters, K-means baselines, matching, mIoU, overlays),
-``neuralef.fidelity`` (ψ against the batch kernel's top-K eigenvectors: cosines, principal
-angles, Rayleigh quotients; the training probe), ``neuralef.pod_plan`` (the sharded step
-compiled for a mesh with abstract inputs: per-device FLOPs, memory, collective bytes).
+backbones): ``neuralef.config`` (the training config's one reader and checker, run once by the
+caller), ``neuralef.features`` (what ψ and the kernel see of a batch of crops: the frozen
+backbone's features), ``neuralef.feature_cache`` (those features of fixed views, cached on
+disk), ``neuralef.step`` (state, optimiser, the shard_map train step; its kernel rows are
+``graphs.batch_kernel_matmul``), ``neuralef.checkpoint`` (orbax checkpoints, config comparison),
+``neuralef.train`` (the loop and data order), ``neuralef.evaluate`` (argmax clusters, K-means
+baselines, matching, mIoU, overlays), ``neuralef.fidelity`` (ψ against the batch kernel's top-K
+eigenvectors: cosines, principal angles, Rayleigh quotients; the training probe),
+``neuralef.pod_plan`` (the sharded step compiled for a mesh with abstract inputs: per-device
+FLOPs, memory, collective bytes).
 """
 
 from spectral_jax.neuralef.loss import BETA_TIMES_K

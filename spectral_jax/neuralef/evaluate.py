@@ -44,10 +44,11 @@ from spectral_jax import image_ops
 from spectral_jax import metrics
 from spectral_jax import protocols
 from spectral_jax.backbones import vit
-from spectral_jax.data import samples
+from spectral_jax.datasets import samples
 from spectral_jax.datasets import transforms
+from spectral_jax.neuralef import feature_cache
 from spectral_jax.neuralef import features as features_lib
-from spectral_jax.neuralef import train as train_lib
+from spectral_jax.neuralef import step as step_lib
 
 
 # ----------------------------------------------------------------------------- data
@@ -117,7 +118,7 @@ def psi_inference(config: ml_collections.ConfigDict, params: Any,
     (B, N, K) float32 scaled logits (no Gumbel noise, no normalisation) and (B, N, D') ψ's
     features before the head (for "Ours*").
   """
-  logits, out = train_lib.psi_module(config).apply({"params": params}, psi_inputs)
+  logits, out = step_lib.psi_module(config).apply({"params": params}, psi_inputs)
   return logits / config.loss.tau_min, out["pre_logits"]
 
 
@@ -234,7 +235,7 @@ def overlay(rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
 
 
 def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
-             train_features: features_lib.FeatureSet, *,
+             train_features: feature_cache.FeatureSet, *,
              images: Sequence[LabelledImage] | None = None,
              class_names: Sequence[str] | None = None,
              output_dir: str | pathlib.Path | None = None,

@@ -27,7 +27,7 @@ columns ψ̂ⱼ = Ψ[:, j]/‖Ψ[:, j]‖ with them:
 
 All functions are pure; `fidelity` and `principal_angles` are jit-able (shapes static). The
 kernel is passed as the training uses it: a dense symmetric (n, n) array or a callable
-``kernel_matmul(p) -> G @ p`` mapping (n, c) to (n, c) (``neuralef.step.batch_kernel_matmul``
+``kernel_matmul(p) -> G @ p`` mapping (n, c) to (n, c) (``graphs.batch_kernel_matmul``
 without ``axis_name``).
 """
 
@@ -41,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from spectral_jax import eigensolvers
+from spectral_jax import graphs
 from spectral_jax.neuralef import loss as loss_lib
+from spectral_jax.neuralef import step as step_lib
 
 Kernel = Union[jax.Array, np.ndarray, Callable[[jax.Array], jax.Array]]
 
@@ -307,7 +309,6 @@ def make_probe(config, batch: dict, *, outputs: str | None = None, method: str =
     ``eigenpairs_converged``: the fraction of the K reference eigenpairs that converged (1.0
     for eigh; below 1 the comparison is against inexact eigenvectors).
   """
-  from spectral_jax.neuralef import step as step_lib  # pylint: disable=import-outside-toplevel
   outputs = str(config.log.get("fidelity_outputs", "softmax")) if outputs is None else outputs
   psi_outputs(jnp.zeros((1, 1)), 1.0, outputs)  # validates ``outputs`` before compiling
   device = jax.local_devices()[0]
@@ -315,7 +316,7 @@ def make_probe(config, batch: dict, *, outputs: str | None = None, method: str =
                      for key in step_lib.BATCH_KEYS)
   n, k = feats.shape[0] * feats.shape[1], int(config.psi.k)
   g = config.graph
-  kernel_fn = lambda f, gr: step_lib.batch_kernel_matmul(
+  kernel_fn = lambda f, gr: graphs.batch_kernel_matmul(
       f, gr, k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
       distance_weights=tuple(g.distance_weights), block_size=g.block_size, form=g.form)
   reference = jax.jit(lambda f, gr: kernel_eigenpairs(kernel_fn(f, gr), n, k, method=method)

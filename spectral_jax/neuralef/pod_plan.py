@@ -40,6 +40,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax.neuralef import step as step_lib
+
 COLLECTIVE_OPS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
                   "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4,
@@ -232,13 +234,11 @@ def train_batch_shapes(config, *, patch_size: int = 14, psi_dim: int = 1152,
 
 
 def _default_builder(config, mesh):
-  from spectral_jax.neuralef import step  # pylint: disable=import-outside-toplevel
-  return step.make_train_step(config, mesh)
+  return step_lib.make_train_step(config, mesh)
 
 
 def _default_state(config, batch_shapes):
-  from spectral_jax.neuralef import step  # pylint: disable=import-outside-toplevel
-  return jax.eval_shape(lambda: step.init_state(config, batch_shapes["psi_inputs"][0][-1]))
+  return jax.eval_shape(lambda: step_lib.init_state(config, batch_shapes["psi_inputs"][0][-1]))
 
 
 def plan_step(config, mesh, *, step_builder: Callable | None = None,

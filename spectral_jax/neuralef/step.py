@@ -1,4 +1,4 @@
-"""The NeuralEF train step: state, optimiser, batch kernel, loss and its data-parallel form.
+"""The NeuralEF train step: state, optimiser, loss and its data-parallel form.
 
 One step (SPEC §2, §5; Deng & Luo eq. (4)-(7)) on a global batch of B crops with N patches:
 
@@ -11,10 +11,10 @@ One step (SPEC §2, §5; Deng & Luo eq. (4)-(7)) on a global batch of B crops wi
 Data parallelism: `make_train_step(config, mesh)` builds the step with ``jax.shard_map`` over a
 1-D ``Mesh`` (axis ``'data'``): each device holds B/D crops and the replicated state. The feature
 graph is over the **global** batch: the graph features are all-gathered and each device computes
-its own rows of G₁ (``graphs.topk_cosine_rows`` with ``row_offset = axis_index·m``, degrees
-``psum``-ed by ``graphs.knn_degrees``); the pixel graph is block-diagonal, so each device builds
-its own images' blocks. The loss all-gathers ψ for the kernel's columns and ``psum``s ψᵀGψ.
-shard_map already sums the gradients of the replicated parameters over devices (DESIGN.md), so
+its own rows of G₁ (``graphs.batch_kernel_matmul``: ``graphs.topk_cosine_rows`` with
+``row_offset = axis_index·m``, degrees ``psum``-ed by ``graphs.knn_degrees``); the pixel graph is
+block-diagonal, so each device builds its own images' blocks. The loss all-gathers ψ for the kernel's columns and ``psum``s ψᵀGψ.
+shard_map already sums the gradients of the replicated parameters over devices, so
 none is ``pmean``-ed. `make_loss_and_grad(config, axis_name=...)` is the same computation as a
 plain function, which also composes under ``jax.pmap`` (where the gradients are ``psum``-ed).
 `device_batch`, `replicate` and `process_rows` place a batch and the state on the mesh (each
@@ -29,36 +29,30 @@ enter a step: only `BATCH_KEYS` reach the compiled function (SPEC §5, the refer
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import chex
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.experimental import sparse
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from spectral_jax import backbones
 from spectral_jax import graphs
+from spectral_jax.neuralef import features
 from spectral_jax.neuralef import loss as loss_lib
 from spectral_jax.neuralef import psi as psi_lib
 from spectral_jax.neuralef.checkpoint import config_json
 from spectral_jax.neuralef.checkpoint import training_fields
 
-# graphs' edge-list helpers: the dense kernel rows hold the edges graphs.neuralef_kernel builds.
-from spectral_jax.graphs._edges import both_directions as _both_directions  # pylint: disable=g-import-not-at-top,wrong-import-position
-from spectral_jax.graphs._edges import flat_rows as _flat_rows  # pylint: disable=g-import-not-at-top,wrong-import-position
-from spectral_jax.graphs._edges import row_ids as _row_ids  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 AXIS = "data"
 BATCH_KEYS = ("psi_inputs", "graph_features", "image_grids")
 IMAGE_KEY = "images"  # the batch entry of `make_image_train_step` (crops; the backbone runs inside)
-KERNEL_FORMS = ("dense", "knn")
 
 
 @flax.struct.dataclass
@@ -90,10 +84,6 @@ def psi_module(config: ml_collections.ConfigDict) -> psi_lib.Psi:
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam with a per-step cosine decay from ``learning_rate`` to ``final_learning_rate`` over
   ``train.num_steps`` steps; no weight decay, no warm-up (SPEC §5)."""
-  lr, final = config.optim.learning_rate, config.optim.final_learning_rate
-  if not (_positive(lr) and _positive(final) and final <= lr):
-    raise ValueError(f"need 0 < optim.final_learning_rate ≤ optim.learning_rate (finite); got "
-                     f"{final}, {lr}")
   return optax.adam(learning_rate_schedule(config))
 
 
@@ -109,184 +99,6 @@ def init_state(config: ml_collections.ConfigDict, input_dim: int) -> TrainState:
   opt_state = make_optimizer(config).init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                     rng=jax.random.key_data(run_key), eig=loss_lib.ema_init(config.psi.k))
-
-
-def _positive(value) -> bool:
-  try:
-    return math.isfinite(float(value)) and float(value) > 0
-  except (TypeError, ValueError):
-    return False
-
-
-def check_config(config: ml_collections.ConfigDict, *, patch_size: int | None = None,
-                 tokens: int | None = None, devices: int | None = None) -> None:
-  """Checks the values of a training config before anything is loaded or compiled.
-
-  Args:
-    config: the training config.
-    patch_size: the backbone's patch size: also checks the batch's token count
-      (``train.batch_size · (data.image_size // patch_size)²``) against ``graph.k`` and
-      ``psi.k``.
-    tokens: the batch's token count itself (when the features are known).
-    devices: the number of devices ``train.batch_size`` is split over.
-  Raises:
-    ValueError: naming the first bad field, its value and what it must be.
-  """
-  def need(ok: bool, field: str, rule: str, value: Any) -> None:
-    if not ok:
-      raise ValueError(f"{field} must be {rule}; got {value!r}")
-
-  t, o, g, lc = config.train, config.optim, config.graph, config.loss
-  need(int(t.batch_size) >= 1, "train.batch_size", "≥ 1 (images per global batch)",
-       t.batch_size)
-  need(int(t.num_steps) >= 1, "train.num_steps", "≥ 1", t.num_steps)
-  need(_positive(o.learning_rate), "optim.learning_rate", "a finite number > 0",
-       o.learning_rate)
-  need(_positive(o.final_learning_rate) and o.final_learning_rate <= o.learning_rate,
-       "optim.final_learning_rate", f"in (0, optim.learning_rate = {o.learning_rate}]",
-       o.final_learning_rate)
-  need(g.form in KERNEL_FORMS, "graph.form", f"one of {KERNEL_FORMS}", g.form)
-  need(int(g.k) >= 1, "graph.k", "≥ 1", g.k)
-  need(math.isfinite(float(g.alpha)) and g.alpha >= 0, "graph.alpha", "a finite number ≥ 0",
-       g.alpha)
-  need(g.block_size is None or int(g.block_size) >= 1, "graph.block_size", "None or ≥ 1",
-       g.block_size)
-  need(len(g.n_neighbors) == len(g.distance_weights) and all(int(n) >= 1 for n in g.n_neighbors),
-       "graph.n_neighbors", "≥ 1 each, as many as graph.distance_weights", g.n_neighbors)
-  for name in ("k", "num_blocks", "num_heads", "head_dim", "mlp_dim"):
-    need(int(config.psi[name]) >= 1, f"psi.{name}", "≥ 1", config.psi[name])
-  for name in ("beta_times_k", "t", "tau_max", "tau_min"):
-    need(_positive(lc[name]), f"loss.{name}", "a finite number > 0", lc[name])
-  need(lc.tau_min <= lc.tau_max, "loss.tau_min", f"≤ loss.tau_max = {lc.tau_max}", lc.tau_min)
-  need(0 <= lc.eig_momentum < 1, "loss.eig_momentum", "in [0, 1)", lc.eig_momentum)
-  for name in ("checkpoint.every", "checkpoint.keep", "log.every"):
-    section, field = name.split(".")
-    need(int(config[section][field]) >= 1, name, "≥ 1", config[section][field])
-  need(int(config.log.get("fidelity_every", 0)) >= 0, "log.fidelity_every", "≥ 0 (0: off)",
-       config.log.get("fidelity_every"))
-  need(config.log.get("fidelity_outputs", "softmax") in ("softmax", "logits"),
-       "log.fidelity_outputs", "'softmax' or 'logits'", config.log.get("fidelity_outputs"))
-  if devices is not None and int(t.batch_size) % devices:
-    raise ValueError(f"train.batch_size = {t.batch_size} must be a multiple of the {devices} "
-                     "devices (each device holds the same number of crops)")
-  if patch_size is not None:
-    side = int(config.data.image_size) // int(patch_size)
-    need(side >= 1, "data.image_size", f"≥ the backbone's {patch_size}-px patch",
-         config.data.image_size)
-    tokens = int(t.batch_size) * side * side
-  if tokens is not None:
-    if g.k > tokens - 1:
-      raise ValueError(f"graph.k = {g.k} neighbours need more than the {tokens} tokens of a "
-                       "batch; lower graph.k or raise train.batch_size / data.image_size")
-    if config.psi.k > tokens:
-      raise ValueError(f"psi.k = {config.psi.k} eigenfunctions exceed the {tokens} tokens of a "
-                       "batch; lower psi.k or raise train.batch_size / data.image_size")
-
-
-def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k: int,
-                        alpha: float, n_neighbors: Sequence[int] = graphs.NEURALEF_N_NEIGHBORS,
-                        distance_weights: Sequence[float] = graphs.NEURALEF_DISTANCE_WEIGHTS,
-                        block_size: int | None = None, form: str = "dense",
-                        axis_name: str | None = None,
-                        min_degree: float = graphs.MIN_DEGREE) -> Callable[[jax.Array], jax.Array]:
-  """This device's rows of the NeuralEF batch kernel, as ``p ↦ G_rows @ p`` (SPEC §2, eq. (4)).
-
-  ``G = D₁^-½ A D₁^-½ + α·D₂^-½ Ã D₂^-½`` over the n = D·m global tokens (token t = b·N + p is
-  patch p of global image b), with A = (A₀ + A₀ᵀ)/2 the symmetrised top-k cosine graph of the
-  global batch's graph features and Ã the block-diagonal pixel graph. Equal to the rows
-  ``[offset, offset + m)`` of ``graphs.neuralef_kernel`` on the global batch.
-
-  Args:
-    graph_features: (b, N, C) this device's crops' high-level features (all of them without
-      ``axis_name``).
-    image_grids: (b, h, w, 3) their RGB grids in [0, 1], h·w = N.
-    k: feature neighbours per token (reference 256).
-    alpha: pixel-graph weight α (reference 0.3).
-    n_neighbors, distance_weights: the pixel graph's passes.
-    block_size: query rows per top-k block (None: one (m, n) similarity).
-    form: "dense" materialises this device's (m, n) rows of G₁ (fast matmuls; O(m·n) memory);
-      "knn" keeps the (m, k) neighbour lists and multiplies by gathers and a ``psum_scatter``
-      (O(m·k + n·K) memory, gathers in blocks of rows).
-    axis_name: the mapped batch axis inside ``shard_map``/``pmap``, or None.
-    min_degree: zero-degree guard of both normalisations.
-  Returns:
-    ``kernel_matmul(p)``: (n, K) → (m, K), m = b·N; the form ``neuralef_loss`` accepts.
-  """
-  if form not in KERNEL_FORMS:
-    raise ValueError(f"form must be one of {KERNEL_FORMS}; got {form!r}")
-  chex.assert_rank([graph_features, image_grids], [3, 4])
-  b, n_tok, _ = graph_features.shape
-  m = b * n_tok
-  feats = graph_features.reshape(m, -1)
-  if axis_name is None:
-    all_feats, offset = feats, 0
-  else:
-    all_feats = jax.lax.all_gather(feats, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * m
-  n = all_feats.shape[0]
-  values, indices = graphs.topk_cosine_rows(feats, all_feats, k, row_offset=offset,
-                                            block_size=block_size)
-  scale = jax.lax.rsqrt(graphs.knn_degrees(values, indices, n, row_offset=offset,
-                                           axis_name=axis_name, min_degree=min_degree))
-  scale_rows = jax.lax.dynamic_slice_in_dim(scale, offset, m)
-  pixels = graphs.normalize_symmetric(
-      graphs.pixel_graph(image_grids, n_neighbors=n_neighbors, distance_weights=distance_weights,
-                         output="bcoo"), min_degree)
-
-  if form == "dense":
-    # A's edges as graphs.knn_feature_graph forms them (A₀'s edges of every device, both
-    # directions, halved), kept where the row is one of ours: this device's (m, n) rows of A.
-    all_values, all_indices = values, indices
-    if axis_name is not None:
-      all_values = jax.lax.all_gather(values, axis_name, tiled=True)
-      all_indices = jax.lax.all_gather(indices, axis_name, tiled=True)
-    rows, cols, data = _both_directions(_row_ids(all_values.shape), _flat_rows(all_indices),
-                                        _flat_rows(all_values) / 2)
-    rows = rows - offset
-    rows = jnp.where((rows >= 0) & (rows < m), rows, m)  # m is out of range: dropped
-    a_rows = jnp.zeros((m, n), values.dtype).at[rows, cols].add(data, mode="drop")
-    g1_rows = scale_rows[:, None] * a_rows * scale[None, :]
-    feature_part = lambda p: g1_rows @ p
-  else:
-    def feature_part(p):
-      q = scale[:, None] * p
-      q_rows = jax.lax.dynamic_slice_in_dim(q, offset, m)
-      out_edges, in_edges = _knn_products(values, indices, q, q_rows, block_size)
-      if axis_name is not None:                                              # (A₀ᵀ q)_rows
-        in_edges = jax.lax.psum_scatter(in_edges, axis_name, scatter_dimension=0, tiled=True)
-      return scale_rows[:, None] * (out_edges + in_edges) / 2
-
-  def kernel_matmul(p: jax.Array) -> jax.Array:
-    p_rows = jax.lax.dynamic_slice_in_dim(p, offset, m).reshape(b, n_tok, -1)
-    pix = sparse.bcoo_dot_general(pixels, p_rows.astype(pixels.dtype),
-                                  dimension_numbers=(([2], [1]), ([0], [0])))
-    return feature_part(p) + alpha * pix.reshape(m, -1).astype(p.dtype)
-
-  return kernel_matmul
-
-
-def _knn_products(values, indices, q, q_rows, block_size):
-  """``(A₀[rows] q, A₀[rows]ᵀ q_rows)`` from (m, k) neighbour lists, (n, c) q, (m, c) q_rows.
-
-  Both products touch (rows, k, c) gathered/scattered values; they are formed for a block of
-  rows at a time (a ``scan`` accumulating the (n, c) scatter), with as many rows as keep that
-  block the size of a top-k block (``block_size`` × n floats). ``block_size=None``: all rows.
-  """
-  m, k = values.shape
-  n, c = q.shape
-  rows = m if block_size is None else int(min(m, max(1, block_size * n // (k * c))))
-  pad = -m % rows
-  padded = lambda a: jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(
-      (m + pad) // rows, rows, *a.shape[1:])
-
-  def block(acc, blk):
-    v, i, qr = blk
-    out = graphs.knn_rows_matmul(v, i, q)
-    return acc.at[i].add(v[..., None].astype(q.dtype) * qr[:, None, :]), out
-
-  in_edges, out_edges = jax.lax.scan(block, jnp.zeros_like(q),
-                                     (padded(values), padded(indices), padded(q_rows)))
-  return out_edges.reshape(m + pad, c)[:m], in_edges
 
 
 def per_image_gumbel_softmax(key: jax.Array, logits: jax.Array, tau: jax.Array,
@@ -311,14 +123,14 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
   (needed under ``pmap``; under ``shard_map`` they are already summed, see the module docstring).
 
   Args:
-    config: the training config (``psi``, ``graph``, ``loss``, ``train.num_steps``).
+    config: the training config (``psi``, ``graph``, ``loss``, ``train.num_steps``), checked by
+      the caller (``neuralef.config.check``).
     axis_name: the batch axis, or None for one device.
     sum_grads: ``psum`` the gradients over ``axis_name``.
   Returns:
     A function of (``TrainState``, batch dict with `BATCH_KEYS`; other keys are ignored).
     ``aux`` has ``loss_eig``, ``loss_orth``, ``eigenvalues`` (K,), ``tau``.
   """
-  check_config(config)
   psi = psi_module(config)
   g, lc = config.graph, config.loss
   beta = loss_lib.beta_for(config.psi.k, lc.beta_times_k)
@@ -332,7 +144,7 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
     tau = tau_fn(state.step)
     b = batch["psi_inputs"].shape[0]
     offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * b
-    kernel = batch_kernel_matmul(batch["graph_features"], batch["image_grids"], **kernel_args)
+    kernel = graphs.batch_kernel_matmul(batch["graph_features"], batch["image_grids"], **kernel_args)
 
     def objective(params):
       logits, _ = psi.apply({"params": params}, batch["psi_inputs"])
@@ -417,7 +229,7 @@ def _make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Ca
 def make_image_train_step(config: ml_collections.ConfigDict, backbone,
                           mesh: Mesh | None = None) -> Callable:
   """The jitted step ``(state, batch) -> (state, metrics)`` on **images**: the frozen backbone
-  runs inside it (issue #14 item 1).
+  runs inside it.
 
   ``batch["images"]`` (B, S, S, 3) uint8 crops (or floats in [0, 1]) → on each device, for its
   rows: ``features.training_batch`` (the backbone under ``stop_gradient``, in
@@ -433,9 +245,6 @@ def make_image_train_step(config: ml_collections.ConfigDict, backbone,
   Returns:
     The step; batch entries other than ``images`` are dropped before the compiled function.
   """
-  from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
-  from spectral_jax.neuralef import features  # pylint: disable=import-outside-toplevel
-
   backbone = features.with_compute_dtype(backbone, str(config.backbone.get("dtype", "float32")))
   key = (json.dumps(training_fields(config_json(config)), sort_keys=True), mesh,
          json.dumps(backbone.config.to_dict(), sort_keys=True, default=list))
@@ -506,8 +315,7 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
 
 
 __all__ = [
-    "AXIS", "BATCH_KEYS", "IMAGE_KEY", "KERNEL_FORMS", "TrainState", "batch_kernel_matmul",
-    "check_config", "data_mesh", "device_batch", "init_state", "learning_rate_schedule",
+    "AXIS", "BATCH_KEYS", "IMAGE_KEY", "TrainState", "data_mesh", "device_batch", "init_state", "learning_rate_schedule",
     "make_image_train_step", "make_loss_and_grad", "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
     "replicate",
 ]

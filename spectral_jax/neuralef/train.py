@@ -1,9 +1,9 @@
 """Training the NeuralEF segmentor: the loop (data order, logging, checkpoints, resumption).
 
-The pieces live in ``neuralef.step`` (state, optimiser, batch kernel, loss, the data-parallel
-shard_map step and placement on the mesh; its docstring describes one step) and
-``neuralef.checkpoint`` (orbax save/restore, config checks); this module re-exports their
-public names, so ``neuralef.train`` is the one import for training.
+The pieces live in ``neuralef.step`` (state, optimiser, loss, the data-parallel shard_map step
+and placement on the mesh; its docstring describes one step), ``neuralef.checkpoint`` (orbax
+save/restore, config comparison) and ``neuralef.config`` (the config's one checker: `train`
+checks a config it is given once, at its entry, unless it is already a ``config.Checked``).
 
 Randomness and data order are functions of the state, so a resumed run repeats an uninterrupted
 one exactly: step s draws its noise from ``fold_in(state.rng, s)`` (see ``neuralef.step``) and
@@ -35,39 +35,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from spectral_jax import _cli
+from spectral_jax import backbones
+from spectral_jax.datasets import pipeline
+from spectral_jax.neuralef import checkpoint as ckpt
+from spectral_jax.neuralef import config as config_lib
+from spectral_jax.neuralef import features as features_lib
 from spectral_jax.neuralef import fidelity as fidelity_lib
-from spectral_jax.neuralef.checkpoint import RUNTIME_FIELDS
-from spectral_jax.neuralef.checkpoint import ConfigMismatchError
-from spectral_jax.neuralef.checkpoint import DivergedError
-from spectral_jax.neuralef.checkpoint import check_checkpoint_config
-from spectral_jax.neuralef.checkpoint import checkpoint_manager
-from spectral_jax.neuralef.checkpoint import config_differences
-from spectral_jax.neuralef.checkpoint import config_json
-from spectral_jax.neuralef.checkpoint import resolve_step
-from spectral_jax.neuralef.checkpoint import restore_checkpoint
-from spectral_jax.neuralef.checkpoint import restore_latest_intact
-from spectral_jax.neuralef.checkpoint import save_checkpoint
-from spectral_jax.neuralef.checkpoint import saved_config
-from spectral_jax.neuralef.checkpoint import training_fields
-from spectral_jax.neuralef.step import AXIS
-from spectral_jax.neuralef.step import BATCH_KEYS
-from spectral_jax.neuralef.step import IMAGE_KEY
-from spectral_jax.neuralef.step import KERNEL_FORMS
-from spectral_jax.neuralef.step import TrainState
-from spectral_jax.neuralef.step import batch_kernel_matmul
-from spectral_jax.neuralef.step import check_config
-from spectral_jax.neuralef.step import data_mesh
-from spectral_jax.neuralef.step import device_batch
-from spectral_jax.neuralef.step import init_state
-from spectral_jax.neuralef.step import learning_rate_schedule
-from spectral_jax.neuralef.step import make_image_train_step
-from spectral_jax.neuralef.step import make_loss_and_grad
-from spectral_jax.neuralef.step import make_optimizer
-from spectral_jax.neuralef.step import make_train_step
-from spectral_jax.neuralef.step import per_image_gumbel_softmax
-from spectral_jax.neuralef.step import process_rows
-from spectral_jax.neuralef.step import psi_module
-from spectral_jax.neuralef.step import replicate
+from spectral_jax.neuralef import step as step_lib
 
 # ----------------------------------------------------------------------------- data order
 
@@ -98,7 +72,7 @@ def batch_indices(step: int, num_views: int, batch_size: int, seed: int) -> np.n
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns: the final state, the logged metrics and how the run ended."""
-  state: TrainState
+  state: step_lib.TrainState
   history: list[dict[str, Any]]
   interrupted: bool
   resumed_from: int | None
@@ -176,19 +150,18 @@ class FeatureFeeder:
   def __init__(self, config: ml_collections.ConfigDict, features, mesh: Mesh):
     self.features, self.mesh = features, mesh
     self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
-    num_views, num_tokens, self.input_dim = features.psi_inputs.shape
-    check_config(config, tokens=self.batch_size * num_tokens, devices=mesh.size)
+    num_views, _, self.input_dim = features.psi_inputs.shape
     steps_per_epoch(num_views, self.batch_size)
 
   def make_step(self, config):
-    return make_train_step(config, self.mesh)
+    return step_lib.make_train_step(config, self.mesh)
 
   def restore(self, manager, step):  # the order is a function of the step: nothing to restore
     del manager, step
 
   def batch(self, step: int):
     indices = batch_indices(step, len(self.features), self.batch_size, self.seed)
-    return device_batch(self.features.batch, indices, self.mesh), {}
+    return step_lib.device_batch(self.features.batch, indices, self.mesh), {}
 
   def state(self):
     return None
@@ -210,31 +183,27 @@ class ImageFeeder:
   checkpointed (``data`` item) and restored on resume.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, source, backbone, mesh: Mesh):
-    from spectral_jax.datasets import pipeline  # pylint: disable=import-outside-toplevel
-
+  def __init__(self, checked: config_lib.Checked, source, backbone, mesh: Mesh):
+    config = checked.config
     self.config, self.backbone, self.mesh = config, backbone, mesh
     self.batch_size = int(config.train.batch_size)
     self.input_dim = 3 * int(backbone.config.width)
-    check_config(config, patch_size=int(backbone.config.patch_size), devices=mesh.size)
-    self.sharding = NamedSharding(mesh, P(AXIS))
-    rows = process_rows(self.batch_size, self.sharding)
+    self.sharding = NamedSharding(mesh, P(step_lib.AXIS))
+    rows = step_lib.process_rows(self.batch_size, self.sharding)
     if rows.stop - rows.start != self.batch_size // jax.process_count():
       raise ValueError(f"each of the {jax.process_count()} processes must hold the same number "
                        f"of devices (this one holds rows {rows} of the batch)")
     self.dataset = pipeline.training_dataset(
-        source, pipeline.train_augment_config(config.data), batch_size=rows.stop - rows.start,
-        seed=int(config.seed), num_threads=int(config.data.num_threads),
-        prefetch=int(config.data.prefetch), num_workers=int(config.data.num_workers))
+        source, checked.augment, batch_size=rows.stop - rows.start, seed=int(config.seed),
+        **config_lib.pipeline_settings(config.data))
     self.iterator = iter(self.dataset)
     self._encode = pipeline.encode_state
 
   def make_step(self, config):
-    return make_image_train_step(config, self.backbone, self.mesh)
+    return step_lib.make_image_train_step(config, self.backbone, self.mesh)
 
   def restore(self, manager, step):
-    from spectral_jax.neuralef.checkpoint import restore_data_state  # pylint: disable=import-outside-toplevel
-    saved = restore_data_state(manager, step)
+    saved = ckpt.restore_data_state(manager, step)
     if saved is None:
       raise ValueError(f"the checkpoint at step {step} holds no input-pipeline state (it was "
                        "written by a feature-cache run); resume with the same data settings")
@@ -244,7 +213,7 @@ class ImageFeeder:
     del step  # the iterator's position is the step's (restored with the checkpoint)
     local = next(self.iterator)
     images = np.asarray(local["image"])
-    batch = {IMAGE_KEY: jax.make_array_from_process_local_data(
+    batch = {step_lib.IMAGE_KEY: jax.make_array_from_process_local_data(
         self.sharding, images, (self.batch_size, *images.shape[1:]))}
     return batch, {"image_index": [int(i) for i in np.asarray(local["index"])],
                    "aug": np.asarray(local["aug"]).tolist()}
@@ -255,10 +224,8 @@ class ImageFeeder:
   def fidelity_batch(self):
     """The features of this process's first batch of the run (a fresh iterator, so the
     training iterator's position is untouched): the fixed batch of `_FidelityHook`."""
-    from spectral_jax import backbones  # pylint: disable=import-outside-toplevel
-    from spectral_jax.neuralef import features  # pylint: disable=import-outside-toplevel
     images = np.asarray(next(iter(self.dataset))["image"])
-    fn = jax.jit(features.training_batch, compiler_options=backbones.compiler_options() or None)
+    fn = jax.jit(features_lib.training_batch, compiler_options=backbones.compiler_options() or None)
     return jax.device_get(fn(self.backbone, images))
 
   def close(self):
@@ -283,7 +250,7 @@ class _FidelityHook:
   def due(self, step: int) -> bool:
     return bool(self.every) and step % self.every == 0
 
-  def __call__(self, step: int, state: TrainState, record: dict[str, Any]) -> None:
+  def __call__(self, step: int, state: step_lib.TrainState, record: dict[str, Any]) -> None:
     self.summary, result = self.probe(state)
     record.update({f"fidelity/{k}": v for k, v in self.summary.items()})
     arrays = {k: np.asarray(v).tolist() for k, v in result.items() if not isinstance(v, dict)}
@@ -292,7 +259,8 @@ class _FidelityHook:
     self.path.write_text(json.dumps({"step": step, "summary": self.summary, **arrays}) + "\n")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, features=None, *,
+def train(config: ml_collections.ConfigDict | config_lib.Checked, workdir: str | pathlib.Path,
+          features=None, *,
           mesh: Mesh | None = None, stop_at: int | None = None,
           callback: Callable[[int, dict[str, Any]], None] | None = None,
           source=None, backbone=None) -> TrainResult:
@@ -314,7 +282,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   logged steps (and due checkpoints) synchronise with the devices.
 
   Args:
-    config: the training config (experiments/configs/neuralef.py).
+    config: the training config (experiments/configs/neuralef.py), checked here
+      (``neuralef.config.check`` against the features' tokens or the backbone's patch grid and
+      the mesh), or a ``config.Checked`` its caller already checked the same way (not rechecked).
     workdir: output directory.
     features: the cached backbone features of the training views.
     mesh: the data mesh (default: all devices); its size must divide ``train.batch_size``.
@@ -331,11 +301,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, featur
   """
   if (features is None) == (source is None) or (source is not None and backbone is None):
     raise ValueError("train needs either features, or source and backbone")
+  mesh = step_lib.data_mesh() if mesh is None else mesh
+  if isinstance(config, config_lib.Checked):
+    checked = config
+  elif source is None:
+    checked = config_lib.check(
+        config, tokens=int(config.train.batch_size) * features.psi_inputs.shape[1],
+        devices=mesh.size)
+  else:
+    checked = config_lib.check(config, patch_size=int(backbone.config.patch_size),
+                               devices=mesh.size)
+  config = checked.config
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  mesh = data_mesh() if mesh is None else mesh
   feeder = (FeatureFeeder(config, features, mesh) if source is None
-            else ImageFeeder(config, source, backbone, mesh))
+            else ImageFeeder(checked, source, backbone, mesh))
   try:
     return _loop(config, workdir, feeder, mesh, stop_at, callback)
   finally:
@@ -347,9 +327,9 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
   stop = total if stop_at is None else min(int(stop_at), total)
   is_main = jax.process_index() == 0
 
-  state = replicate(init_state(config, feeder.input_dim), mesh)
-  manager = checkpoint_manager(workdir / "checkpoints", config)
-  state, resumed_from = restore_latest_intact(manager, state, config)
+  state = step_lib.replicate(step_lib.init_state(config, feeder.input_dim), mesh)
+  manager = ckpt.checkpoint_manager(workdir / "checkpoints", config)
+  state, resumed_from = ckpt.restore_latest_intact(manager, state, config)
   if resumed_from is not None:
     feeder.restore(manager, resumed_from)
   step = int(jax.device_get(state.step))
@@ -380,7 +360,7 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
             last = manager.latest_step()
             saved = "no checkpoint was saved" if last is None else (
                 f"the last checkpoint is step {last}")
-            raise DivergedError(
+            raise ckpt.DivergedError(
                 f"training diverged at step {step}: loss {record['loss']}; {saved}. Lower "
                 "optim.learning_rate or check the kernel settings (graph.alpha, graph.k)")
           if probe:  # not timed as a step
@@ -395,11 +375,11 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
             callback(step, record)
         if bar is not None:
           bar.update(1)
-        save_checkpoint(manager, state, config, force=step == stop, step=step,
+        ckpt.save_checkpoint(manager, state, config, force=step == stop, step=step,
                         data_state=data_state)
   except KeyboardInterrupt:
     interrupted = True
-    save_checkpoint(manager, state, config, force=True, data_state=data_state)
+    ckpt.save_checkpoint(manager, state, config, force=True, data_state=data_state)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -411,23 +391,14 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
 
 
 def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
-                 input_dim: int, step: int | None = None) -> TrainState:
+                 input_dim: int, step: int | None = None) -> step_lib.TrainState:
   """The state saved in ``workdir/checkpoints`` (latest step by default), on one device."""
-  manager = checkpoint_manager(pathlib.Path(workdir) / "checkpoints", config)
+  manager = ckpt.checkpoint_manager(pathlib.Path(workdir) / "checkpoints", config)
   try:
-    return restore_checkpoint(manager, init_state(config, input_dim), config, step)
+    return ckpt.restore_checkpoint(manager, step_lib.init_state(config, input_dim), config, step)
   finally:
     manager.close()
 
 
-__all__ = [
-    "AXIS", "BATCH_KEYS", "ConfigMismatchError", "DivergedError", "FeatureFeeder", "IMAGE_KEY", "ImageFeeder",
-    "KERNEL_FORMS", "RUNTIME_FIELDS", "TrainResult", "TrainState", "batch_indices",
-    "batch_kernel_matmul", "check_checkpoint_config", "check_config", "checkpoint_manager",
-    "config_differences", "config_json", "data_mesh", "device_batch", "init_state",
-    "learning_rate_schedule", "load_trained", "make_image_train_step", "make_loss_and_grad",
-    "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
-    "read_metrics", "replicate", "resolve_step", "restore_checkpoint", "save_checkpoint",
-    "saved_config",
-    "steps_per_epoch", "train", "training_fields",
-]
+__all__ = ["FeatureFeeder", "ImageFeeder", "TrainResult", "batch_indices", "load_trained",
+           "read_metrics", "steps_per_epoch", "train"]

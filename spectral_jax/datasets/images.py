@@ -1,0 +1,206 @@
+"""Image I/O at the edge of the pipeline: files → uint8 RGB arrays, and back.
+
+Everything past this module works on arrays; this is the one place that touches image files.
+Non-RGB inputs are converted: grayscale and palette images to RGB, RGBA composited over white,
+16-bit and float images rescaled to 8 bits, and EXIF orientation applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import pathlib
+import sys
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageReadError(ValueError):
+  """A file that exists but cannot be read as an image."""
+
+
+def to_rgb_uint8(img: Image.Image) -> np.ndarray:
+  """Converts any PIL image to an (H, W, 3) uint8 RGB array.
+
+  - "I;16"/"I"/"F" (16-bit or float grayscale): scaled by the mode's range to [0, 255]; NaN or
+    Inf pixels raise `ImageReadError` (they would become arbitrary values).
+  - "LA"/"RGBA"/"P" with transparency: alpha-composited over white.
+  - "L", "1", "CMYK", "YCbCr", "P": converted by PIL.
+  """
+  mode = img.mode
+  if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    a = np.asarray(img, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+      bad = int(np.sum(~np.isfinite(a)))
+      raise ImageReadError(f"the image has {bad} NaN/Inf pixel values (of {a.size}); there is "
+                           "no meaningful way to show them: fix or mask the file")
+    if mode == "F":
+      lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+      a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    else:
+      a = a / (65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0)
+    g = np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(g[..., None], 3, axis=-1)
+  if mode == "P" and "transparency" in img.info:
+    img = img.convert("RGBA")
+    mode = "RGBA"
+  if mode in ("RGBA", "LA", "PA"):
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    img = Image.alpha_composite(background, rgba)
+  return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """Reads an image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+  Raises:
+    FileNotFoundError: the path does not exist.
+    ImageReadError: the file is not a readable image (corrupt, truncated or another format).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no image file at {str(path)!r}")
+  return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+  """An encoded image file's bytes (JPEG, PNG, ...) as (H, W, 3) uint8 RGB, exactly as
+  :func:`read_image` decodes that file (same conversions). ``name`` is used in errors.
+
+  Raises:
+    ImageReadError: the bytes are not a readable image.
+  """
+  return _decode(io.BytesIO(data), name)
+
+
+def _decode(file, name: str) -> np.ndarray:
+  try:
+    with Image.open(file) as img:
+      img.load()
+      img = ImageOps.exif_transpose(img)
+      rgb = to_rgb_uint8(img)
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise ImageReadError(f"cannot read {name!r} as an image: {e}") from e
+  if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+    raise ImageReadError(f"{name!r} decodes to an empty image of shape {rgb.shape}")
+  return rgb
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[pathlib.Path]:
+  """Files in ``folder`` (sorted) whose suffix is an image suffix, case-insensitive.
+
+  Files with other suffixes are not listed; files with an image suffix that do not decode are
+  listed, and `read_image` reports them.
+
+  Raises:
+    FileNotFoundError: ``folder`` is not a directory.
+  """
+  folder = pathlib.Path(folder)
+  if not folder.is_dir():
+    raise FileNotFoundError(f"image folder {str(folder)!r} does not exist or is not a directory")
+  pattern = "**/*" if recursive else "*"
+  return sorted(p for p in folder.glob(pattern)
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def output_names(paths: list[pathlib.Path], root: pathlib.Path) -> list[str]:
+  """Output stems that keep each file's folder relative to ``root`` (``sub/x.png`` →
+  ``sub/x``); within a folder, files sharing a stem keep their suffix (``a.jpg``, ``a.png``).
+  Unique by construction: two files never share a relative path."""
+  rel = [pathlib.Path(p).relative_to(root) for p in paths]
+  stems = [(r.parent, r.stem) for r in rel]
+  return [str(r.parent / (r.stem if stems.count((r.parent, r.stem)) == 1 else r.name))
+          for r in rel]
+
+
+def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
+                   exclude: str | os.PathLike | None = None
+                   ) -> tuple[list[pathlib.Path], list[str], dict[str, str]]:
+  """The image files of a folder, their unique output names, and the other files skipped.
+
+  Args:
+    folder: where the photos are.
+    recursive: also look into sub-folders.
+    exclude: a folder whose files are never inputs (a run's own output folder inside
+      ``folder``).
+  Returns:
+    ``(paths, names, skipped)``: sorted image paths, `output_names` of them, and
+    ``{file: reason}`` for the files with other suffixes (dot files ignored).
+  Raises:
+    FileNotFoundError: ``folder`` is not a directory.
+  """
+  root = pathlib.Path(folder).expanduser().resolve()
+  out = None if exclude is None else pathlib.Path(exclude).expanduser().resolve()
+  keep = lambda p: out is None or not p.resolve().is_relative_to(out)
+  paths = [p for p in list_images(root, recursive=recursive) if keep(p)]
+  pattern = "**/*" if recursive else "*"
+  skipped = {str(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
+             for p in sorted(root.glob(pattern))
+             if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
+             and not p.name.startswith(".") and keep(p)}
+  return paths, output_names(paths, root), skipped
+
+
+def read_folder(folder: str | os.PathLike, *, recursive: bool = False,
+                on_skip: Callable[[str, Exception], None] | None = None,
+                hint: str = "") -> list[NamedImage]:
+  """Every readable image of a folder, named by `output_names` (the one folder reader).
+
+  Names are unique: ``sub/x.png`` → ``sub/x``, and files sharing a stem in one folder keep
+  their suffix (``a.jpg``, ``a.png``), so no image shadows another in a name-keyed source. A
+  file that cannot be read as an image is skipped: ``on_skip(path, error)`` is called (by
+  default ``skipping PATH: reason`` is printed on stderr). Names are given over all listed
+  files, readable or not, so a name never depends on which other files decode.
+
+  Args:
+    folder: the folder of images.
+    recursive: also read sub-folders.
+    on_skip: called for each unreadable file.
+    hint: appended to the errors (e.g. which config field names the folder).
+  Returns:
+    ``NamedImage``s in `list_images` order, (H, W, 3) uint8 RGB.
+  Raises:
+    FileNotFoundError: ``folder`` is not a directory, or holds no readable image.
+  """
+  if on_skip is None:
+    on_skip = lambda path, e: print(f"skipping {path}: {e}", file=sys.stderr, flush=True)
+  tail = f"; {hint}" if hint else ""
+  if not pathlib.Path(folder).expanduser().is_dir():
+    raise FileNotFoundError(f"image folder {str(folder)!r} does not exist or is not a "
+                            f"folder{tail}")
+  paths, names, _ = collect_images(folder, recursive=recursive)
+  if not paths:
+    raise FileNotFoundError(f"no images (suffixes {', '.join(IMAGE_SUFFIXES)}) in "
+                            f"{str(folder)!r}{tail}")
+  root = pathlib.Path(folder).expanduser().resolve()
+  images = []
+  for path, name in zip(paths, names):
+    try:
+      images.append(NamedImage(name, read_image(path)))
+    except (ImageReadError, FileNotFoundError) as e:
+      on_skip(str(pathlib.Path(folder) / path.relative_to(root)), e)  # as the user named it
+  if not images:
+    raise FileNotFoundError(f"none of the {len(paths)} image files in {str(folder)!r} could be "
+                            f"read (each is reported above){tail}")
+  return images
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+  """Writes an (H, W) or (H, W, 3|4) uint8 array as PNG."""
+  array = np.asarray(array)
+  if array.dtype != np.uint8:
+    raise TypeError(f"write_png expects uint8, got {array.dtype}")
+  Image.fromarray(array).save(path, format="PNG")
+
+
+@dataclasses.dataclass(frozen=True)
+class NamedImage:
+  """An image with the name its outputs are written under (file stem or sample name)."""
+  name: str
+  rgb: np.ndarray  # (H, W, 3) uint8

@@ -1,0 +1,216 @@
+"""The NeuralEF training config: its one reader and checker (SPEC §2, §5).
+
+The config (``experiments/configs/neuralef.py``) is checked once, by the caller that received
+it (a command, or ``neuralef.train.train`` for a library caller), with `check`; everything below
+that takes the typed values `check` returns (a `Checked`), never the config's sections again:
+
+* ``data``: the training input. ``data.dataset`` "" is the feature cache of fixed views of
+  ``data.images`` (`fixed_views`: ``transforms.FixedViews``); a dataset name (``pascal_context``,
+  ``cityscapes``, ``ade20k`` or ``folder``) is the grain pipeline with fresh augmentation
+  (`train_augment`: ``transforms.TrainAugment``, and `pipeline_settings`).
+* ``backbone.overrides``: config fields of a random backbone, ``depth=2,width=96`` or a JSON
+  object (``_cli.parse_overrides``; the text is stored as given).
+* the training sections (`check_training`): batch, optimiser, graph, ψ, loss, checkpoints,
+  logging, and the batch's fit to the devices and to the backbone's patch grid.
+
+Every failure is a ValueError naming the field, its value and what it must be.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from spectral_jax import _cli
+from spectral_jax import graphs
+from spectral_jax.datasets import pipeline
+from spectral_jax.datasets import transforms
+
+CACHE_DTYPES = ("float32", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+  """A checked training config and the typed values read from it.
+
+  Attributes:
+    config: the config as given (stored with checkpoints unchanged).
+    augment: the crops: ``transforms.FixedViews`` (feature cache, ``data.dataset`` "") or
+      ``transforms.TrainAugment`` (grain pipeline).
+    overrides: ``backbone.overrides`` as config fields (None when empty).
+  """
+  config: ml_collections.ConfigDict
+  augment: transforms.FixedViews | transforms.TrainAugment
+  overrides: dict[str, Any] | None
+
+
+def fixed_views(data: ml_collections.ConfigDict) -> transforms.FixedViews:
+  """The feature cache's views of a config's ``data`` section (seed 0: part of the cache key)."""
+  return transforms.FixedViews(image_size=int(data.image_size),
+                               views_per_image=int(data.views_per_image),
+                               min_scale=float(data.min_scale), max_scale=float(data.max_scale),
+                               flip=bool(data.flip))
+
+
+def train_augment(data: ml_collections.ConfigDict) -> transforms.TrainAugment:
+  """The grain pipeline's augmentation of a config's ``data`` section."""
+  return transforms.TrainAugment(
+      crop_size=int(data.image_size), scale=tuple(int(s) for s in data.resize_scale),
+      ratio_range=tuple(float(r) for r in data.ratio_range),
+      cat_max_ratio=float(data.cat_max_ratio), flip_prob=float(data.flip_prob),
+      photometric=bool(data.photometric))
+
+
+def pipeline_settings(data: ml_collections.ConfigDict) -> dict[str, int]:
+  """``training_dataset``'s reader settings (``num_threads``, ``prefetch``, ``num_workers``)."""
+  return {name: int(data[name]) for name in ("num_threads", "prefetch", "num_workers")}
+
+
+def check_data(data: ml_collections.ConfigDict):
+  """Checks a config's ``data`` section and returns its crops (`fixed_views` for the feature
+  cache, `train_augment` for a dataset).
+
+  Raises:
+    ValueError: naming the bad field.
+  """
+  if not data.get("dataset", ""):
+    views = fixed_views(data)
+    if data.cache_dtype not in CACHE_DTYPES:
+      raise ValueError(f"data.cache_dtype must be 'float32' or 'float16'; got "
+                       f"{data.cache_dtype!r}")
+    if int(data.extract_batch_size) < 1:
+      raise ValueError(f"data.extract_batch_size must be ≥ 1; got {data.extract_batch_size}")
+    return views
+  if data.dataset not in pipeline.TRAIN_DATASETS:
+    raise ValueError(f"data.dataset must be one of {', '.join(pipeline.TRAIN_DATASETS)} (or \"\" "
+                     f"for the feature cache); got {data.dataset!r}")
+  if data.dataset != "folder" and not data.data_dir:
+    raise ValueError(f"data.data_dir must name the folder holding {data.dataset}")
+  if data.data_dir and not pathlib.Path(data.data_dir).expanduser().is_dir():
+    raise ValueError(f"data.data_dir {data.data_dir!r} is not a folder")
+  aug = train_augment(data)
+  lows = {"num_threads": 1, "prefetch": 0, "num_workers": 0}
+  for name, value in pipeline_settings(data).items():
+    if value < lows[name]:
+      raise ValueError(f"data.{name} must be ≥ {lows[name]}; got {data[name]}")
+  return aug
+
+
+def backbone_overrides(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """``backbone.overrides`` as config fields (``depth=2,width=96`` or a JSON object), or None.
+
+  Raises:
+    ValueError: unparsable text, or overrides without ``backbone.weights=random`` or on the
+      feature-cache path.
+  """
+  text = config.backbone.get("overrides", "")
+  if not text:
+    return None
+  overrides = _cli.parse_overrides(text)
+  if config.backbone.weights != "random":
+    raise ValueError("backbone.overrides needs backbone.weights=random")
+  if not config.data.get("dataset", ""):
+    raise ValueError("backbone.overrides applies to data.dataset runs only")
+  return overrides
+
+
+def _positive(value) -> bool:
+  try:
+    return math.isfinite(float(value)) and float(value) > 0
+  except (TypeError, ValueError):
+    return False
+
+
+def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None = None,
+                 tokens: int | None = None, devices: int | None = None) -> None:
+  """Checks the training sections (train, optim, graph, psi, loss, checkpoint, log).
+
+  Args:
+    config: the training config.
+    patch_size: the backbone's patch size: also checks the batch's token count
+      (``train.batch_size · (data.image_size // patch_size)²``) against ``graph.k`` and
+      ``psi.k``.
+    tokens: the batch's token count itself (when the features are known).
+    devices: the number of devices ``train.batch_size`` is split over.
+  Raises:
+    ValueError: naming the first bad field, its value and what it must be.
+  """
+  def need(ok: bool, field: str, rule: str, value: Any) -> None:
+    if not ok:
+      raise ValueError(f"{field} must be {rule}; got {value!r}")
+
+  t, o, g, lc = config.train, config.optim, config.graph, config.loss
+  need(int(t.batch_size) >= 1, "train.batch_size", "≥ 1 (images per global batch)",
+       t.batch_size)
+  need(int(t.num_steps) >= 1, "train.num_steps", "≥ 1", t.num_steps)
+  need(_positive(o.learning_rate), "optim.learning_rate", "a finite number > 0",
+       o.learning_rate)
+  need(_positive(o.final_learning_rate) and o.final_learning_rate <= o.learning_rate,
+       "optim.final_learning_rate", f"in (0, optim.learning_rate = {o.learning_rate}]",
+       o.final_learning_rate)
+  need(g.form in graphs.NEURALEF_KERNEL_FORMS, "graph.form",
+       f"one of {graphs.NEURALEF_KERNEL_FORMS}", g.form)
+  need(int(g.k) >= 1, "graph.k", "≥ 1", g.k)
+  need(math.isfinite(float(g.alpha)) and g.alpha >= 0, "graph.alpha", "a finite number ≥ 0",
+       g.alpha)
+  need(g.block_size is None or int(g.block_size) >= 1, "graph.block_size", "None or ≥ 1",
+       g.block_size)
+  need(len(g.n_neighbors) == len(g.distance_weights) and all(int(n) >= 1 for n in g.n_neighbors),
+       "graph.n_neighbors", "≥ 1 each, as many as graph.distance_weights", g.n_neighbors)
+  for name in ("k", "num_blocks", "num_heads", "head_dim", "mlp_dim"):
+    need(int(config.psi[name]) >= 1, f"psi.{name}", "≥ 1", config.psi[name])
+  for name in ("beta_times_k", "t", "tau_max", "tau_min"):
+    need(_positive(lc[name]), f"loss.{name}", "a finite number > 0", lc[name])
+  need(lc.tau_min <= lc.tau_max, "loss.tau_min", f"≤ loss.tau_max = {lc.tau_max}", lc.tau_min)
+  need(0 <= lc.eig_momentum < 1, "loss.eig_momentum", "in [0, 1)", lc.eig_momentum)
+  for name in ("checkpoint.every", "checkpoint.keep", "log.every"):
+    section, field = name.split(".")
+    need(int(config[section][field]) >= 1, name, "≥ 1", config[section][field])
+  need(int(config.log.get("fidelity_every", 0)) >= 0, "log.fidelity_every", "≥ 0 (0: off)",
+       config.log.get("fidelity_every"))
+  need(config.log.get("fidelity_outputs", "softmax") in ("softmax", "logits"),
+       "log.fidelity_outputs", "'softmax' or 'logits'", config.log.get("fidelity_outputs"))
+  if devices is not None and int(t.batch_size) % devices:
+    raise ValueError(f"train.batch_size = {t.batch_size} must be a multiple of the {devices} "
+                     "devices (each device holds the same number of crops)")
+  if patch_size is not None:
+    side = int(config.data.image_size) // int(patch_size)
+    need(side >= 1, "data.image_size", f"≥ the backbone's {patch_size}-px patch",
+         config.data.image_size)
+    tokens = int(t.batch_size) * side * side
+  if tokens is not None:
+    if g.k > tokens - 1:
+      raise ValueError(f"graph.k = {g.k} neighbours need more than the {tokens} tokens of a "
+                       "batch; lower graph.k or raise train.batch_size / data.image_size")
+    if config.psi.k > tokens:
+      raise ValueError(f"psi.k = {config.psi.k} eigenfunctions exceed the {tokens} tokens of a "
+                       "batch; lower psi.k or raise train.batch_size / data.image_size")
+
+
+def check(config: ml_collections.ConfigDict, *, patch_size: int | None = None,
+          tokens: int | None = None, devices: int | None = None,
+          data: bool = True) -> Checked:
+  """Checks a whole training config once, before anything is loaded or compiled.
+
+  Args:
+    config: the training config.
+    patch_size, tokens, devices: as for `check_training`.
+    data: also check the ``data`` section as a training input (False: a command that reads
+      another input, e.g. an evaluation dataset; `Checked.augment` is then the fixed views).
+  Returns:
+    The `Checked` config.
+  Raises:
+    ValueError: naming the first bad field.
+  """
+  augment = check_data(config.data) if data else fixed_views(config.data)
+  overrides = backbone_overrides(config)
+  check_training(config, patch_size=patch_size, tokens=tokens, devices=devices)
+  return Checked(config=config, augment=augment, overrides=overrides)
+
+
+__all__ = ["CACHE_DTYPES", "Checked", "backbone_overrides", "check", "check_data",
+           "check_training", "fixed_views", "pipeline_settings", "train_augment"]
