@@ -278,6 +278,8 @@ def define_config_file(name: str, default: str, help_string: str, **kwargs):
   try:
     return config_flags.DEFINE_config_file(name, default, help_string, **kwargs)
   except Exception as e:  # pylint: disable=broad-except
+    if not any(a.startswith(f"--{name}.") for a in sys.argv[1:]):
+      raise   # not the user's override (e.g. the flag defined twice): a bug, with its traceback
     report(config_override_error(e, name, default))
     sys.exit(EXIT_USAGE)
 
