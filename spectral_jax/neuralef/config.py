@@ -168,8 +168,7 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
   need(lc.tau_min <= lc.tau_max, "loss.tau_min", f"≤ loss.tau_max = {lc.tau_max}", lc.tau_min)
   need(0 <= lc.eig_momentum < 1, "loss.eig_momentum", "in [0, 1)", lc.eig_momentum)
   for name in ("checkpoint.every", "checkpoint.keep", "log.every"):
-    section, field = name.split(".")
-    need(int(config[section][field]) >= 1, name, "≥ 1", config[section][field])
+    need(int(_cli.get_field(config, name)) >= 1, name, "≥ 1", _cli.get_field(config, name))
   need(int(config.log.get("fidelity_every", 0)) >= 0, "log.fidelity_every", "≥ 0 (0: off)",
        config.log.get("fidelity_every"))
   need(config.log.get("fidelity_outputs", "softmax") in ("softmax", "logits"),

@@ -205,7 +205,7 @@ def extract_feature_set(backbone, images: Sequence[NamedImage], aug: transforms.
   """
   if not images:
     raise ValueError("no training images given")
-  if dtype not in ("float32", "float16"):
+  if dtype not in config_lib.CACHE_DTYPES:
     raise ValueError(f"cache dtype must be 'float32' or 'float16'; got {dtype!r}")
   p = backbone.config.patch_size
   grid = (aug.image_size // p, aug.image_size // p)
@@ -274,7 +274,7 @@ def cached_feature_set(backbone, images: Sequence[NamedImage], aug: transforms.F
   Raises:
     FeatureCacheError: the entry exists but is corrupt (delete it or use ``refresh``).
   """
-  if dtype not in ("float32", "float16"):
+  if dtype not in config_lib.CACHE_DTYPES:
     raise ValueError(f"cache dtype must be 'float32' or 'float16'; got {dtype!r}")
   key = cache_key(backbone_identity(backbone), images, aug, dtype)
   entry = pathlib.Path(cache_dir) / key
