@@ -16,8 +16,9 @@ The work is `spectral_jax.dsm`: photos stream through a bounded prefetch into pa
 a few grid shapes (`dsm.batching`), and each batch is one call of the jitted pipeline
 (`dsm.make_pipeline`); each photo's answer at its own size is `dsm.outputs.photo_result`, the
 function `dsm.segment` (one photo from Python) returns. The defaults are the library's
-(`dsm.PipelineConfig()`, `dsm.RenderSettings()`). Unreadable, too small or too large photos are reported and skipped; the
-exit code is 0 when at least one photo succeeded, 1 when none did, 2 for a usage error. Where
+(`dsm.PipelineConfig()`, `dsm.RenderSettings()`). Unreadable, too small or too large photos
+are reported and skipped; the exit code is 0 when at least one photo succeeded, 1 when none
+did, 2 for a usage error. Where
 ground truth exists (the bundled VOC and ARC2017 photos) the foreground IoU and CorLoc are
 printed and stored in summary.json next to a centred-box baseline (quality: BUILD_NOTES.md).
 """

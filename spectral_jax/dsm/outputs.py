@@ -1,4 +1,5 @@
-"""Per-photo outputs of the DSM pipeline at the photo's own size: files, warnings, scores.
+"""Per-photo outputs of the DSM pipeline at the photo's own size: the :class:`PhotoResult`
+(:func:`photo_result`, what ``dsm.segment`` returns), its files, warnings, scores.
 
 Host NumPy at the output edge (``dsm.batching`` yields a photo and its row of the batch's
 ``DSMResult``; everything here reads NumPy). Files for a photo with output stem ``STEM``:
