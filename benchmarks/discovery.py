@@ -67,10 +67,13 @@ def synthetic_keys(n: int, batch: int, seed: int = 0) -> np.ndarray:
 
 def ours_fn(method: str, grid, q: float):
   valid = jnp.ones(grid, bool)
+  # The graph settings the pipeline runs the method with (dsm.PipelineConfig, τ = q).
+  config = dsm.PipelineConfig(discovery=method, tau_quantile=q)
   if method == "tokencut":
-    one = lambda f: tc.tokencut(f, valid, tau_quantile=q)[1][None]
+    one = lambda f: tc.tokencut(f, valid, **config.cut_settings())[1][None]
   elif method == "maskcut":
-    one = lambda f: tc.maskcut(f, valid, tau_quantile=q)[1]
+    one = lambda f: tc.maskcut(f, valid, num_cuts=config.max_objects,
+                               **config.cut_settings())[1]
   else:
     def one(f):
       _, y = dsm.spectral_decomposition(f, num_eigenvectors=dsm.NUM_EIGENVECTORS)
@@ -80,6 +83,7 @@ def ours_fn(method: str, grid, q: float):
 
 
 def reference_fn(method: str, grid, q: float):
+  q = q or None   # 0: the published fixed τ, as PipelineConfig.tau_quantile
   if method == "tokencut":
     return lambda f: testing.tokencut_reference(f, grid, tau_quantile=q)["component"][None]
   if method == "maskcut":
@@ -97,7 +101,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--sizes", default="1024,3600")
   parser.add_argument("--methods", default="tokencut,maskcut,dsm")
-  parser.add_argument("--tau_quantile", type=float, default=0.5)
+  parser.add_argument("--tau_quantile", type=float, default=dsm.PipelineConfig().tau_quantile,
+                      help="τ as this quantile of the similarities (0: the published τ)")
   parser.add_argument("--synthetic", action="store_true")
   args = parser.parse_args()
   print(f"discovery on {jax.devices()[0].platform}: batch {args.batch}, {args.repeats} repeats "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from spectral_jax import _cli, backbones, bilateral
+from spectral_jax import _cli, backbones
 
 
 def apply_short_flags(cfg, short_flags: dict):
@@ -31,19 +31,6 @@ def load_backbone(cfg) -> backbones.Backbone:
   b = cfg.backbone
   return backbones.load(b.name, b.weights, overrides=_cli.parse_overrides(b.overrides),
                         dtype=b.dtype, seed=cfg.seed)
-
-
-def bilateral_params(cfg) -> bilateral.BilateralParams | None:
-  """``cfg.bilateral`` as solver parameters, None when off. Raises _cli.UsageError naming a
-  bad field."""
-  if not cfg.bilateral.enabled:
-    return None
-  params = bilateral.BilateralParams(*(cfg.bilateral[f] for f in bilateral.BilateralParams._fields))
-  try:
-    params.validate()
-  except ValueError as e:
-    raise _cli.UsageError(f"bad setting: {e}") from e
-  return params
 
 
 def enable_compilation_cache(setting: str) -> pathlib.Path | None:

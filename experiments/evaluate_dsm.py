@@ -32,7 +32,7 @@ from tqdm import tqdm
 from experiments import common
 from spectral_jax import _cli, backbones, datasets, dsm, viz
 from spectral_jax.dsm import evaluate as dsm_evaluate
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 
 KINDS = ("boxes", "mask", "semantic")
 NAMES = tuple(n for n in datasets.DATASETS if datasets.kind(n) in KINDS)
@@ -58,8 +58,13 @@ def config_from_flags():
   return common.apply_short_flags(_CONFIG.value, {name: name for name in _SHORT_FLAGS})
 
 
-def check_config(cfg) -> dsm.PipelineConfig:
-  """Validates the settings before any work. Raises _cli.UsageError naming the field."""
+def check_config(cfg) -> tuple[dsm.PipelineConfig, dsm.RenderSettings]:
+  """Validates the settings before any work; returns the pipeline's and the masks' settings
+  (``PipelineConfig.from_config``, ``RenderSettings.from_config``, as the segment command).
+
+  Raises:
+    _cli.UsageError: naming the field.
+  """
   if datasets.canonical_name(cfg.dataset) not in NAMES:
     raise _cli.UsageError(f"--dataset must be one of {', '.join(NAMES)}; got {cfg.dataset!r}")
   cfg.dataset = datasets.canonical_name(cfg.dataset)  # an alias reports as its dataset
@@ -76,11 +81,6 @@ def check_config(cfg) -> dsm.PipelineConfig:
       "zero", "skip"):
     raise _cli.UsageError("semantic.matching must be hungarian or majority and semantic.absent "
                           f"zero or skip (got {cfg.semantic.matching!r}, {cfg.semantic.absent!r})")
-  if cfg.dsm.upsample not in dsm.UPSAMPLE_METHODS:
-    raise _cli.UsageError(f"dsm.upsample must be one of {dsm.UPSAMPLE_METHODS}")
-  if common.bilateral_params(cfg) is not None and datasets.kind(cfg.dataset) != "mask":
-    raise _cli.UsageError("bilateral.enabled refines single-object masks: it applies to the "
-                          "saliency / mask datasets only")
   if cfg.backbone.name not in backbones.BACKBONES:
     raise _cli.UsageError(f"unknown backbone {cfg.backbone.name!r}; choose one of "
                           f"{', '.join(backbones.BACKBONES)}")
@@ -89,11 +89,15 @@ def check_config(cfg) -> dsm.PipelineConfig:
   try:
     pipeline = dsm.PipelineConfig.from_config(cfg)
     pipeline.validate()
+    render = dsm.RenderSettings.from_config(cfg)
     backbones.get_config(cfg.backbone.name, dtype=cfg.backbone.dtype,
                          **_cli.parse_overrides(cfg.backbone.overrides))
   except (KeyError, TypeError, ValueError) as e:
     raise _cli.UsageError(f"bad setting: {e}") from e
-  return pipeline
+  if render.bilateral is not None and datasets.kind(cfg.dataset) != "mask":
+    raise _cli.UsageError("bilateral.enabled refines single-object masks: it applies to the "
+                          "saliency / mask datasets only")
+  return pipeline, render
 
 
 def check_out(cfg) -> pathlib.Path:
@@ -124,7 +128,7 @@ def report_rows(name: str, measured: dict) -> list[tuple[str, str, str]]:
 
 def run(cfg) -> dict:
   t0 = time.perf_counter()
-  pipeline_config = check_config(cfg)
+  pipeline_config, render = check_config(cfg)
   out = check_out(cfg)
   dataset = datasets.load(cfg.dataset, cfg.data_dir, cfg.split or None,  # before creating out
                           tfds_dir=cfg.tfds_dir or None)
@@ -155,11 +159,11 @@ def run(cfg) -> dict:
 
   result = dsm_evaluate.evaluate_dsm(
       segmenter, dataset, kind=kind, image_size=cfg.image_size, batch_size=cfg.batch_size,
-      limit=cfg.limit or None, seed=cfg.seed, upsample=cfg.dsm.upsample, prefetch=cfg.prefetch,
+      limit=cfg.limit or None, seed=cfg.seed, upsample=render.upsample, prefetch=cfg.prefetch,
       bucket_step=cfg.bucket_step, on_error=skip,
       on_mask=save_mask if cfg.save_masks else None, num_clusters=cfg.semantic.num_clusters,
       pca_dim=cfg.semantic.pca_dim, matching=cfg.semantic.matching,
-      absent=cfg.semantic.absent, bilateral=common.bilateral_params(cfg))
+      absent=cfg.semantic.absent, bilateral=render.bilateral)
   record = dict(result.metrics, dataset=cfg.dataset, split=dataset.split,
                 paper=dsm_evaluate.PAPER.get(cfg.dataset), failures=result.failures,
                 box_format="[x0, y0, x1, y1] pixels of the image, x1/y1 exclusive",

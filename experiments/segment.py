@@ -14,8 +14,11 @@ run-level name; an OUT holding files is refused unless --config.overwrite=True.
 
 The work is `spectral_jax.dsm`: photos stream through a bounded prefetch into padded batches of
 a few grid shapes (`dsm.batching`), and each batch is one call of the jitted pipeline
-(`dsm.make_pipeline`). Unreadable, too small or too large photos are reported and skipped; the
-exit code is 0 when at least one photo succeeded, 1 when none did, 2 for a usage error. Where
+(`dsm.make_pipeline`); each photo's answer at its own size is `dsm.outputs.photo_result`, the
+function `dsm.segment` (one photo from Python) returns. The defaults are the library's
+(`dsm.PipelineConfig()`, `dsm.RenderSettings()`). Unreadable, too small or too large photos
+are reported and skipped; the exit code is 0 when at least one photo succeeded, 1 when none
+did, 2 for a usage error. Where
 ground truth exists (the bundled VOC and ARC2017 photos) the foreground IoU and CorLoc are
 printed and stored in summary.json next to a centred-box baseline (quality: BUILD_NOTES.md).
 """
@@ -34,9 +37,9 @@ from absl import flags
 from tqdm import tqdm
 
 from experiments import common
-from spectral_jax import _cli, backbones, crf, dsm, viz
-from spectral_jax.data import images as image_io
-from spectral_jax.data import samples
+from spectral_jax import _cli, backbones, dsm, viz
+from spectral_jax.datasets import images as image_io
+from spectral_jax.datasets import samples
 from spectral_jax.dsm import batching, outputs
 
 DEFAULT_OUT = "segment_output"
@@ -212,8 +215,8 @@ def write_index(records: list[dict], summary: dict, out: pathlib.Path, cfg) -> N
 # ----------------------------------------------------------------------------- run
 
 
-def check_config(cfg) -> dsm.PipelineConfig:
-  """Validates every setting before any work; returns the pipeline's config.
+def check_config(cfg) -> tuple[dsm.PipelineConfig, outputs.RenderSettings]:
+  """Validates every setting before any work; returns the pipeline's and the files' settings.
 
   Raises:
     _cli.UsageError: naming the field and what it accepts.
@@ -221,19 +224,13 @@ def check_config(cfg) -> dsm.PipelineConfig:
   try:
     pipeline = dsm.PipelineConfig.from_config(cfg)
     pipeline.validate()
+    render = outputs.RenderSettings.from_config(cfg)
   except (TypeError, ValueError) as e:
     raise _cli.UsageError(f"bad setting: {e}") from e
-  d = cfg.dsm
-  if d.upsample not in dsm.UPSAMPLE_METHODS:
-    raise _cli.UsageError(f"dsm.upsample must be one of {dsm.UPSAMPLE_METHODS}; got "
-                          f"{d.upsample!r}")
   if cfg.batch_size < 1 or cfg.image_size < 0 or cfg.bucket_step < 1 or cfg.prefetch < 1:
     raise _cli.UsageError("batch_size, bucket_step and prefetch must be ≥ 1 and image_size ≥ 0 "
                           f"(got {cfg.batch_size}, {cfg.bucket_step}, {cfg.prefetch}, "
                           f"{cfg.image_size})")
-  if cfg.crf.enabled and cfg.bilateral.enabled:
-    raise _cli.UsageError("choose one mask refinement: crf.enabled or bilateral.enabled")
-  common.bilateral_params(cfg)
   if cfg.images and cfg.samples:
     raise _cli.UsageError("samples selects bundled photos; it cannot be combined with images")
   if cfg.backbone.name not in backbones.BACKBONES:
@@ -246,7 +243,7 @@ def check_config(cfg) -> dsm.PipelineConfig:
     backbones.get_config(cfg.backbone.name, dtype=cfg.backbone.dtype, **overrides)
   except (KeyError, TypeError, ValueError) as e:
     raise _cli.UsageError(f"bad backbone settings {cfg.backbone.overrides!r}: {e}") from e
-  return pipeline
+  return pipeline, render
 
 
 def prepare_out(cfg) -> pathlib.Path:
@@ -270,7 +267,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     RuntimeError: no photo could be processed (the reasons are listed).
   """
   t_start = time.perf_counter()
-  pipeline_config = check_config(cfg)
+  pipeline_config, render = check_config(cfg)
   out = prepare_out(cfg)
   sources, skipped = collect_sources(cfg, out)
   backbone = common.load_backbone(cfg)
@@ -288,21 +285,17 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
   print(f"DSM on {len(sources)} photos from {where} → {out}/\n{_config_text(cfg, backbone)}\n"
         f"weights: {backbone.config.weights_note}", flush=True)
   records, kept = [], []
-  render = outputs.RenderSettings(
-      upsample=cfg.dsm.upsample, crf_method=cfg.crf.method,
-      crf=crf.CRFParams(*(cfg.crf[f] for f in crf.CRFParams._fields)) if cfg.crf.enabled else None,
-      bilateral=common.bilateral_params(cfg),
-      panel_height=cfg.viz.panel_height, panel_eigenvectors=cfg.viz.num_eigenvectors)
   stream = batching.segment_photos(
       segmenter, sources, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
       bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip)
   for photo, res, timing in tqdm(stream, total=len(sources), desc="segment", unit="photo",
                                    disable=None):
-    name = photo.source.name
+    name, started = photo.source.name, time.perf_counter()
+    result = outputs.photo_result(photo, res, patch_size=patch_size, settings=render,
+                                  image_size=cfg.image_size)
     records.append(outputs.write_photo(
-        photo, res, stem=photo_dir / name, rel=f"{PHOTOS}/{name}", patch_size=patch_size,
-        settings=render, image_size=cfg.image_size, timings=timing,
-        ground_truth=ground_truth(photo.source)))
+        result, photo.original, stem=photo_dir / name, rel=f"{PHOTOS}/{name}", settings=render,
+        timings=timing, started=started, ground_truth=ground_truth(photo.source)))
     photo.original = None
     for w in records[-1]["warnings"]:
       tqdm.write(f"warning: {photo.source.origin}: {w}", file=sys.stderr)

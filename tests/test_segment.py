@@ -298,6 +298,27 @@ def test_output_names_keep_folders_and_never_collide(tmp_path):
     segment.run(_test_config(tmp_path, images=str(folder), out=str(folder), overwrite=True))
 
 
+def test_same_stem_different_photos_are_both_processed(tmp_path):
+  """a.jpg and a.png holding different photos: two output stems, each photo's own outputs
+  (its size, its source, its mask) — neither overwrites the other (``data.images``'s names)."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  photos = {"a.jpg": samples.labelled_photo("voc").rgb[:350:5, 100:350:5],    # 70×50
+            "a.png": samples.skimage_photo("coffee")[::8, ::8]}                # 50×75
+  for file, rgb in photos.items():
+    Image.fromarray(np.ascontiguousarray(rgb)).save(folder / file)
+  summary = segment.run(_test_config(tmp_path, images=str(folder)))
+  assert sorted(summary["images"]) == ["a.jpg", "a.png"] and summary["num_ok"] == 2
+  masks = {}
+  for file, rgb in photos.items():
+    rec = json.loads((tmp_path / "out" / PHOTOS / f"{file}.json").read_text())
+    assert rec["source"] == str(folder / file)
+    assert (rec["height"], rec["width"]) == rgb.shape[:2]
+    masks[file] = np.asarray(Image.open(tmp_path / "out" / PHOTOS / f"{file}.mask.png"))
+    assert masks[file].shape == rgb.shape[:2]
+  assert masks["a.jpg"].shape != masks["a.png"].shape
+
+
 def test_meaningless_photos_are_skipped_or_warned(tmp_path):
   folder = tmp_path / "in"
   folder.mkdir()

@@ -237,7 +237,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.info.metadata.update(
         dataset=self.name, split=split, ids=ids, root=str(source.root), name=source.name,
         paths=[_relative(source.image_path(i), source.root) for i in ids],
-        # a semantic source's label set (evaluation.semantic_over_dataset reads these)
+        # a semantic source's label set (dsm.evaluate.semantic_over_dataset reads these)
         num_classes=getattr(source, "num_classes", None),
         class_names=list(getattr(source, "class_names", None) or []))
     return {split: self._generate_examples(source)}

@@ -14,11 +14,19 @@ One module per stage of the method:
 * ``tokencut``: TokenCut's and MaskCut's normalised cuts of the binarised key graph (SPEC §7).
 * ``objects``: the discovery method's objects: boxes best first, instance maps.
 * ``pipeline``: all of it as one jitted program per batch shape —
-  ``segmenter = dsm.make_pipeline(backbone, dsm.PipelineConfig()); segmenter(images, valid)``.
+  ``segmenter = dsm.make_pipeline(backbone, dsm.PipelineConfig()); segmenter(images, valid)``;
+  ``PipelineConfig()`` holds the one set of DSM defaults (the segment command's).
+* ``batching``: photos to padded batches of a few grid shapes, streamed.
+* ``outputs``: per-photo results at the photo's size (``PhotoResult``) and the files.
+* ``photo``: one call, ``dsm.segment(photo) -> PhotoResult`` (``PhotoSegmenter`` for many).
 * ``evaluate``: the pipeline over a dataset, scored by ``spectral_jax.protocols``
   (``dsm.evaluate_dsm``).
 """
 
+from spectral_jax.dsm.evaluate import Evaluation
+from spectral_jax.dsm.evaluate import check_semantic_setup
+from spectral_jax.dsm.evaluate import evaluate_dsm
+from spectral_jax.dsm.evaluate import semantic_over_dataset
 from spectral_jax.dsm.localisation import CONNECTIVITY
 from spectral_jax.dsm.localisation import FOREGROUND_RULES
 from spectral_jax.dsm.localisation import border_side
@@ -47,6 +55,10 @@ from spectral_jax.dsm.pipeline import Segmenter
 from spectral_jax.dsm.pipeline import analyse
 from spectral_jax.dsm.pipeline import check_valid_rectangles
 from spectral_jax.dsm.pipeline import make_pipeline
+from spectral_jax.dsm.outputs import PhotoResult
+from spectral_jax.dsm.outputs import RenderSettings
+from spectral_jax.dsm.photo import PhotoSegmenter
+from spectral_jax.dsm.photo import segment
 from spectral_jax.dsm.semantic import CROP_SIZE
 from spectral_jax.dsm.semantic import NUM_DILATE
 from spectral_jax.dsm.semantic import NUM_ERODE
@@ -62,20 +74,13 @@ from spectral_jax.dsm.spectral import spectral_decomposition
 
 __all__ = [
     "BACKGROUND", "CONNECTIVITY", "CROP_SIZE", "DISCOVERY_METHODS", "FOREGROUND_RULES",
-    "GRAPH_FEATURES", "MAX_BORDER_SHARE", "MAX_OBJECTS",
-    "NUM_DILATE", "NUM_EIGENVECTORS", "NUM_ERODE", "NUM_SEGMENTS", "SEMANTIC_NUM_SEGMENTS",
-    "UPSAMPLE_METHODS", "DSMResult", "PatchResult", "PipelineConfig", "Segmenter",
-    "adaptive_num_segments", "analyse", "border_side", "box_mask", "centred_box",
-    "check_num_eigenvectors", "check_valid_rectangles", "cluster_embeddings", "crop_and_resize",
+    "GRAPH_FEATURES", "MAX_BORDER_SHARE", "MAX_OBJECTS", "NUM_DILATE", "NUM_EIGENVECTORS",
+    "NUM_ERODE", "NUM_SEGMENTS", "SEMANTIC_NUM_SEGMENTS", "UPSAMPLE_METHODS", "DSMResult",
+    "Evaluation", "PatchResult", "PhotoResult", "PhotoSegmenter", "PipelineConfig",
+    "RenderSettings", "Segmenter", "adaptive_num_segments", "analyse", "border_side",
+    "box_mask", "centred_box", "check_num_eigenvectors", "check_semantic_setup",
+    "check_valid_rectangles", "cluster_embeddings", "crop_and_resize", "evaluate_dsm",
     "fiedler_map", "foreground_patches", "foreground_side", "localise", "make_pipeline",
-    "multi_region_segments", "object_mask", "pca", "scale_boxes", "segment_boxes",
-    "semantic_map", "spectral_decomposition", "upsample_patch_map",
+    "multi_region_segments", "object_mask", "pca", "scale_boxes", "segment", "segment_boxes",
+    "semantic_map", "semantic_over_dataset", "spectral_decomposition", "upsample_patch_map",
 ]
-
-# DSM over a dataset (dsm.evaluate: the evaluate_dsm command's library half)
-from spectral_jax.dsm.evaluate import Evaluation
-from spectral_jax.dsm.evaluate import check_semantic_setup
-from spectral_jax.dsm.evaluate import evaluate_dsm
-from spectral_jax.dsm.evaluate import semantic_over_dataset
-
-__all__ += ["Evaluation", "check_semantic_setup", "evaluate_dsm", "semantic_over_dataset"]

@@ -26,8 +26,9 @@ import jax
 import numpy as np
 
 from spectral_jax import image_ops
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 
+IMAGE_SIZE = 448     # px: the longer side photos are resized to (0: their own size)
 BUCKET_STEP = 8      # patches: grids are padded up to multiples of this
 PREFETCH = 8         # photos decoded ahead of the running batch
 # Bytes per patch pair of the dense spectral stage per photo: W, N = D^-½ W D^-½, eigh's

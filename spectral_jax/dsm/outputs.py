@@ -1,4 +1,5 @@
-"""Per-photo outputs of the DSM pipeline at the photo's own size: files, warnings, scores.
+"""Per-photo outputs of the DSM pipeline at the photo's own size: the :class:`PhotoResult`
+(:func:`photo_result`, what ``dsm.segment`` returns), its files, warnings, scores.
 
 Host NumPy at the output edge (``dsm.batching`` yields a photo and its row of the batch's
 ``DSMResult``; everything here reads NumPy). Files for a photo with output stem ``STEM``:
@@ -23,7 +24,7 @@ import jax
 import numpy as np
 
 from spectral_jax import bilateral as bilateral_lib, crf, image_ops, metrics, protocols, viz
-from spectral_jax.data import images as image_io
+from spectral_jax.datasets import images as image_io
 from spectral_jax.dsm import localisation, masks, semantic
 
 KINDS = ("overlay", "eigenvectors", "mask", "segments", "instances")
@@ -37,9 +38,99 @@ class RenderSettings:
   crf: crf.CRFParams | None = None       # None: no CRF
   crf_method: str = "grid"
   bilateral: bilateral_lib.BilateralParams | None = None   # None: no bilateral solver
-  panel_height: int = 240
-  panel_eigenvectors: int = 4
+  panel_height: int = 240               # pixels per tile of STEM.eigenvectors.png
+  panel_eigenvectors: int = 4           # heat maps of y₁..y_m in it
   overlay_max_side: int = 1024
+
+  @classmethod
+  def from_config(cls, cfg) -> "RenderSettings":
+    """From a DSM command's ml_collections config: ``dsm.upsample``, the ``crf`` and
+    ``bilateral`` sections (``enabled`` and the parameters' fields; ``crf.method``) and ``viz``
+    (``panel_height``, ``num_eigenvectors``); a section the config lacks (evaluate_dsm's has no
+    ``crf`` or ``viz``) keeps the defaults. The one config → render settings function.
+
+    Raises:
+      ValueError: naming the bad field.
+    """
+    values = {name: cfg[section][key] for name, (section, key) in cls.config_keys().items()
+              if cfg.get(section) is not None}
+    c, b = cfg.get("crf"), cfg.get("bilateral")
+    if c is not None and c.enabled:
+      values["crf"] = crf.CRFParams(*(c[f] for f in crf.CRFParams._fields))
+    if b is not None and b.enabled:
+      values["bilateral"] = bilateral_lib.BilateralParams(
+          *(b[f] for f in bilateral_lib.BilateralParams._fields))
+    settings = cls(**values)
+    settings.validate()
+    return settings
+
+  @classmethod
+  def config_keys(cls) -> dict[str, tuple[str, str]]:
+    """field → (section, key) of the plain fields in the commands' config (the CRF's and the
+    bilateral solver's parameters sit in their own sections, ``enabled`` switching them)."""
+    return {"upsample": ("dsm", "upsample"), "crf_method": ("crf", "method"),
+            "panel_height": ("viz", "panel_height"),
+            "panel_eigenvectors": ("viz", "num_eigenvectors")}
+
+  def validate(self) -> None:
+    """Raises ValueError naming the first bad field and what it accepts."""
+    if self.upsample not in masks.UPSAMPLE_METHODS:
+      raise ValueError(f"dsm.upsample must be one of {masks.UPSAMPLE_METHODS}; got "
+                       f"{self.upsample!r}")
+    if self.crf is not None and self.bilateral is not None:
+      raise ValueError("choose one mask refinement: crf.enabled or bilateral.enabled")
+    if self.bilateral is not None:
+      self.bilateral.validate()
+    if self.panel_height < 1 or self.panel_eigenvectors < 1:
+      raise ValueError(f"viz.panel_height and viz.num_eigenvectors must be ≥ 1; got "
+                       f"{self.panel_height}, {self.panel_eigenvectors}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PhotoResult:
+  """DSM's answer for one photo at the photo's own size (H, W): what ``dsm.segment`` returns
+  and what :func:`write_photo` writes (``STEM.mask.png`` is ``mask``, ``STEM.json``'s
+  ``"box"``/``"boxes"`` are ``box``/``boxes``, ...). Made by :func:`photo_result`.
+
+  Attributes:
+    name: the photo's name (its output stem; it also seeds its K-means, ``batching.photo_key``).
+    source: where it came from (a path, "bundled:<name>", "array").
+    size: (H, W) of the photo.
+    mask: (H, W) bool object mask (upsampled, refined when the settings say so).
+    box: (4,) int [x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive: the best object.
+    boxes: (P, 4) int every discovered object's box, best first (P ≤ ``max_objects``; may be
+      empty, then ``box`` is the whole answer).
+    segments: (H, W) int32 multi-region labels, 0 = background.
+    instances: (H, W) int32 object ids, id m + 1 = ``boxes[m]``, 0 = background.
+    eigenvalues: (k,) ascending, λ₀ ≈ 0.
+    eigenvectors: (h, w, k) the eigenvectors on the photo's patch grid (y₀..y_{k−1}).
+    object_map: (h, w) the oriented object map (``PatchResult.fiedler``), > 0 on the object.
+    foreground_fraction: the share of the photo's pixels in ``mask``.
+    converged: the eigensolver reached its tolerance.
+    num_segments: distinct segment labels on the photo's grid.
+    warnings: why the answer may be meaningless (constant photo, upscaled, ...).
+    input_hw: (H', W') the photo resized for the backbone; grid: (h, w) its patch grid;
+    patch_size: P.
+  """
+
+  name: str
+  source: str
+  size: tuple[int, int]
+  mask: np.ndarray
+  box: np.ndarray
+  boxes: np.ndarray
+  segments: np.ndarray
+  instances: np.ndarray
+  eigenvalues: np.ndarray
+  eigenvectors: np.ndarray
+  object_map: np.ndarray
+  foreground_fraction: float
+  converged: bool
+  num_segments: int
+  warnings: tuple[str, ...]
+  input_hw: tuple[int, int]
+  grid: tuple[int, int]
+  patch_size: int
 
 
 def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5,
@@ -152,66 +243,89 @@ def photo_mask_and_box(photo, res, *, patch_size: int, settings: RenderSettings)
   return mask, box, segments
 
 
-def write_photo(photo, res, *, stem: pathlib.Path, rel: str, patch_size: int,
-                settings: RenderSettings, image_size: int, timings: dict,
+def photo_result(photo, res, *, patch_size: int, settings: RenderSettings,
+                 image_size: int) -> PhotoResult:
+  """One photo's :class:`PhotoResult` at its own size from its row of the batch's result: the
+  one function behind ``dsm.segment`` and the segment command's files.
+
+  Args:
+    photo: a ``dsm.batching.Photo`` (``original`` kept when the settings refine the mask).
+    res: its row of the ``DSMResult`` (NumPy; patch maps on the padded grid).
+    patch_size: P.
+    settings: :class:`RenderSettings`.
+    image_size: the resize setting (for the upscaling warning).
+  """
+  h, w = photo.grid
+  pr = res.patches
+  mask, box, segments = photo_mask_and_box(photo, res, patch_size=patch_size, settings=settings)
+  return PhotoResult(
+      name=photo.source.name, source=photo.source.origin, size=tuple(photo.size),
+      mask=np.asarray(mask, bool), box=np.asarray(box), boxes=photo_boxes(photo, res),
+      segments=segments, instances=photo_instances(photo, res, patch_size=patch_size),
+      eigenvalues=np.asarray(pr.eigenvalues),
+      eigenvectors=np.asarray(pr.eigenvectors).reshape(pr.fiedler.shape + (-1,))[:h, :w],
+      object_map=np.asarray(pr.fiedler)[:h, :w], foreground_fraction=float(mask.mean()),
+      converged=bool(pr.converged), num_segments=int(len(np.unique(pr.segments[:h, :w]))),
+      warnings=tuple(photo_warnings(photo, res, image_size)), input_hw=tuple(photo.input_hw),
+      grid=(h, w), patch_size=patch_size)
+
+
+def write_photo(result: PhotoResult, rgb: np.ndarray, *, stem: pathlib.Path, rel: str,
+                settings: RenderSettings, timings: dict, started: float | None = None,
                 ground_truth=None) -> dict:
   """Writes ``stem.{mask,segments,instances,overlay,eigenvectors}.png`` and ``stem.json``.
 
   Args:
-    photo: a ``dsm.batching.Photo`` with ``original`` kept.
-    res: its row of the ``DSMResult`` (NumPy).
+    result: the photo's :class:`PhotoResult` (:func:`photo_result`).
+    rgb: (H, W, 3) uint8 the photo (overlay and eigenvector panel).
     stem: output path without suffixes (its folder is created).
     rel: the same stem relative to the report page (for the record's links).
-    patch_size: P.
-    settings: :class:`RenderSettings`.
-    image_size: the resize setting (for the upscaling warning).
+    settings: :class:`RenderSettings` (the panel's and overlay's sizes).
     timings: seconds so far for this photo (the record adds "outputs" and "total").
+    started: ``time.perf_counter()`` when this photo's outputs began (default: now).
     ground_truth: optional ``LabelledPhoto``: adds IoU / CorLoc and the baseline's.
   Returns:
     The record written to ``stem.json``.
   """
-  t0 = time.perf_counter()
-  h, w = photo.grid
-  pr, rgb = res.patches, photo.original
-  mask, box, segments = photo_mask_and_box(photo, res, patch_size=patch_size, settings=settings)
-  boxes = photo_boxes(photo, res)
+  t0 = time.perf_counter() if started is None else started
+  r = result
+  h, w = r.grid
   stem.parent.mkdir(parents=True, exist_ok=True)
-  image_io.write_png(f"{stem}.mask.png", np.where(mask, 255, 0).astype(np.uint8))
-  viz.label_png(f"{stem}.segments.png", segments)
-  viz.label_png(f"{stem}.instances.png", photo_instances(photo, res, patch_size=patch_size))
-  shown_boxes = boxes if len(boxes) else box[None]
+  image_io.write_png(f"{stem}.mask.png", np.where(r.mask, 255, 0).astype(np.uint8))
+  viz.label_png(f"{stem}.segments.png", r.segments)
+  viz.label_png(f"{stem}.instances.png", r.instances)
+  shown_boxes = r.boxes if len(r.boxes) else r.box[None]
   image_io.write_png(f"{stem}.overlay.png", image_ops.limit_side(
-      viz.overlay(rgb, mask, segments, shown_boxes), settings.overlay_max_side))
+      viz.overlay(rgb, r.mask, r.segments, shown_boxes), settings.overlay_max_side))
   shown = image_ops.resize_to_height(rgb, settings.panel_height)
-  m = min(settings.panel_eigenvectors, pr.eigenvectors.shape[-1] - 1)
-  vectors = pr.eigenvectors.reshape(pr.fiedler.shape + (-1,))[:h, :w, 1:1 + m]
-  ys = np.moveaxis(vectors, -1, 0).copy()
-  ys[0] = pr.fiedler[:h, :w]  # y₁ as the mask sees it (the foreground rule may flip it)
-  maps = masks.upsample_patch_map(ys, patch_size=patch_size, input_hw=photo.input_hw,
+  m = min(settings.panel_eigenvectors, r.eigenvalues.shape[-1] - 1)
+  ys = np.moveaxis(r.eigenvectors[..., 1:1 + m], -1, 0).copy()
+  ys[0] = r.object_map  # y₁ as the mask sees it (the foreground rule may flip it)
+  maps = masks.upsample_patch_map(ys, patch_size=r.patch_size, input_hw=r.input_hw,
                                   output_hw=shown.shape[:2], method="bilinear")
   image_io.write_png(f"{stem}.eigenvectors.png",
-                     viz.eigenvector_panel(shown, list(maps), pr.eigenvalues[1:1 + m]))
+                     viz.eigenvector_panel(shown, list(maps), r.eigenvalues[1:1 + m]))
   timings = dict(timings, outputs=time.perf_counter() - t0)
   timings["total"] = sum(timings.values())
   record = {
-      "name": photo.source.name, "source": photo.source.origin,
-      "width": photo.size[1], "height": photo.size[0],
-      "input_size": [photo.input_hw[1], photo.input_hw[0]], "grid": [h, w],
-      "patch_size": patch_size,
-      "box": [int(v) for v in box],
-      "boxes": [[int(v) for v in b] for b in boxes],
+      "name": r.name, "source": r.source,
+      "width": r.size[1], "height": r.size[0],
+      "input_size": [r.input_hw[1], r.input_hw[0]], "grid": [h, w],
+      "patch_size": r.patch_size,
+      "box": [int(v) for v in r.box],
+      "boxes": [[int(v) for v in b] for b in r.boxes],
       "box_format": "[x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive; \"boxes\": one "
                     "per discovered object, best first (instance id i + 1 in instances.png)",
-      "foreground_fraction": float(mask.mean()),
-      "eigenvalues": [float(v) for v in pr.eigenvalues],
-      "eigensolver_converged": bool(pr.converged),
-      "num_segments": int(len(np.unique(pr.segments[:h, :w]))),
-      "warnings": photo_warnings(photo, res, image_size),
+      "foreground_fraction": r.foreground_fraction,
+      "eigenvalues": [float(v) for v in r.eigenvalues],
+      "eigensolver_converged": r.converged,
+      "num_segments": r.num_segments,
+      "warnings": list(r.warnings),
       "files": {k: f"{rel}.{k}.png" for k in KINDS},
       "timings_s": {k: round(v, 4) for k, v in timings.items()},
   }
   if ground_truth is not None:
-    record["ground_truth"] = ground_truth_scores(ground_truth, mask, box, boxes=boxes)
+    record["ground_truth"] = ground_truth_scores(ground_truth, r.mask, r.box, boxes=r.boxes)
   pathlib.Path(f"{stem}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
   return record
 

@@ -104,9 +104,22 @@ class DSMResult(NamedTuple):
   semantic_embeddings: Any = None
 
 
+# Where the fields of the semantic pass sit in the commands' ml_collections config (section
+# "semantic", key); every other field is ``dsm.<field>`` (experiments/configs/segment.py).
+_SEMANTIC_KEYS = {"semantic": "enabled", "semantic_num_segments": "num_segments",
+                  "crop_size": "crop_size", "num_erode": "num_erode", "num_dilate": "num_dilate"}
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """Settings of the DSM pipeline; the defaults are the reference's (SPEC §2–4)."""
+  """Settings of the DSM pipeline: the ONE set of DSM defaults.
+
+  ``PipelineConfig()`` is what ``python -m experiments.segment`` runs (its config takes its
+  ``dsm.*`` and ``semantic.*`` defaults from these fields, :meth:`config_keys`). The defaults
+  are the reference's (SPEC §2–4) except the discovery method: "multi_region" (a box per DSM
+  segment) measured better than reference DSM on the bundled photos; ``discovery="dsm"`` is the
+  reference recipe. Each value has one meaning, here and in :func:`analyse`.
+  """
 
   num_eigenvectors: int = spectral.NUM_EIGENVECTORS  # K = 20
   features: str = "keys"            # graph features: one of GRAPH_FEATURES
@@ -114,8 +127,8 @@ class PipelineConfig:
   method: str = "auto"              # eigensolver: "auto", "eigh", "lobpcg"
   foreground: str = "minority"      # side of y₁ that is the object: "minority" or "border";
   # TokenCut/MaskCut: "minority" = their published seed rule, "border" = the border rule
-  connectivity: int = localisation.CONNECTIVITY
-  num_segments: int = multi_region.NUM_SEGMENTS
+  connectivity: int = localisation.CONNECTIVITY  # 4 (SPEC); the DSM code's skimage uses 8
+  num_segments: int = multi_region.NUM_SEGMENTS  # multi-region segments per image
   adaptive_segments: bool = False   # per-image count from the largest eigengap
   segment_eigenvectors: int = 0     # m eigenvectors for K-means; 0 = all K − 1
   semantic: bool = False            # crops + CLS embeddings for dataset-level clustering
@@ -123,30 +136,46 @@ class PipelineConfig:
   crop_size: int = semantic_lib.CROP_SIZE
   num_erode: int = semantic_lib.NUM_ERODE
   num_dilate: int = semantic_lib.NUM_DILATE
-  # Object discovery (dsm.objects): "dsm" (reference), "tokencut", "maskcut", "multi_region".
-  discovery: str = "dsm"
-  tau: float = -1.0                 # binarised graph's fixed τ; < 0: the method's published
+  # Object discovery (dsm.objects): "dsm" (reference: one box from y₁), "tokencut", "maskcut"
+  # (max_objects cuts) or "multi_region" (a box per segment; the best of them on the bundled
+  # photos, BUILD_NOTES "Object discovery").
+  discovery: str = "multi_region"
+  tau: float = -1.0                 # TokenCut/MaskCut's fixed τ; < 0: the published value
+  # (tokencut.TAU = 0.2, MASKCUT_TAU = 0.15), used when tau_quantile is 0;
   # τ as this quantile of each image's similarities (measured: q0.5 is TokenCut's best on the
-  # bundled photos, BUILD_NOTES); 0: the published fixed τ
+  # bundled photos, BUILD_NOTES; the published fixed τ makes DINOv2's key graph complete)
   tau_quantile: float = 0.5
-  graph_eps: float = tokencut_lib.EPS
+  graph_eps: float = tokencut_lib.EPS  # ε, the binarised graph's non-edge weight
   max_objects: int = objects_lib.MAX_OBJECTS  # box slots; MaskCut's number of cuts N
   # multi_region's mask: segments with at most this share of their patches on the border
   region_border_share: float = objects_lib.MAX_BORDER_SHARE
 
   @classmethod
+  def config_keys(cls) -> dict[str, tuple[str, str]]:
+    """field → (section, key) of the commands' ml_collections config, in field order."""
+    return {f.name: ("semantic", _SEMANTIC_KEYS[f.name]) if f.name in _SEMANTIC_KEYS
+            else ("dsm", f.name) for f in dataclasses.fields(cls)}
+
+  @classmethod
   def from_config(cls, cfg) -> "PipelineConfig":
-    """From the segment command's ml_collections config (its ``dsm`` and ``semantic`` parts)."""
-    d, s = cfg.dsm, cfg.semantic
-    return cls(num_eigenvectors=d.num_eigenvectors, features=d.features,
-               image_weight=float(d.image_weight), method=d.method, foreground=d.foreground,
-               connectivity=d.connectivity, num_segments=d.num_segments,
-               adaptive_segments=d.adaptive_segments, segment_eigenvectors=d.segment_eigenvectors,
-               semantic=s.enabled, semantic_num_segments=s.num_segments, crop_size=s.crop_size,
-               num_erode=s.num_erode, num_dilate=s.num_dilate, discovery=d.discovery,
-               tau=float(d.tau), tau_quantile=float(d.tau_quantile),
-               graph_eps=float(d.graph_eps), max_objects=d.max_objects,
-               region_border_share=float(d.region_border_share))
+    """From a DSM command's ml_collections config (its ``dsm`` and ``semantic`` sections, see
+    :meth:`config_keys`): the one config → settings function (commands, benchmarks, tests)."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(cls)}
+    values = {}
+    for name, (section, key) in cls.config_keys().items():
+      value = cfg[section][key]
+      values[name] = float(value) if types[name] is float else value
+    return cls(**values)
+
+  def cut_settings(self) -> dict:
+    """Keyword arguments of ``tokencut.tokencut`` / ``maskcut`` for these settings (τ, ε, the
+    quantile, the eigensolver, the component's connectivity and the foreground rule)."""
+    published = (tokencut_lib.MASKCUT_TAU if self.discovery == "maskcut"
+                 else tokencut_lib.TAU)
+    return dict(tau=published if self.tau < 0 else self.tau, eps=self.graph_eps,
+                tau_quantile=self.tau_quantile or None, method=self.method,
+                connectivity=self.connectivity,
+                rule="border" if self.foreground == "border" else "seed")
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field and what it accepts."""
@@ -200,21 +229,15 @@ class PipelineConfig:
 
 
 def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs: jax.Array,
-            valid: jax.Array | None = None, input_hw: tuple[int, int] | None = None,
-            image_grid: jax.Array | None = None, image_weight: float = 0.0,
-            num_eigenvectors: int = spectral.NUM_EIGENVECTORS,
-            connectivity: int = localisation.CONNECTIVITY,
-            num_segments: int = multi_region.NUM_SEGMENTS,
-            segment_eigenvectors: int | None = None, foreground_rule: str = "minority",
-            method: str = "auto", solver=None,
-            adaptive_segments: bool = False, discovery: str = "dsm", tau: float | None = None,
-            tau_quantile: float | None = None, graph_eps: float = tokencut_lib.EPS,
-            max_objects: int = objects_lib.MAX_OBJECTS,
-            region_border_share: float = objects_lib.MAX_BORDER_SHARE) -> PatchResult:
-  """All patch-level DSM stages of a batch: eigenvectors, localisation, multi-region segments.
+            config: PipelineConfig = PipelineConfig(), valid: jax.Array | None = None,
+            input_hw: tuple[int, int] | None = None, image_grid: jax.Array | None = None,
+            solver=None) -> PatchResult:
+  """All patch-level DSM stages of a batch: eigenvectors, localisation, multi-region segments,
+  the discovery method's objects.
 
-  Jit-able with every argument but ``features``, ``rngs``, ``valid`` and ``image_grid``
-  static.
+  Jit-able with ``grid``, ``patch_size``, ``config`` (a frozen, hashable dataclass),
+  ``input_hw`` and ``solver`` static. The semantic pass's fields of ``config`` are not used
+  here (:class:`Segmenter` runs it).
 
   Args:
     features: (B, n, d) patch features (DSM: last-block attention keys), n = h·w.
@@ -222,82 +245,73 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
     patch_size: P.
     rngs: (B,) PRNG keys, one per image, for its multi-region K-means (so that an image's
       segments do not depend on the batch it came in).
+    config: the :class:`PipelineConfig` (its fields mean here what they mean there):
+      λ = ``image_weight`` needs ``image_grid``; ``foreground`` is the side of y₁ that is the
+      object (``localisation.fiedler_map``; TokenCut/MaskCut: "minority" = their seed rule,
+      "border" = ``tokencut.orient``'s border rule); ``adaptive_segments``: the largest eigengap
+      after λ₁ (``multi_region.adaptive_num_segments``) counts the segments per image, one
+      K-means with up to k − 1 clusters of which the first count are used; ``discovery``: the
+      DSM stages run for every method (eigenvectors, segments), the objects, boxes and mask come
+      from it (``dsm.objects``).
     valid: optional (B, h, w) bool real patches of a padded grid.
     input_hw: (H', W') the backbone's input size before its crop (clips the box).
     image_grid: (B, h, w, 3) colours for λ > 0.
-    image_weight: λ.
-    num_eigenvectors: k.
-    connectivity: 4 or 8 (localisation).
-    num_segments: multi-region segments per image.
-    segment_eigenvectors: m eigenvectors for the segments (None: all k − 1).
-    foreground_rule: which side of y₁ is the object, see ``localisation.fiedler_map``; for
-      TokenCut/MaskCut "minority" means their published seed rule and "border" the side of
-      each cut touching the border least (``tokencut.orient``).
-    method, solver: see ``spectral.spectral_decomposition``.
-    adaptive_segments: DSM's adaptive count per image, the largest eigengap after λ₁
-      (``multi_region.adaptive_num_segments``), instead of ``num_segments``: one K-means with
-      up to k − 1 clusters, of which the first count are used, in the same program.
-    discovery: one of ``objects.DISCOVERY_METHODS`` (see ``dsm.objects``); the DSM stages run
-      for every method (eigenvectors, segments), the objects, boxes and mask come from it.
-    tau: TokenCut/MaskCut's fixed threshold; None: the method's published value.
-    tau_quantile: τ as this quantile of each image's similarities instead; None: fixed τ.
-    graph_eps: the binarised graph's non-edge weight ε.
-    max_objects: M box slots; MaskCut runs M cuts.
-    region_border_share: multi_region's mask, ``objects.region_mask``.
+    solver: see ``spectral.spectral_decomposition``.
   Returns:
     A :class:`PatchResult`.
   """
+  c = config
   chex.assert_rank(features, 3)
   chex.assert_shape(rngs, (features.shape[0],))
   b, n = features.shape[:2]
   flat_valid = None if valid is None else valid.reshape(b, n)
   lam, y, info = spectral.spectral_decomposition(
-      features, image_grid, num_eigenvectors=num_eigenvectors, image_weight=image_weight,
-      method=method, solver=solver, return_info=True, valid=flat_valid)
-  fiedler = localisation.fiedler_map(y, grid, foreground_rule, valid)
+      features, image_grid, num_eigenvectors=c.num_eigenvectors, image_weight=c.image_weight,
+      method=c.method, solver=solver, return_info=True, valid=flat_valid)
+  fiedler = localisation.fiedler_map(y, grid, c.foreground, valid)
   foreground = localisation.foreground_patches(fiedler, valid)
   component, box = localisation.localise(foreground, patch_size=patch_size, image_size=input_hw,
-                                         connectivity=connectivity)
-  if adaptive_segments:
+                                         connectivity=c.connectivity)
+  num_segments = c.num_segments
+  if c.adaptive_segments:
     counts = multi_region.adaptive_num_segments(lam)
-    num_segments = num_eigenvectors - 1
+    num_segments = c.num_eigenvectors - 1
   else:
     counts = jnp.full((b,), num_segments, jnp.int32)
 
   def segment(key, vectors, mask, active):
     return multi_region.multi_region_segments(key, vectors, grid, num_segments,
-                                              num_eigenvectors=segment_eigenvectors, valid=mask,
-                                              num_active=active)
+                                              num_eigenvectors=c.segment_eigenvectors or None,
+                                              valid=mask, num_active=active)
 
   segments = jax.vmap(segment)(rngs, y, valid, counts)
   converged = jnp.all(info.converged, axis=-1)
   mask = jnp.ones((b,) + tuple(grid), bool) if valid is None else valid
+  discovery, max_objects = c.discovery, c.max_objects
   if discovery not in objects_lib.DISCOVERY_METHODS:
     raise ValueError(f"discovery must be one of {objects_lib.DISCOVERY_METHODS}; got "
                      f"{discovery!r}")
-  cut = dict(eps=graph_eps, tau_quantile=tau_quantile, method=method, connectivity=connectivity,
-             rule="border" if foreground_rule == "border" else "seed")
+  cut = c.cut_settings()
   if discovery == "dsm":
     objects = jax.vmap(objects_lib.pad_objects, in_axes=(0, None))(component[:, None],
                                                                    max_objects)
   elif discovery == "tokencut":
-    oriented, comp, ok = jax.vmap(lambda f, v: tokencut_lib.tokencut(
-        f, v, tau=tokencut_lib.TAU if tau is None else tau, **cut))(features, mask)
+    oriented, comp, ok = jax.vmap(lambda f, v: tokencut_lib.tokencut(f, v, **cut))(features,
+                                                                                   mask)
     objects = jax.vmap(objects_lib.pad_objects, in_axes=(0, None))(comp[:, None], max_objects)
     foreground, converged = comp, converged & ok
     fiedler = objects_lib.object_map(oriented, comp, mask)
   elif discovery == "maskcut":
     oriented, cuts, ok = jax.vmap(lambda f, v: tokencut_lib.maskcut(
-        f, v, num_cuts=max_objects, tau=tokencut_lib.MASKCUT_TAU if tau is None else tau,
-        **cut))(features, mask)
+        f, v, num_cuts=max_objects, **cut))(features, mask)
     objects = jax.vmap(objects_lib.best_first)(cuts)
     foreground, converged = jnp.any(objects, axis=1), converged & ok
     fiedler = objects_lib.object_map(oriented[:, 0], foreground, mask)
   else:  # multi_region
     objects = jax.vmap(lambda sg, v: objects_lib.region_objects(
-        sg, num_segments, max_objects, connectivity, v))(segments, mask)
+        sg, num_segments, max_objects, c.connectivity, v))(segments, mask)
     foreground = jax.vmap(lambda sg, ob, v: objects_lib.region_mask(
-        sg, ob, num_segments, region_border_share, v))(segments, objects, mask)
+        sg, ob, num_segments, c.region_border_share, v))(segments, objects, mask)
     fiedler = objects_lib.object_map(fiedler, foreground, mask)
   boxes, present = objects_lib.boxes_of(objects, patch_size=patch_size,
                                         image_size=None if input_hw is None else tuple(input_hw))
@@ -358,15 +372,7 @@ class Segmenter:
     h, w = hp // p, wp // p
     if ch != 3:
       raise ValueError(f"images must be (B, H, W, 3) RGB; got shape {images.shape}")
-    if images.dtype != np.uint8 and not jnp.issubdtype(images.dtype, jnp.floating):
-      raise TypeError(f"images must be uint8 (0–255) or floats in [0, 1]; got {images.dtype}")
-    if isinstance(images, np.ndarray) and images.dtype != np.uint8:
-      if not np.all(np.isfinite(images)):
-        raise ValueError("images contain NaN or Inf pixels; clean them first")
-      lo, hi = float(images.min()), float(images.max())
-      if lo < 0 or hi > 1:
-        raise ValueError(f"float images must hold values in [0, 1]; got [{lo:.3g}, {hi:.3g}] "
-                         "(for 0–255 values pass uint8 or divide by 255)")
+    check_pixel_values(images, "images")
     if h * w < c.min_patches():
       raise ValueError(f"{hp}×{wp} px images have {h}×{w} = {h * w} patches of {p} px; the "
                        f"pipeline needs at least {c.min_patches()} (num_eigenvectors + 1): use "
@@ -402,15 +408,8 @@ class Segmenter:
     graph_features = getattr(feats, c.features)
     # λ > 0 runs unpadded (spectral_decomposition refuses a mask with the colour graph).
     mask = valid if image_grid is None else None
-    settings = dict(patch_size=p, image_weight=c.image_weight,
-                    num_eigenvectors=c.num_eigenvectors, connectivity=c.connectivity,
-                    segment_eigenvectors=c.segment_eigenvectors or None,
-                    foreground_rule=c.foreground, method=c.method, discovery=c.discovery,
-                    tau=None if c.tau < 0 else c.tau, tau_quantile=c.tau_quantile or None,
-                    graph_eps=c.graph_eps, max_objects=c.max_objects,
-                    region_border_share=c.region_border_share)
-    res = analyse(graph_features, (h, w), rngs=rngs, valid=mask, image_grid=image_grid,
-                  num_segments=c.num_segments, adaptive_segments=c.adaptive_segments, **settings)
+    res = analyse(graph_features, (h, w), patch_size=p, rngs=rngs, config=c, valid=mask,
+                  image_grid=image_grid)
     out = DSMResult(res, grid_hw, nonfinite, out_of_range, constant)
     if not c.semantic:
       return out
@@ -425,6 +424,21 @@ class Segmenter:
     cls = backbones.extract_features(backbone, crops, blocks=(-1,)).cls.reshape(b, s, -1)
     return out._replace(semantic_segments=seg, semantic_boxes=boxes, semantic_valid=present,
                         semantic_embeddings=cls)
+
+
+def check_pixel_values(images, what: str = "images") -> None:
+  """Raises TypeError unless ``images`` are uint8 (0–255) or floats, and for float NumPy arrays
+  ValueError on NaN/Inf or values outside [0, 1] (device arrays are not read back: the
+  ``DSMResult`` flags report such images). ``what`` names them in the message."""
+  if images.dtype != np.uint8 and not jnp.issubdtype(images.dtype, jnp.floating):
+    raise TypeError(f"{what} must be uint8 (0–255) or floats in [0, 1]; got {images.dtype}")
+  if isinstance(images, np.ndarray) and images.dtype != np.uint8:
+    if not np.all(np.isfinite(images)):
+      raise ValueError(f"NaN or Inf pixels in the {what}; clean them first")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi > 1:
+      raise ValueError(f"float {what} must hold values in [0, 1]; got [{lo:.3g}, {hi:.3g}] "
+                       "(for 0–255 values pass uint8 or divide by 255)")
 
 
 def check_valid_rectangles(valid: np.ndarray, min_patches: int = 1) -> None:
@@ -451,7 +465,7 @@ def make_pipeline(backbone: backbones.Backbone,
 
   Args:
     backbone: a ``backbones.Backbone`` (pretrained or random).
-    config: a :class:`PipelineConfig` (default: the reference settings).
+    config: a :class:`PipelineConfig` (default: ``PipelineConfig()``, the command's settings).
   Returns:
     A :class:`Segmenter`.
   """
