@@ -3,8 +3,10 @@
 The pieces users compose (a training step: ψ → Gumbel-softmax → L2 batch normalisation →
 ``neuralef_loss``; evaluation: ``logits / τ_min`` → argmax):
 
-- ``Psi``, ``psi_config``: ψ, linear-attention blocks and an orthonormal head; its input
-  ``psi_features(low, mid, high)`` from backbone blocks ``feature_levels(n)`` (``psi.py``).
+- ``Psi``, ``psi_config``: ψ, linear-attention blocks and an orthonormal head (QR,
+  ``OrthonormalDense``, or the reference's Householder map, ``HouseholderDense`` /
+  ``householder_orthonormal``); its input ``psi_features(low, mid, high)`` from backbone blocks
+  ``feature_levels(n)`` (``psi.py``).
 - ``neuralef_loss``, ``l2_batch_normalize``, ``gumbel_softmax``, ``tau_schedule``,
   ``beta_for``, ``REFERENCE_T``; the original NeuralEF's ``rms_batch_normalize`` with
   ``ema_init`` / ``ema_update`` (``loss.py``).
@@ -40,18 +42,20 @@ from spectral_jax.neuralef.objectives import joint_nesting_weights
 from spectral_jax.neuralef.objectives import nested_lora_loss
 from spectral_jax.neuralef.objectives import neuralef_original_loss
 from spectral_jax.neuralef.objectives import segmentor_loss
+from spectral_jax.neuralef.psi import HouseholderDense
 from spectral_jax.neuralef.psi import OrthonormalDense
 from spectral_jax.neuralef.psi import Psi
 from spectral_jax.neuralef.psi import feature_levels
+from spectral_jax.neuralef.psi import householder_orthonormal
 from spectral_jax.neuralef.psi import orthonormalize
 from spectral_jax.neuralef.psi import psi_config
 from spectral_jax.neuralef.psi import psi_features
 from spectral_jax.neuralef.psi import trunc_normal_init
 
 __all__ = [
-    "BETA_TIMES_K", "EMAState", "OBJECTIVES", "OrthonormalDense", "Psi", "REFERENCE_T",
-    "SEGMENTOR_REFERENCE", "beta_for", "ema_init", "ema_update", "feature_levels",
-    "gumbel_softmax", "joint_nesting_weights", "l2_batch_normalize", "nested_lora_loss",
+    "BETA_TIMES_K", "EMAState", "HouseholderDense", "OBJECTIVES", "OrthonormalDense", "Psi",
+    "REFERENCE_T", "SEGMENTOR_REFERENCE", "beta_for", "ema_init", "ema_update", "feature_levels",
+    "gumbel_softmax", "householder_orthonormal", "joint_nesting_weights", "l2_batch_normalize", "nested_lora_loss",
     "neuralef_loss", "neuralef_original_loss", "orthonormalize", "psi_config", "psi_features",
     "rms_batch_normalize", "segmentor_loss", "tau_schedule", "trunc_normal_init",
 ]
