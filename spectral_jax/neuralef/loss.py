@@ -363,9 +363,10 @@ def neuralef_loss(psi: jax.Array, kernel: Kernel, beta: float | jax.Array, *,
   Optimum and scale: for unit columns (``l2_batch_normalize``) column j maximises
   ``t·ψⱼᵀ(G − β·t·Σ_{i<j} λᵢ² uᵢuᵢᵀ)ψⱼ``: the gain scales with t, the penalty with β·t², and
   eigenfunction i is deflated from λᵢ to ``λᵢ(1 − β·t·λᵢ)``. The optimum is u₁…u_K in order
-  iff ``β·t·λᵢ > 1 − λᵢ₊₁/λᵢ`` for i < K, so it depends on G's scale. The default
-  ``t = 1/β`` (β·t = 1) meets it whenever G's top K−1 eigenvalues exceed 1 (deflated ≤ 0) and
-  λ_K > 0. The segmentor's ``t = REFERENCE_T = 0.01`` with β = ``beta_for(K)`` gives
+  iff ``λᵢ(1 − β·t·λᵢ) < λⱼ`` for all i < j ≤ K (for adjacent pairs: β·t·λᵢ > 1 − λᵢ₊₁/λᵢ),
+  so it depends on G's scale. The default ``t = 1/β`` (β·t = 1) meets it whenever G's top K−1
+  eigenvalues exceed 1 (deflated ≤ 0) and λ_K > 0, and it orders on the segmentor's
+  normalised DINOv2 batch kernels (λ₁ ≈ 1.3; BUILD_NOTES, issue 22). The segmentor's ``t = REFERENCE_T = 0.01`` with β = ``beta_for(K)`` gives
   β·t ≈ 8e-4 (K = 256) to 6e-3 (K = 32): columns copy u₁ (SPEC §6); pass it explicitly to
   reproduce the reference. Loss value and gradient scale with t (β·t fixed).
 

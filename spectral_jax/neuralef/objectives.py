@@ -77,11 +77,12 @@ def segmentor_loss(psi: jax.Array, kernel: Kernel, *, beta_times_k: float = BETA
 
   Optimum: column j maximises ``t·ψ̄ⱼᵀ(G − β·t·Σ_{i<j} λᵢ² uᵢuᵢᵀ)ψ̄ⱼ`` over unit columns
   (norms above the clamp), i.e. eigenfunction i is deflated to ``λᵢ(1 − β·t·λᵢ)``; the ordered
-  eigenvectors u₁…u_K are the optimum iff ``β·t·λᵢ > 1 − λᵢ₊₁/λᵢ`` for every i < K. Scale:
+  eigenvectors u₁…u_K are the optimum iff ``λᵢ(1 − β·t·λᵢ) < λⱼ`` for all i < j ≤ K. Scale:
   gain ∝ t, penalty ∝ β·t², loss ∝ t at fixed β·t; the condition depends on G's scale
   (λ for unit columns), not on n or ψ's scale. The default t = 1/β (β·t = 1) meets it when G's
-  top K−1 eigenvalues exceed 1 and λ_K > 0 (e.g. affinity kernels with row sums ≫ 1); for a
-  kernel of small eigenvalues scale it up or pass a larger t. ``SEGMENTOR_REFERENCE``'s
+  top K−1 eigenvalues exceed 1 and λ_K > 0, and orders on the segmentor's normalised DINOv2
+  batch kernels (λ₁ ≈ 1.3, measured); for a kernel of small eigenvalues (λᵢ − λᵢ² > λⱼ) scale
+  it up or pass a larger t. ``SEGMENTOR_REFERENCE``'s
   t = 0.01 gives β·t = 0.2048/K: on a free matrix columns collapse onto u₁ (SPEC §6).
 
   Args:
