@@ -5,10 +5,12 @@ Every test is checked not to leave a child process of the pytest process behind 
 fixture does that).
 """
 
+import json
 import os
 import pathlib
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -351,3 +353,20 @@ def x64():
   jax.config.update("jax_enable_x64", True)
   yield
   jax.config.update("jax_enable_x64", old)
+
+
+@pytest.fixture
+def run_on_cpu_devices():
+  """``run(script, devices) -> dict``: runs a Python script in a child process with ``devices``
+  fake CPU devices (this checkout on PYTHONPATH) and returns the JSON of its last stdout line;
+  fails the test with the child's stderr when it exits non-zero."""
+  repo = pathlib.Path(__file__).resolve().parents[1]
+
+  def run(script: str, devices: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=repo,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+  return run

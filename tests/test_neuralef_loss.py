@@ -5,11 +5,6 @@ References: PyTorch autograd of the reference formula (``cal_neuralef_loss``), N
 numbers for shard_map / pmap (8 fake CPU devices in a subprocess).
 """
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import flax.linen as nn
@@ -25,7 +20,6 @@ from spectral_jax.neuralef import loss as nef
 
 N, K = 24, 5
 BETA, T = 0.3, 0.01
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _symmetric(rng, n):
@@ -232,7 +226,8 @@ def test_free_psi_recovers_top_eigenvectors_in_order():
   q, _ = np.linalg.qr(rng.normal(size=(n, n)))
   g = (q * np.concatenate([[40.0, 30.0, 20.0, 10.0], rng.uniform(-3, 3, n - k)])) @ q.T
   g = jnp.asarray((g + g.T) / 2, jnp.float32)
-  loss_fn = lambda p: nef.neuralef_loss(nef.l2_batch_normalize(p), g, nef.beta_for(k))[0]
+  loss_fn = lambda p: nef.neuralef_loss(nef.l2_batch_normalize(p), g, nef.beta_for(k),
+                                      t=nef.REFERENCE_T)[0]
   p = _train(loss_fn, jnp.asarray(0.1 * rng.normal(size=(n, k)), jnp.float32), 300, 1e-2)
   _, u = _top_eigenvectors(g, k)
   assert np.all(_abs_cos(np.asarray(nef.l2_batch_normalize(p)), u) >= 0.95)
@@ -254,7 +249,7 @@ def _rbf(a, b):
 
 @pytest.fixture(scope="module")
 def trained_mlp():
-  """A small MLP ψ trained on the RBF kernel of 256 anisotropic 2-D points (K = 4)."""
+  """A small MLP ψ trained on the RBF kernel of 256 anisotropic 2-D points (K = 4), reference t."""
   n, k = 256, 4
   rng = np.random.default_rng(0)
   x = rng.normal(size=(n + 128, 2)) * np.asarray([1.0, 0.5])  # anisotropy splits λ₂, λ₃
@@ -263,7 +258,7 @@ def trained_mlp():
   net = _MLP(k)
   xj = jnp.asarray(x_train, jnp.float32)
   loss_fn = lambda p: nef.neuralef_loss(
-      nef.l2_batch_normalize(net.apply(p, xj)), g, nef.beta_for(k))[0]
+      nef.l2_batch_normalize(net.apply(p, xj)), g, nef.beta_for(k), t=nef.REFERENCE_T)[0]
   params = _train(loss_fn, net.init(jax.random.key(0), xj[:1]), 3000, 3e-3)
   apply = lambda x: np.asarray(net.apply(params, jnp.asarray(x, jnp.float32)), np.float64)
   return x_train, x_test, apply, k
@@ -332,18 +327,13 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_sharded_loss_and_grads_equal_single_device():
+def test_sharded_loss_and_grads_equal_single_device(run_on_cpu_devices):
   """shard_map over Mesh('data') and pmap on 8 fake CPU devices give the 1-device numbers.
 
   Compared: loss, eigenvalues, d loss/d w of a replicated linear ψ = x w (through the L2 batch
   normalisation over the global batch), d loss/d ψ rows, and the global-batch RMS.
   """
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  report = run_on_cpu_devices(_SHARDED_SCRIPT, 8)
   assert report["devices"] == 8
   assert set(report["rel_err"]) == {"shard_map", "shard_map_matmul", "pmap"}
   for name, errs in report["rel_err"].items():

@@ -9,7 +9,12 @@ Pieces, in the order a training step composes them::
   logits = psi.apply(params, features)[0]                 # (B, N, K)
   soft = gumbel_softmax(key, logits, tau_schedule(T)(step))
   psi_n = l2_batch_normalize(soft, axis_name="data")        # columns over all B·N tokens
-  loss, aux = neuralef_loss(psi_n.reshape(-1, K), G, beta_for(K), axis_name="data")
+  loss, aux = neuralef_loss(psi_n.reshape(-1, K), G, beta_for(K), t=REFERENCE_T,
+                            axis_name="data")
+
+``neuralef_loss``'s own default ``t = 1/β`` (β·t = 1) orders the eigenfunctions; the segmentor's
+``t = 0.01`` (``REFERENCE_T``) does not on a free matrix (SPEC §6) and is passed explicitly by
+its training step. Other objectives, side by side: ``spectral_jax.neuralef.objectives``.
 
 The original (kernel-agnostic) NeuralEF instead normalises by the batch RMS and keeps EMAs of
 the RMS and of the eigenvalues for evaluation: ``rms_batch_normalize``, ``ema_init``,
@@ -34,8 +39,10 @@ from jax.experimental import sparse
 
 # β·K of the reference runs (K=256 → β=0.08, K=512 → 0.04; SPEC §5).
 BETA_TIMES_K = 20.48
-# ψ is multiplied by √t before forming R (reference ``neuralef_loss_cfg['t']``).
-DEFAULT_T = 0.01
+# ψ is multiplied by √t before forming R: the reference ``neuralef_loss_cfg['t']``. Not
+# ``neuralef_loss``'s default (that is t = 1/β): at this t the loss has no ordered optimum on a
+# free matrix unless β·t·λᵢ > 1 − λᵢ₊₁/λᵢ (SPEC §6).
+REFERENCE_T = 0.01
 # EMA momentum of the original NeuralEF (RMS norms and eigenvalues).
 DEFAULT_MOMENTUM = 0.9
 
@@ -208,8 +215,57 @@ def _kernel_matmul(kernel: Kernel, dtype) -> Callable[[jax.Array], jax.Array]:
     return kernel
   kernel = jnp.asarray(kernel)
   if not jnp.issubdtype(kernel.dtype, jnp.floating):
-    raise TypeError(f"neuralef_loss needs a float kernel, got dtype {kernel.dtype}.")
+    raise TypeError(f"the kernel must be a float array, got dtype {kernel.dtype}.")
   return lambda p: kernel.astype(dtype) @ p
+
+
+def _global_rows(n_local: int, axis_name: AxisName) -> int:
+  return n_local * (jax.lax.axis_size(axis_name) if axis_name is not None else 1)
+
+
+def _check_psi(psi: jax.Array, name: str) -> jax.Array:
+  """psi as a float (n, K) array, or a clear error naming ``name``."""
+  psi = jnp.asarray(psi)
+  if psi.ndim != 2:
+    raise ValueError(f"{name} needs psi of shape (n, K), got shape {psi.shape}; "
+                     "flatten the batch first, e.g. psi.reshape(-1, K).")
+  if not jnp.issubdtype(psi.dtype, jnp.floating):
+    raise TypeError(f"{name} needs a float psi, got dtype {psi.dtype}.")
+  return psi
+
+
+def _kernel_product(psi: jax.Array, kernel: Kernel, axis_name: AxisName) -> jax.Array:
+  """This device's rows of ``G·stop_gradient(ψ)`` for the global ψ, after shape checks.
+
+  Args:
+    psi: (n_local, K) float rows (already checked by ``_check_psi``, in the compute dtype).
+    kernel: dense / BCOO (n_local, n) rows of G, or a callable (n, K) -> (n_local, K).
+    axis_name: the mapped axis holding the rest of the batch (ψ is ``all_gather``ed), or None.
+  Returns:
+    (n_local, K) array of psi's dtype, stop-gradient (G is a constant of every objective).
+  """
+  n_local, k = psi.shape
+  n = _global_rows(n_local, axis_name)
+  where = " per device (rows of this device × global batch)" if axis_name is not None else ""
+  if not callable(kernel) or isinstance(kernel, sparse.BCOO):
+    shape = tuple(kernel.shape)
+    if len(shape) != 2 or shape[0] != n_local:
+      raise ValueError(f"kernel rows must match psi's {n_local} rows{where}: kernel shape "
+                       f"{shape}, psi shape {psi.shape}.")
+    if shape[1] != n:
+      raise ValueError(f"kernel must be {'square ' if axis_name is None else ''}"
+                       f"({n_local}, {n}){where}, got shape {shape}.")
+  if k > n:
+    raise ValueError(f"K = {k} eigenfunctions exceed the batch of n = {n} rows: R = ψᵀGψ would "
+                     "have rank < K; use a larger batch or fewer eigenfunctions.")
+  full = jax.lax.stop_gradient(psi)
+  if axis_name is not None:
+    full = jax.lax.all_gather(full, axis_name, tiled=True)
+  kpsi = _kernel_matmul(kernel, psi.dtype)(full)
+  if tuple(kpsi.shape) != (n_local, k):
+    raise ValueError(f"kernel_matmul must map ({n}, {k}) to ({n_local}, {k}){where}, got "
+                     f"{tuple(kpsi.shape)}.")
+  return jax.lax.stop_gradient(kpsi.astype(psi.dtype))
 
 
 def _objective(r: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -223,6 +279,44 @@ def _objective(r: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array, jax
 def _gram(psi: jax.Array, kpsi: jax.Array, axis_name: AxisName) -> jax.Array:
   r = psi.T @ kpsi
   return jax.lax.psum(r, axis_name) if axis_name is not None else r
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def symmetric_gram(psi: jax.Array, kpsi: jax.Array, axis_name: AxisName,
+                   hat: bool) -> jax.Array:
+  """``R = ΨᵀGΨ`` (global batch) from this device's rows of Ψ and of ``kpsi = GΨ``.
+
+  Differentiated as a function of Ψ alone, with G symmetric and constant (``kpsi`` gets no
+  gradient): ``hat=False`` gives ``∂⟨C, R⟩/∂Ψ = GΨ(C + Cᵀ)`` (R = ΨᵀGΨ); ``hat=True`` the
+  gradient of ``R̂ = stop_gradient(Ψ)ᵀGΨ``, ``GΨ·C``, under which R̂ᵢⱼ moves column j only.
+  For the Gram ΨᵀΨ pass ``kpsi = stop_gradient(psi)`` (G = I). The backward pass is local
+  (no collective transposed), so the gradient w.r.t. the local rows is the single-device one
+  under ``shard_map`` and ``pmap`` alike, as in ``neuralef_loss``.
+
+  Args:
+    psi: (n_local, K) rows of Ψ.
+    kpsi: (n_local, K) the same rows of GΨ (from ``_kernel_product``).
+    axis_name: the mapped axis holding the rest of the batch (R is ``psum``med), or None.
+    hat: whether to differentiate R̂ = sg(Ψ)ᵀGΨ instead of R.
+  Returns:
+    (K, K) R, replicated across devices.
+  """
+  del hat
+  return _gram(psi, kpsi, axis_name)
+
+
+def _symmetric_gram_fwd(psi, kpsi, axis_name, hat):
+  del hat
+  return _gram(psi, kpsi, axis_name), kpsi
+
+
+def _symmetric_gram_bwd(axis_name, hat, kpsi, cotangent):
+  del axis_name
+  c = cotangent if hat else cotangent + cotangent.T
+  return (kpsi @ c).astype(kpsi.dtype), jnp.zeros_like(kpsi)
+
+
+symmetric_gram.defvjp(_symmetric_gram_fwd, _symmetric_gram_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -255,12 +349,8 @@ def _loss_core_bwd(axis_name, residuals, cotangents):
 _loss_core.defvjp(_loss_core_fwd, _loss_core_bwd)
 
 
-def _global_rows(n_local: int, axis_name: AxisName) -> int:
-  return n_local * (jax.lax.axis_size(axis_name) if axis_name is not None else 1)
-
-
 def neuralef_loss(psi: jax.Array, kernel: Kernel, beta: float | jax.Array, *,
-                  t: float = DEFAULT_T,
+                  t: float | jax.Array | None = None,
                   axis_name: AxisName = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """NeuralEF loss ``−tr(R)/K + β·Σ_{i<j} R̂ᵢⱼ²/K`` (paper eq. (5)-(7), SPEC §5).
 
@@ -269,6 +359,16 @@ def neuralef_loss(psi: jax.Array, kernel: Kernel, beta: float | jax.Array, *,
   eigenfunction j is pushed away from the earlier ones i < j and never the reverse, which
   orders them by eigenvalue. This is the reference ``cal_neuralef_loss``; eq. (7)'s 1/B² is
   replaced by the L2 batch normalisation of ψ's columns and the √t scale.
+
+  Optimum and scale: for unit columns (``l2_batch_normalize``) column j maximises
+  ``t·ψⱼᵀ(G − β·t·Σ_{i<j} λᵢ² uᵢuᵢᵀ)ψⱼ``: the gain scales with t, the penalty with β·t², and
+  eigenfunction i is deflated from λᵢ to ``λᵢ(1 − β·t·λᵢ)``. The optimum is u₁…u_K in order
+  iff ``λᵢ(1 − β·t·λᵢ) < λⱼ`` for all i < j ≤ K (for adjacent pairs: β·t·λᵢ > 1 − λᵢ₊₁/λᵢ),
+  so it depends on G's scale. The default ``t = 1/β`` (β·t = 1) meets it whenever G's top K−1
+  eigenvalues exceed 1 (deflated ≤ 0) and λ_K > 0, and it orders on the segmentor's
+  normalised DINOv2 batch kernels (λ₁ ≈ 1.3; BUILD_NOTES, issue 22). The segmentor's ``t = REFERENCE_T = 0.01`` with β = ``beta_for(K)`` gives
+  β·t ≈ 8e-4 (K = 256) to 6e-3 (K = 32): columns copy u₁ (SPEC §6); pass it explicitly to
+  reproduce the reference. Loss value and gradient scale with t (β·t fixed).
 
   The kernel is a constant of the loss (the reference builds it without gradient) and must be
   **symmetric**: the gradient is the closed form ``(2t/K)·(−Gψ + β·Gψ·triu(R̂, 1))``
@@ -293,7 +393,8 @@ def neuralef_loss(psi: jax.Array, kernel: Kernel, beta: float | jax.Array, *,
       - a callable ``kernel_matmul(p) -> G_rows @ p`` mapping (n, K) to (n, K) ((n, K) to
         (n_local, K) with ``axis_name``), for blockwise products at large n.
     beta: β ≥ 0, the weight of the orthogonality penalty (``beta_for(K)``: β·K = 20.48).
-    t: the scale: ψ is multiplied by √t (reference t = 0.01).
+    t: the scale: ψ is multiplied by √t. None (default): t = 1/β, i.e. β·t = 1 (t = 1 if
+      β = 0), which orders eigenfunctions (above). The reference value is ``REFERENCE_T``.
     axis_name: the mapped axis (or tuple of axes) holding the rest of the batch, or None.
   Returns:
     ``(loss, aux)``: the float32 (at least) scalar loss, replicated across devices, and a dict
@@ -307,39 +408,17 @@ def neuralef_loss(psi: jax.Array, kernel: Kernel, beta: float | jax.Array, *,
       without ``axis_name``), K > n, β < 0 or t ≤ 0.
     TypeError: non-float psi or kernel.
   """
-  psi = jnp.asarray(psi)
-  if psi.ndim != 2:
-    raise ValueError(f"neuralef_loss needs psi of shape (n, K), got shape {psi.shape}; "
-                     "flatten the batch first, e.g. psi.reshape(-1, K).")
-  if not jnp.issubdtype(psi.dtype, jnp.floating):
-    raise TypeError(f"neuralef_loss needs a float psi, got dtype {psi.dtype}.")
+  psi = _check_psi(psi, "neuralef_loss")
   if isinstance(beta, (int, float)) and beta < 0:
     raise ValueError(f"neuralef_loss needs β ≥ 0, got {beta}.")
   if isinstance(t, (int, float)) and not t > 0:
     raise ValueError(f"neuralef_loss needs t > 0, got {t}.")
-  n_local, k = psi.shape
-  n = _global_rows(n_local, axis_name)
-  where = " per device (rows of this device × global batch)" if axis_name is not None else ""
-  if not callable(kernel) or isinstance(kernel, sparse.BCOO):
-    shape = tuple(kernel.shape)
-    if len(shape) != 2 or shape[0] != n_local:
-      raise ValueError(f"kernel rows must match psi's {n_local} rows{where}: kernel shape "
-                       f"{shape}, psi shape {psi.shape}.")
-    if shape[1] != n:
-      raise ValueError(f"kernel must be {'square ' if axis_name is None else ''}"
-                       f"({n_local}, {n}){where}, got shape {shape}.")
-  if k > n:
-    raise ValueError(f"K = {k} eigenfunctions exceed the batch of n = {n} rows: R = ψᵀGψ would "
-                     "have rank < K; use a larger batch or fewer eigenfunctions.")
-
   dtype = jnp.promote_types(psi.dtype, jnp.float32)
+  beta = jnp.asarray(beta, dtype)
+  if t is None:  # β·t = 1; without a penalty (β = 0) nothing orders anyway: t = 1
+    t = jnp.where(beta > 0, 1.0 / jnp.where(beta > 0, beta, 1.0), 1.0)
   scaled = psi.astype(dtype) * jnp.sqrt(jnp.asarray(t, dtype))
-  full = jax.lax.all_gather(scaled, axis_name, tiled=True) if axis_name is not None else scaled
-  kpsi = _kernel_matmul(kernel, dtype)(jax.lax.stop_gradient(full))
-  if tuple(kpsi.shape) != (n_local, k):
-    raise ValueError(f"kernel_matmul must map ({n}, {k}) to ({n_local}, {k}){where}, got "
-                     f"{tuple(kpsi.shape)}.")
-  kpsi = jax.lax.stop_gradient(kpsi.astype(dtype))
-  (loss, eig, orth), diag_r = _loss_core(scaled, kpsi, jnp.asarray(beta, dtype), axis_name)
+  kpsi = _kernel_product(scaled, kernel, axis_name)
+  (loss, eig, orth), diag_r = _loss_core(scaled, kpsi, beta, axis_name)
   diag_r = jax.lax.stop_gradient(diag_r)
   return loss, {"diag_R": diag_r, "eigenvalues": diag_r / t, "loss_eig": eig, "loss_orth": orth}

@@ -15,20 +15,24 @@ projection has one. The MLP is ``Dense(mlp_dim) → GELU (exact erf form, as tor
 with ``mlp_dim = 576`` in the reference config (half of 1152). LayerNorm ε = 1e-5 (torch).
 
 Orthonormal head: the reference wraps the head in ``torch.nn.utils.parametrizations.
-orthogonal`` (Householder reflectors on top of a fixed random orthogonal base). Here the head
-keeps an unconstrained matrix V (D, K) and uses ``W = orthonormalize(V)``, the Q factor of
-V's thin QR decomposition with signs fixed so that diag(R) > 0. Why QR:
-- W is orthonormal to float32 round-off at every step, whatever the optimiser does to V (no
-  drift to correct, no projection step in the train loop); tests check ‖WWᵀ − I‖ < 1e-5.
-- It costs O(D·K²) and never forms a D×D matrix, unlike the matrix exponential or Cayley map
-  of a D×D skew-symmetric matrix (torch's other options).
-- With the sign fix the map V ↦ W is unique and smooth wherever V has full rank, and JAX
-  differentiates the thin QR; torch's Householder map would need the derivative of
-  ``jax.lax.linalg.householder_product``, which JAX does not implement.
-V starts as a random orthonormal frame (so W = V at init); the reference's ``trunc_normal_``
-on the parametrised weight changes a temporary copy only, so its head also starts as a random
-orthonormal frame. The bias starts at 0. When K > D, W's columns are orthonormal instead
-(WᵀW = I), as torch does for wide matrices.
+orthogonal`` (Householder reflectors on top of a fixed random orthogonal base). Two heads:
+
+- ``head="qr"`` (the default for now): an unconstrained matrix V (D, K) and
+  ``W = orthonormalize(V)``, the Q factor of V's thin QR decomposition with signs fixed so
+  that diag(R) > 0. W is orthonormal to float32 round-off at every step, whatever the
+  optimiser does to V; it costs O(D·K²) and never forms a D×D matrix; V ↦ W is unique and
+  smooth wherever V has full rank. V starts as a random orthonormal frame (W = V at init).
+  Adam acts on V, so the dynamics differ from the reference's (issue 22: its head moves about
+  4× further in 20 steps).
+- ``head="householder"``: the reference's map (``householder_orthonormal``,
+  ``HouseholderDense``): Adam acts on the reflectors X, W = base · H₁⋯H_K · I₍:,:K₎ · sign
+  with a fixed orthogonal base (torch's trivialisation). The product is formed in the compact
+  WY form (one K×K triangular solve, differentiable; ``jax.lax.linalg.householder_product``
+  has no derivative), O(D·K²), plus the D×D base product.
+
+The reference's ``trunc_normal_`` on the parametrised weight changes a temporary copy only, so
+its head also starts as a random orthonormal frame. The bias starts at 0. When K > D, W's
+columns are orthonormal instead (WᵀW = I), as torch does for wide matrices.
 
 Every other Dense weight starts truncated normal, std 0.02, cut at ±2 (absolute, timm's
 ``trunc_normal_``), biases at 0, LayerNorms at scale 1, bias 0 (SPEC §5).
@@ -42,10 +46,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 Dtype = Any
 
@@ -147,6 +153,88 @@ class OrthonormalDense(nn.Module):
     return y
 
 
+def householder_orthonormal(x: jax.Array, base: jax.Array | None = None) -> jax.Array:
+  """torch's Householder map of ``parametrizations.orthogonal`` for a tall (n, k) matrix.
+
+  From ``torch/nn/utils/parametrizations.py`` (``_Orthogonal.forward``, householder branch,
+  on the tall orientation): ``A = tril(X, −1)``, ``τⱼ = 2/(1 + ‖A₍:,ⱼ₎‖²)``,
+  ``Q = householder_product(A, τ)`` (the first k columns of H₁⋯H_k, Hⱼ = I − τⱼvⱼvⱼᵀ with
+  vⱼ = A₍:,ⱼ₎ + eⱼ: exact reflections), then ``Q ← Q · int(diag(X))`` column by column
+  (truncation toward 0; no gradient flows through it, so under Adam the diagonal keeps its
+  initial −1) and, with trivialisation, ``W = base @ Q``. Here H₁⋯H_k = I − V T⁻¹ Vᵀ with
+  ``T = diag(1/τ) + triu(VᵀV, 1)`` (compact WY form), differentiable in X; ``base`` is a
+  constant (stop-gradient).
+
+  Args:
+    x: (n, k) float reflector parameters, n ≥ k (torch's ``original``, transposed to tall);
+      only the strict lower triangle and the sign of the diagonal matter.
+    base: optional (n, n) orthogonal matrix (torch's ``base`` buffer).
+  Returns:
+    (n, k) float32 (at least) matrix with orthonormal columns (given a ±1 diagonal in x).
+  """
+  if x.ndim != 2 or x.shape[0] < x.shape[1]:
+    raise ValueError(f"householder_orthonormal needs a tall (n, k) matrix, n ≥ k, got shape "
+                     f"{x.shape}.")
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  n, k = x.shape
+  a = jnp.tril(x, -1)
+  inv_tau = (1.0 + jnp.sum(a * a, axis=0)) / 2.0
+  v = a + jnp.eye(n, k, dtype=x.dtype)
+  t = jnp.diag(inv_tau) + jnp.triu(v.T @ v, 1)
+  q = jnp.eye(n, k, dtype=x.dtype) - v @ jax.scipy.linalg.solve_triangular(t, v[:k].T,
+                                                                          lower=False)
+  q = q * jnp.trunc(jax.lax.stop_gradient(jnp.diagonal(x)))
+  if base is None:
+    return q
+  chex.assert_shape(base, (n, n))
+  return jax.lax.stop_gradient(base.astype(x.dtype)) @ q
+
+
+def _householder_base_init(key: jax.Array, n: int, k: int, fan_in: int,
+                           dtype=jnp.float32) -> jax.Array:
+  """torch's ``right_inverse`` base for a tall (n, k) weight: an (n, n) orthogonal matrix.
+
+  ``base = QR([W₀, N])`` (signs with diag(R) ≥ 0), W₀ ~ U(±1/√fan_in) as ``nn.Linear``'s
+  default init, N ~ N(0, 1) of shape (n, n − k); so ``base[:, :k]`` orthonormalises W₀.
+  """
+  k_w, k_n = jax.random.split(key)
+  bound = 1.0 / np.sqrt(fan_in)
+  w0 = jax.random.uniform(k_w, (n, k), dtype, -bound, bound)
+  noise = jax.random.normal(k_n, (n, n - k), dtype)
+  return orthonormalize(jnp.concatenate([w0, noise], axis=1)).astype(dtype)
+
+
+class HouseholderDense(nn.Module):
+  """``y = x W + b`` with W from torch's Householder map (``householder_orthonormal``).
+
+  The reference head ``parametrizations.orthogonal(nn.Linear(D, K))`` in Flax's (D, K) layout:
+  params ``"kernel"`` = the reflectors X in the tall orientation ((D, K) if D ≥ K, i.e. torch's
+  ``parametrizations.weight.original`` transposed; (K, D) otherwise), initialised as torch's
+  ``right_inverse`` leaves it (zeros, −1 on the diagonal); ``"base"``: the fixed orthogonal
+  (max(D, K))² matrix (stop-gradient, so Adam leaves it where it starts); ``"bias"``. At init
+  W is the orthonormalised default ``nn.Linear`` weight.
+  """
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d, k = x.shape[-1], self.features
+    n, m = max(d, k), min(d, k)
+    refl = self.param("kernel", lambda key, shape, dtype: -jnp.eye(*shape, dtype=dtype),
+                      (n, m), jnp.float32)
+    base = self.param("base", lambda key, shape, dtype: _householder_base_init(
+        key, n, m, d, dtype), (n, n), jnp.float32)
+    w = householder_orthonormal(refl, base)
+    w = w if d >= k else w.T
+    y = jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32
+                         ).astype(self.dtype)
+    return y
+
+
 class LinearSelfAttention(nn.Module):
   """Multi-head linear self-attention over the tokens of each image (see the module doc).
 
@@ -197,7 +285,9 @@ class Psi(nn.Module):
   """ψ: (B, N, D) backbone features → (B, N, K) eigenfunction logits (SPEC §5).
 
   Field names match ``psi_config()``: ``Psi(**psi_config())``. D is taken from the input
-  (3·C for the three concatenated backbone levels; 1152 for ViT-S).
+  (3·C for the three concatenated backbone levels; 1152 for ViT-S). ``head`` picks the
+  orthonormal head when ``orthogonal_head``: "qr" (default for now, ``OrthonormalDense``) or
+  "householder" (the reference's map, ``HouseholderDense``; see the module doc).
 
   ``__call__(x)`` returns ``(logits, out)``:
     logits: (B, N, K) float32 raw head outputs (training applies ``gumbel_softmax`` and
@@ -211,6 +301,7 @@ class Psi(nn.Module):
   head_dim: int = 64
   mlp_dim: int = 576
   orthogonal_head: bool = True
+  head: str = "qr"
   init_std: float = 0.02
   layer_norm_eps: float = 1e-5
   dtype: Dtype = "float32"
@@ -222,6 +313,8 @@ class Psi(nn.Module):
         raise ValueError(f"Psi needs a positive integer {name}, got {value!r}.")
     if isinstance(self.num_blocks, bool) or self.num_blocks < 0:
       raise ValueError(f"Psi needs num_blocks ≥ 0, got {self.num_blocks!r}.")
+    if self.head not in ("qr", "householder"):
+      raise ValueError(f"Psi needs head 'qr' or 'householder', got {self.head!r}.")
     if x.ndim != 3:
       raise ValueError(f"Psi needs features of shape (B, N, D) (tokens per image), got shape "
                        f"{x.shape}; add a batch axis for a single image.")
@@ -240,7 +333,9 @@ class Psi(nn.Module):
                                        name=f"block{i:02d}")(x)
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name="norm")(x)
     out["pre_logits"] = x.astype(jnp.float32)
-    if self.orthogonal_head:
+    if self.orthogonal_head and self.head == "householder":
+      head = HouseholderDense(self.k, dtype=dtype, name="head")
+    elif self.orthogonal_head:
       head = OrthonormalDense(self.k, dtype=dtype, name="head")
     else:
       head = nn.Dense(self.k, dtype=dtype, kernel_init=trunc_normal_init(self.init_std),
