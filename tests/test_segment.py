@@ -29,14 +29,16 @@ PHOTOS = segment.PHOTOS
 # Pinned quality on the labelled photos (K = 20, λ = 0, 448 px, nearest upsampling, no CRF,
 # 4-connectivity), measured with this repository's pipeline on the 2-core CPU development
 # machine (float32). The default (discovery "multi_region", a box per segment, the mask the
-# segments off the border): IoU 0.482, CorLoc 1.0 (2/2). Reference DSM (--config.dsm.discovery=dsm): voc IoU 0.332 / best box IoU
-# 0.745 (hit), arc2017 IoU 0.785 / box IoU 0.484 (miss). The margin allows for float32 / XLA
-# differences across machines and library versions; the centred-box baseline measures 0.337
-# IoU, CorLoc 0.5.
+# segments with ≤ 10% of their patches on the border): IoU 0.581, CorLoc 0.5 (1/2), recall
+# 4/27, since its K-means is keyed by the photo's pixels (issue 21). Keyed by the file name it
+# measured IoU 0.482, CorLoc 2/2 on these names and other figures under other names: that
+# CorLoc was a property of the names, not of the method. Reference DSM
+# (--config.dsm.discovery=dsm): voc IoU 0.332 / best box IoU 0.745 (hit), arc2017 IoU 0.785 /
+# box IoU 0.484 (miss). The margin allows for float32 / XLA differences across machines and
+# library versions; the centred-box baseline measures 0.337 IoU, CorLoc 0.5, recall 1/27.
 IOU_MARGIN = 0.03
-# (fg IoU, CorLoc) on voc + arc2017. The default's mask is the segments with ≤ 10% of their
-# patches on the border (0.482; every segment gave 0.402, BUILD_NOTES "Object discovery").
-PINNED = {"default": (0.482, 1.0), "reference": (0.558, 0.5)}
+# (fg IoU, CorLoc) on voc + arc2017.
+PINNED = {"default": (0.581, 0.5), "reference": (0.558, 0.5)}
 
 
 def _run_command(args, timeout=600):
@@ -134,8 +136,7 @@ def test_quality_on_labelled_photos_is_pinned(request, which):
   assert g["foreground_iou"] >= iou - IOU_MARGIN
   assert g["corloc"] >= corloc
   assert g["foreground_iou"] > g["baseline"]["foreground_iou"] + 0.1   # well above the box
-  if which == "default":   # multi_region's boxes: better than the centred box and DSM's
-    assert g["corloc"] > g["baseline"]["corloc"]
+  if which == "default":   # multi_region's boxes: more objects found than the centred box
     assert g["object_recall"] > g["baseline"]["object_recall"]
 
 

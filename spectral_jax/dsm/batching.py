@@ -16,9 +16,9 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import os
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -197,9 +197,19 @@ def prefetched(sources: Iterable[Source], prepare_fn: Callable[[Source], Photo],
         on_error(source, e)
 
 
-def photo_key(seed: int, name: str) -> jax.Array:
-  """A PRNG key per photo from its name, so results do not depend on batching or order."""
-  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+def photo_key(seed: int, pixels: np.ndarray) -> jax.Array:
+  """A PRNG key per photo from its CONTENT: the seed folded with a hash of the pixels the
+  backbone sees (shape included), so a photo's K-means (and every output) depends on its
+  pixels and the settings only: not on its file name, folder, order, batch or batch size.
+
+  Args:
+    seed: the run's seed.
+    pixels: (h·P, w·P, 3) uint8, the resized photo cropped to whole patches (``Photo.pixels``).
+  """
+  pixels = np.ascontiguousarray(pixels)
+  digest = hashlib.blake2b(repr(pixels.shape).encode() + pixels.tobytes(), digest_size=4)
+  return jax.random.fold_in(jax.random.key(seed),
+                            int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF)
 
 
 def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, batch_size: int,
@@ -227,8 +237,8 @@ def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, bat
   for batch in batches(photos, batch_size=batch_size, patch_size=p, bucket_step=bucket_step,
                        max_side=longest):
     t0 = time.perf_counter()
-    rngs = jax.numpy.stack([photo_key(seed, ph.source.name) for ph in batch.photos]
-                           + [photo_key(seed, batch.photos[-1].source.name)]
+    rngs = jax.numpy.stack([photo_key(seed, ph.pixels) for ph in batch.photos]
+                           + [photo_key(seed, batch.photos[-1].pixels)]
                            * (batch_size - len(batch.photos)))
     grids = None
     if colour:

@@ -93,7 +93,7 @@ class PhotoResult:
   ``"box"``/``"boxes"`` are ``box``/``boxes``, ...). Made by :func:`photo_result`.
 
   Attributes:
-    name: the photo's name (its output stem; it also seeds its K-means, ``batching.photo_key``).
+    name: the photo's name (its output stem; results never depend on it).
     source: where it came from (a path, "bundled:<name>", "array").
     size: (H, W) of the photo.
     mask: (H, W) bool object mask (upsampled, refined when the settings say so).

@@ -5,11 +5,11 @@
     result.segments, result.instances          # (H, W) int32 label maps
 
 The answer is made by the code the segment command writes its files with
-(``dsm.batching.segment_photos`` → ``dsm.outputs.photo_result``): for the same settings, name
-and seed, ``result.mask`` is the command's ``NAME.mask.png``, ``box``/``boxes`` are
-``NAME.json``'s, ``segments``/``instances`` its label PNGs (tested). For many photos build a
-:class:`PhotoSegmenter` once: its compiled programs (one per padded patch grid,
-``batching.bucket``) are reused from call to call; for batches of arrays use
+(``dsm.batching.segment_photos`` → ``dsm.outputs.photo_result``): for the same pixels,
+settings and seed (never the name), ``result.mask`` is the command's ``NAME.mask.png``,
+``box``/``boxes`` are ``NAME.json``'s, ``segments``/``instances`` its label PNGs (tested).
+For many photos build a :class:`PhotoSegmenter` once: its compiled programs (one per padded
+patch grid, ``batching.bucket``) are reused from call to call; for batches of arrays use
 ``dsm.make_pipeline``.
 """
 
@@ -34,8 +34,9 @@ def photo_source(photo, name: str | None = None) -> batching.Source:
   Args:
     photo: a path to an image file, or an (H, W, 3) RGB array: uint8 (0–255), or floats in
       [0, 1] (quantised to uint8 as a decoded file would be; the command reads files).
-    name: the photo's name (its K-means key, ``batching.photo_key``, as the command's output
-      name); default: the file's stem, or "photo" for an array.
+    name: the photo's name (the command's output stem; results never depend on it: the
+      K-means key comes from the pixels, ``batching.photo_key``); default: the file's stem,
+      or "photo" for an array.
   Raises:
     ValueError / TypeError: not an (H, W, 3) RGB array of those kinds.
   """
@@ -72,7 +73,8 @@ class PhotoSegmenter:
       render: the ``dsm.outputs.RenderSettings`` (mask upsampling, CRF / bilateral solver);
         None: ``RenderSettings()`` (the command's defaults).
       image_size: the longer side photos are resized to (0: their own size).
-      seed: the K-means seed (with each photo's name, ``batching.photo_key``).
+      seed: the K-means seed (folded with a hash of each photo's pixels,
+        ``batching.photo_key``).
       bucket_step: patch grids are padded to multiples of this (fewer compiled programs; the
         padding changes no result).
     """
@@ -133,7 +135,7 @@ def segment(photo, *, backbone: backbones.Backbone | None = None,
     config: a ``dsm.PipelineConfig``; None: ``PipelineConfig()``, the command's defaults.
     render: ``dsm.outputs.RenderSettings``; None: the command's defaults (nearest, no CRF).
     image_size, seed: as :class:`PhotoSegmenter`.
-    name: the photo's name (seeds its K-means as the command's output name does).
+    name: the photo's name (the result's ``name``; it does not change the result).
   Returns:
     A ``dsm.outputs.PhotoResult``; the same as the segment command's files for that photo.
   """

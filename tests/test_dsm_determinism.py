@@ -1,0 +1,59 @@
+"""DSM's answer depends on the pixels and the settings only (issue 21): the same photo under
+three names (one in a sub-folder), at different batch positions beside different photos, with
+batch_size 1 and 4, gives byte-identical mask, segments and instance PNGs and identical boxes
+and eigenvalues, for every discovery method."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import segment
+from experiments.configs import segment as segment_config
+from spectral_jax import _cli, dsm
+from spectral_jax.datasets import samples
+
+COPIES = ("camera16", "coffee", "sub/zzz")   # the same pixels under three names
+OTHERS = ("voc", "chelsea", "astronaut")     # different photos around them in the batches
+FILES = ("mask", "segments", "instances")
+JSON_FIELDS = ("box", "boxes", "foreground_fraction", "eigenvalues")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("same_pixels")
+  coffee = samples.skimage_photo("coffee")
+  (root / "sub").mkdir()
+  for name in COPIES:
+    Image.fromarray(coffee).save(root / f"{name}.png")
+  for name in OTHERS:
+    rgb = samples.labelled_photo(name).rgb if name in samples.LABELLED_SAMPLES else (
+        samples.skimage_photo(name))
+    Image.fromarray(rgb).save(root / f"{name}.png")
+  return root
+
+
+def _run(folder, out, method: str, batch_size: int):
+  cfg = segment_config.get_config("test")
+  for field, value in (("images", str(folder)), ("recursive", True), ("out", str(out)),
+                       ("batch_size", batch_size), ("dsm.discovery", method)):
+    _cli.set_field(cfg, field, value)
+  segment.run(cfg)
+  photos = out / segment.PHOTOS
+  return {name: ({k: (photos / f"{name}.{k}.png").read_bytes() for k in FILES},
+                 {k: json.loads((photos / f"{name}.json").read_text())[k] for k in JSON_FIELDS})
+          for name in COPIES}
+
+
+@pytest.mark.parametrize("method", dsm.DISCOVERY_METHODS)
+def test_same_pixels_same_bytes(folder, tmp_path, method):
+  runs = [_run(folder, tmp_path / f"b{b}", method, b) for b in (1, 4)]
+  reference_files, reference_json = runs[0][COPIES[0]]
+  assert np.any(np.asarray(Image.open(folder / "coffee.png")))   # a real photo, not blank
+  for batch_size, run in zip((1, 4), runs):
+    for name in COPIES:
+      files, fields = run[name]
+      for kind in FILES:
+        assert files[kind] == reference_files[kind], (method, batch_size, name, kind)
+      assert fields == reference_json, (method, batch_size, name)
