@@ -23,8 +23,8 @@ compiled memory analysis of the kernel construction alone with and without block
 (temp bytes: the working set beyond inputs and outputs). Same machine, same run. Flags set the
 sizes, so it runs unchanged on a GPU (``--torch_device cuda``).
 
-``--backbone`` times the **full step** of issue #14 instead: augmented uint8 crops in → the
-frozen DINOv2 ViT-S/14 (offline weights) → ψ inputs (blocks 0 and 6, last-block keys), graph
+``--backbone`` times the **full step** instead, the frozen backbone inside the jitted step:
+augmented uint8 crops in → the frozen DINOv2 ViT-S/14 (offline weights) → ψ inputs (blocks 0 and 6, last-block keys), graph
 features (last-block keys) and pixel grids → the step above. JAX: ``make_image_train_step`` (one
 jitted program with the backbone inside); PyTorch: Hugging Face ``Dinov2Model`` (the same
 weights, ``sdpa`` attention, ``inference_mode``) with hooks for the keys, ``F.interpolate`` for
