@@ -24,11 +24,12 @@ compiled memory analysis of the kernel construction alone with and without block
 sizes, so it runs unchanged on a GPU (``--torch_device cuda``).
 
 ``--backbone`` times the **full step** instead, the frozen backbone inside the jitted step:
-augmented uint8 crops in → the frozen DINOv2 ViT-S/14 (offline weights) → ψ inputs (blocks 0 and 6, last-block keys), graph
-features (last-block keys) and pixel grids → the step above. JAX: ``make_image_train_step`` (one
-jitted program with the backbone inside); PyTorch: Hugging Face ``Dinov2Model`` (the same
-weights, ``sdpa`` attention, ``inference_mode``) with hooks for the keys, ``F.interpolate`` for
-the grids, then the reference step. Crops are ``--grid``·14 px (336 at the reference grid).
+augmented uint8 crops in → the frozen DINOv2 ViT-S/14 (offline weights) → ψ inputs (blocks 0 and
+6, last-block keys), graph features (last-block keys) and pixel grids → the step above. JAX:
+``make_image_train_step`` (one jitted program with the backbone inside); PyTorch: Hugging Face
+``Dinov2Model`` (the same weights, ``sdpa`` attention, ``inference_mode``) with hooks for the
+keys, ``F.interpolate`` for the grids, then the reference step. Crops are ``--grid``·14 px (336
+at the reference grid).
 
 Run: PYTHONPATH=. python benchmarks/neuralef.py [--images 16 --grid 24 --repeats 3]
      PYTHONPATH=. python benchmarks/neuralef.py --backbone [--images 16 --grid 24]
