@@ -35,6 +35,7 @@ from spectral_jax.dsm import evaluate as dsm_evaluate
 from spectral_jax.datasets import images as image_io
 
 KINDS = ("boxes", "mask", "semantic")
+OWNED = ("metrics.json", "boxes.json", "objects.json", "per_image.json", "masks")   # overwritten
 NAMES = tuple(n for n in datasets.DATASETS if datasets.kind(n) in KINDS)
 
 _CONFIG = _cli.define_config_file(
@@ -137,7 +138,13 @@ def run(cfg) -> dict:
     with _cli.usage_errors():
       dsm_evaluate.check_semantic_setup(pipeline_config, dataset, cfg.semantic.num_clusters,
                                         cfg.semantic.matching)
-  out.mkdir(parents=True, exist_ok=True)
+  with _cli.output_run(str(out), overwrite=cfg.overwrite, owned=OWNED,
+                       overwrite_hint="--overwrite"):
+    return _evaluate(cfg, out, dataset, kind, pipeline_config, render, t0)
+
+
+def _evaluate(cfg, out, dataset, kind, pipeline_config, render, t0) -> dict:
+  """`run`'s work inside its locked, marked output folder."""
   backbone = common.load_backbone(cfg)
   segmenter = dsm.make_pipeline(backbone, pipeline_config)
   n = min(cfg.limit or len(dataset), len(dataset))
@@ -175,9 +182,10 @@ def run(cfg) -> dict:
   rows = report_rows(cfg.dataset, result.metrics)
   print(f"\n{cfg.dataset} {dataset.split}, {result.metrics['num_images']} images"
         f"{f', {len(result.failures)} skipped' if result.failures else ''}:")
-  print(f"{'metric':<16} {'measured':>9} {'paper':>7}")
+  width = max(len("metric"), *(len(metric) for metric, _, _ in rows))
+  print(f"{'metric':<{width}} {'measured':>9} {'paper':>7}")
   for metric, measured, paper in rows:
-    print(f"{metric:<16} {measured:>9} {paper:>7}")
+    print(f"{metric:<{width}} {measured:>9} {paper:>7}")
   per_class = {k: v for k, v in result.metrics.get("per_class_iou", {}).items() if v is not None}
   if per_class:   # classes in neither ground truth nor prediction have no IoU: not listed
     print("IoU per class (%):")

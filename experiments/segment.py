@@ -44,6 +44,8 @@ from spectral_jax.dsm import batching, outputs
 
 DEFAULT_OUT = "segment_output"
 PHOTOS = "photos"  # OUT/photos/... holds the per-photo files; run-level files sit beside it
+OWNED = (PHOTOS, "summary.json", "index.html")   # what an overwrite replaces
+OVERWRITE_HINT = "--overwrite"
 
 _CONFIG = _cli.define_config_file(
     "config", str(pathlib.Path(__file__).parent / "configs" / "segment.py"),
@@ -54,6 +56,9 @@ _CONFIG = _cli.define_config_file(
 _SHORT_FLAGS = {
     "images": ("images", flags.DEFINE_string, "folder of photos (default: the bundled photos)"),
     "out": ("out", flags.DEFINE_string, f"output folder (default: ./{DEFAULT_OUT})"),
+    "overwrite": ("overwrite", flags.DEFINE_boolean,
+                  "replace the outputs of an earlier run in --out (as evaluate_dsm --overwrite)"),
+    "recursive": ("recursive", flags.DEFINE_boolean, "also read the sub-folders of --images"),
     "samples": ("samples", flags.DEFINE_string, "comma-separated subset of the bundled photos"),
     "backbone": ("backbone.name", flags.DEFINE_string, "backbone name, e.g. dinov2_vits14"),
     "weights": ("backbone.weights", flags.DEFINE_string,
@@ -168,8 +173,9 @@ def print_report(records: list[dict], summary: dict, out: pathlib.Path) -> None:
           f"{gt['object_recall']:.3f} of {gt['objects']}; centred-box baseline: "
           f"IoU {b['foreground_iou']:.3f}, CorLoc {b['corloc']:.2f}, recall "
           f"{b['object_recall']:.3f}")
-  for src, why in summary["failures"].items():
-    print(f"skipped {src}: {why}")
+  if summary["failures"]:   # each was reported on stderr when it happened
+    print(f"{len(summary['failures'])} photo(s) skipped (see above and summary.json "
+          "\"failures\")")
   t = summary["timings_s"]
   print(f"\n{summary['num_ok']} photos in {t['wall']:.1f} s (compiles included); outputs, "
         f"summary.json and index.html in {out}/ (open {out / 'index.html'})")
@@ -255,8 +261,7 @@ def prepare_out(cfg) -> pathlib.Path:
     if resolved == root or root.is_relative_to(resolved):
       raise _cli.UsageError(f"--images ({root}) must not be --out ({resolved}) or inside it: "
                             "the run would read its own outputs; choose another --out")
-  return _cli.output_folder(str(out), overwrite=cfg.overwrite,
-                           overwrite_hint="--config.overwrite=True")
+  return _cli.output_folder(str(out), overwrite=cfg.overwrite, overwrite_hint=OVERWRITE_HINT)
 
 
 def run(cfg: ml_collections.ConfigDict) -> dict:
@@ -270,6 +275,13 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
   pipeline_config, render = check_config(cfg)
   out = prepare_out(cfg)
   sources, skipped = collect_sources(cfg, out)
+  with _cli.output_run(str(out), overwrite=cfg.overwrite, owned=OWNED,
+                       overwrite_hint=OVERWRITE_HINT):
+    return _segment(cfg, out, sources, skipped, pipeline_config, render, t_start)
+
+
+def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> dict:
+  """`run`'s work inside its locked, marked output folder."""
   backbone = common.load_backbone(cfg)
   patch_size = backbone.config.patch_size
   segmenter = dsm.make_pipeline(backbone, pipeline_config)

@@ -20,8 +20,10 @@ import json
 import os
 import pathlib
 import pickle
+import shutil
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -292,17 +294,25 @@ def directory_flag(name: str, value: str) -> pathlib.Path:
   return path
 
 
-def output_folder(value: str, *, overwrite: bool, overwrite_hint: str) -> pathlib.Path:
+def output_folder(value: str, *, overwrite: bool, overwrite_hint: str,
+                  what: str = "--out") -> pathlib.Path:
   """An output folder (not created): a `UsageError` if it, or a folder above it, is a file, or
   if it already holds files and ``overwrite`` is False — no run silently replaces another's
-  outputs. ``overwrite_hint`` names the flag that allows it."""
+  outputs. ``overwrite_hint`` names the flag that allows it. A folder whose run did not finish
+  (`output_run`'s marker) says so. The cheap check a command makes before loading anything;
+  `output_run` makes it again under the folder's lock."""
   out = pathlib.Path(value).expanduser()
   for parent in [out, *out.parents]:
     if parent.exists() and not parent.is_dir():
-      raise UsageError(f"--out {str(out)!r}: {str(parent)!r} is a file, not a folder")
-  if out.is_dir() and any(out.iterdir()) and not overwrite:
-    raise UsageError(f"--out {str(out)!r} already holds files (an earlier run?); choose "
-                     f"another --out or pass {overwrite_hint} to replace them")
+      raise UsageError(f"{what} {str(out)!r}: {str(parent)!r} is a file, not a folder")
+  existing = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+  if existing and not overwrite:
+    if INCOMPLETE_NAME in existing:
+      raise UsageError(f"{what} {str(out)!r} holds an earlier run that did not finish "
+                       f"({INCOMPLETE_NAME}); pass {overwrite_hint} to replace it or choose "
+                       f"another {what}")
+    raise UsageError(f"{what} {str(out)!r} already holds files (an earlier run?); choose "
+                     f"another {what} or pass {overwrite_hint} to replace them")
   return out
 
 
@@ -336,6 +346,42 @@ def exclusive_folder(folder: str | os.PathLike, *, what: str = "--out"):
     yield folder
   finally:
     os.close(fd)   # releases the flock
+
+
+INCOMPLETE_NAME = "RUN_INCOMPLETE"
+
+
+@contextlib.contextmanager
+def output_run(value: str, *, overwrite: bool, owned: Sequence[str], overwrite_hint: str,
+               what: str = "--out"):
+  """An output folder for one run, transactional and exclusive.
+
+  Inside the block the folder is locked (`exclusive_folder`: a second run refuses, naming the
+  holder's PID) and marked ``RUN_INCOMPLETE``; the marker is removed only when the block ends
+  normally, so a killed or failed run's folder is recognisable as such. A folder holding files
+  is refused unless ``overwrite``; an overwrite first removes the entries the command owns
+  (``owned``: the names its runs write, e.g. ``photos``, ``summary.json``), so no file of the
+  earlier run survives beside the new ones; files it does not own are left alone.
+
+  Raises:
+    UsageError: the folder (or a folder above it) is a file, it holds files and ``overwrite``
+      is False, or another run holds it.
+  """
+  out = output_folder(value, overwrite=overwrite, overwrite_hint=overwrite_hint, what=what)
+  with exclusive_folder(out, what=what):
+    output_folder(value, overwrite=overwrite, overwrite_hint=overwrite_hint, what=what)
+    existing = {p.name for p in out.iterdir()}
+    for name in {*owned, INCOMPLETE_NAME} & existing:
+      path = out / name
+      if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+      else:
+        path.unlink()
+    marker = out / INCOMPLETE_NAME
+    marker.write_text(f"pid {os.getpid()} started {time.strftime('%Y-%m-%d %H:%M:%S')}; "
+                      "removed when the run finishes\n")
+    yield out
+    marker.unlink()
 
 
 def run(main: Callable[[Sequence[str]], int | None]) -> None:

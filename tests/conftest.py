@@ -370,3 +370,29 @@ def run_on_cpu_devices():
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
   return run
+
+
+@pytest.fixture
+def hold_lock():
+  """``hold_lock(folder) -> pid``: a child process holding ``folder``'s run lock
+  (``_cli.exclusive_folder``, what a running command holds) until the test ends; it is killed
+  and reaped whatever the outcome."""
+  procs = []
+
+  def hold(folder) -> int:
+    code = ("import sys\nfrom spectral_jax import _cli\n"
+            f"with _cli.exclusive_folder({str(folder)!r}):\n"
+            "  print('held', flush=True)\n  sys.stdin.readline()\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1])))
+    procs.append(proc)
+    assert proc.stdout.readline().strip() == "held"
+    return proc.pid
+
+  yield hold
+  for proc in procs:
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    proc.stdout.close()

@@ -558,3 +558,12 @@ def test_divergence_stops_at_the_first_non_finite_loss_and_saves_nothing(tmp_pat
   finally:
     manager.close()
   assert not list((tmp_path / "ck").glob("3*"))
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, config, features, hold_lock):
+  """Two trainings on one workdir used to interleave metrics.jsonl and die in orbax: the
+  second now refuses at once, naming the holder, and writes nothing."""
+  pid = hold_lock(tmp_path)
+  with pytest.raises(ValueError, match=f"workdir .* is in use by another run \\(PID {pid}\\)"):
+    train_lib.train(config, tmp_path, features)
+  assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()

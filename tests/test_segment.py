@@ -18,7 +18,7 @@ from PIL import Image
 
 from experiments import segment
 from experiments.configs import segment as segment_config
-from spectral_jax import dsm, metrics, viz
+from spectral_jax import _cli, dsm, metrics, viz
 from spectral_jax.datasets import samples
 
 ROOT = pathlib.Path(__file__).absolute().parents[1]
@@ -426,3 +426,41 @@ def test_bilateral_refinement_is_the_library_solver_on_the_plain_mask(tmp_path):
   done = _run_command(base + [f"--out={tmp_path / 'both'}", "--bilateral", "--crf"])
   assert done.returncode == 2 and "choose one mask refinement" in done.stderr
   assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_second_run_on_the_same_out_is_refused_naming_the_holder(tmp_path, hold_lock):
+  out = tmp_path / "out"
+  holder = hold_lock(out)
+  with pytest.raises(ValueError, match=f"in use by another run \\(PID {holder}\\)"):
+    segment.run(_test_config(tmp_path, samples="voc"))
+  assert not (out / PHOTOS).exists()            # the refused run wrote nothing
+
+
+def test_overwrite_is_transactional(tmp_path, monkeypatch):
+  """An overwrite removes the earlier run's files first (no old photo, no old summary.json
+  beside the new ones); a run that dies part-way leaves RUN_INCOMPLETE and no summary.json, and
+  the next run says so; a finished run leaves no marker."""
+  from spectral_jax.dsm import outputs   # pylint: disable=import-outside-toplevel
+  out = tmp_path / "out"
+  segment.run(_test_config(tmp_path, samples="voc,arc2017"))
+  assert (out / "summary.json").exists() and not (out / _cli.INCOMPLETE_NAME).exists()
+  real = outputs.write_photo
+
+  def dies_after_one(result, *args, **kwargs):
+    if (out / PHOTOS / "voc.json").exists():
+      raise KeyboardInterrupt
+    return real(result, *args, **kwargs)
+
+  monkeypatch.setattr(outputs, "write_photo", dies_after_one)
+  with pytest.raises(KeyboardInterrupt):
+    segment.run(_test_config(tmp_path, samples="voc,arc2017", overwrite=True))
+  monkeypatch.undo()
+  assert not (out / "summary.json").exists()                   # never an old summary
+  assert not (out / PHOTOS / "arc2017.json").exists()          # nor an old photo's files
+  assert (out / _cli.INCOMPLETE_NAME).exists()
+  with pytest.raises(ValueError, match="did not finish .*RUN_INCOMPLETE.*--overwrite"):
+    segment.run(_test_config(tmp_path, samples="voc"))
+  summary = segment.run(_test_config(tmp_path, samples="voc", overwrite=True))
+  assert sorted(summary["images"]) == ["voc"]
+  assert sorted(p.name for p in (out / PHOTOS).glob("*.json")) == ["voc.json"]
+  assert not (out / _cli.INCOMPLETE_NAME).exists()

@@ -19,6 +19,7 @@ checkpoints from all processes together.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -297,6 +298,7 @@ def train(config: ml_collections.ConfigDict | config_lib.Checked, workdir: str |
     A `TrainResult`.
   Raises:
     ConfigMismatchError: ``workdir`` holds a checkpoint of another config.
+    _cli.UsageError: another run holds ``workdir`` (its PID is named).
     ValueError: a batch that does not fit the data or the devices.
   """
   if (features is None) == (source is None) or (source is not None and backbone is None):
@@ -314,12 +316,16 @@ def train(config: ml_collections.ConfigDict | config_lib.Checked, workdir: str |
   config = checked.config
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  feeder = (FeatureFeeder(config, features, mesh) if source is None
-            else ImageFeeder(checked, source, backbone, mesh))
-  try:
-    return _loop(config, workdir, feeder, mesh, stop_at, callback)
-  finally:
-    feeder.close()
+  # One run per workdir (process 0 holds the lock: the other processes of a multi-host run
+  # share it): a second run refuses instead of interleaving metrics.jsonl and checkpoints.
+  with (_cli.exclusive_folder(workdir, what="workdir") if jax.process_index() == 0
+        else contextlib.nullcontext()):
+    feeder = (FeatureFeeder(config, features, mesh) if source is None
+              else ImageFeeder(checked, source, backbone, mesh))
+    try:
+      return _loop(config, workdir, feeder, mesh, stop_at, callback)
+    finally:
+      feeder.close()
 
 
 def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
