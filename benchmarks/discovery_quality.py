@@ -24,7 +24,7 @@ import numpy as np
 
 from experiments import segment
 from experiments.configs import segment as segment_config
-from spectral_jax import _cli, dsm, protocols
+from spectral_jax import _cli, protocols
 from spectral_jax.datasets import samples
 
 # name → (overrides of the segment config's dsm section, or of any field by its dotted path,

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
 from absl import flags
-from tqdm import tqdm
 
 from experiments import common
-from spectral_jax import _cli, backbones, datasets, dsm, viz
+from spectral_jax import _cli, backbones, datasets, dsm, progress, viz
 from spectral_jax.dsm import evaluate as dsm_evaluate
 from spectral_jax.datasets import images as image_io
 
@@ -154,7 +152,7 @@ def _evaluate(cfg, out, dataset, kind, pipeline_config, render, t0) -> dict:
         f"K={cfg.dsm.num_eigenvectors}\nweights: {backbone.config.weights_note}", flush=True)
 
   def skip(image_id, error):
-    tqdm.write(f"skipping {image_id}: {error}", file=sys.stderr)
+    progress.write(f"skipping {image_id}: {error}")
 
   def save_mask(image_id, mask):
     path = out / "masks" / f"{image_id}.png"

@@ -24,7 +24,6 @@ not saved: the line lists those that were), 1 for failed work (--verbosity=1 add
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax.numpy as jnp

@@ -28,16 +28,14 @@ from __future__ import annotations
 import html
 import json
 import pathlib
-import sys
 import time
 
 import ml_collections
 import numpy as np
 from absl import flags
-from tqdm import tqdm
 
 from experiments import common
-from spectral_jax import _cli, backbones, dsm, viz
+from spectral_jax import _cli, backbones, dsm, progress, viz
 from spectral_jax.datasets import images as image_io
 from spectral_jax.datasets import samples
 from spectral_jax.dsm import batching, outputs
@@ -291,7 +289,7 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
 
   def skip(source, error):
     failures[source.origin] = str(error)
-    tqdm.write(f"skipping {source.origin}: {error}", file=sys.stderr)
+    progress.write(f"skipping {source.origin}: {error}")
 
   where = cfg.images or "the bundled photos"
   print(f"DSM on {len(sources)} photos from {where} → {out}/\n{_config_text(cfg, backbone)}\n"
@@ -300,8 +298,8 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
   stream = batching.segment_photos(
       segmenter, sources, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
       bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip)
-  for photo, res, timing in tqdm(stream, total=len(sources), desc="segment", unit="photo",
-                                   disable=None):
+  for photo, res, timing in progress.progress(stream, total=len(sources), desc="segment",
+                                             unit="photo"):
     name, started = photo.source.name, time.perf_counter()
     result = outputs.photo_result(photo, res, patch_size=patch_size, settings=render,
                                   image_size=cfg.image_size)
@@ -310,7 +308,7 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
         timings=timing, started=started, ground_truth=ground_truth(photo.source)))
     photo.original = None
     for w in records[-1]["warnings"]:
-      tqdm.write(f"warning: {photo.source.origin}: {w}", file=sys.stderr)
+      progress.write(f"warning: {photo.source.origin}: {w}")
     if cfg.semantic.enabled:
       h, w = photo.grid
       kept.append((photo, res.semantic_segments[:h, :w], res.semantic_valid,

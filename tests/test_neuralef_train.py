@@ -567,3 +567,20 @@ def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, config, features,
   with pytest.raises(ValueError, match=f"workdir .* is in use by another run \\(PID {pid}\\)"):
     train_lib.train(config, tmp_path, features)
   assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_progress_off_a_terminal_is_one_line_per_logged_step(tmp_path, config, features, capfd):
+  """Under nohup or a scheduler (stderr not a terminal) training prints a line at each logged
+  step with the loss, τ, learning rate, rate and ETA, and nothing in between."""
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.log.progress = True
+    cfg.log.every = 5
+  train_lib.train(cfg, tmp_path, features, stop_at=10)
+  lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.startswith("train: ")]
+  logged = [r["step"] for r in train_lib.read_metrics(tmp_path / "metrics.jsonl")]
+  assert logged == [1, 5, 10]
+  assert [ln.split()[1] for ln in lines[:3]] == ["1/10", "5/10", "10/10"], lines   # stop_at
+  assert all("loss " in ln and "tau " in ln and "lr " in ln for ln in lines[:3])
+  assert "ETA" in lines[1] and "step" in lines[1]
+  assert len(lines) <= 4      # plus at most the closing line

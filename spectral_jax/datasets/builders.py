@@ -1,6 +1,6 @@
 """tensorflow-datasets builders of the benchmarks: prepared once to ArrayRecord, read with NumPy.
 
-    datasets.prepare("voc07", "/data", tfds_dir="/prepared")          # once (tqdm bar)
+    datasets.prepare("voc07", "/data", tfds_dir="/prepared")          # once (progress on stderr)
     ds = datasets.load("voc07", split="trainval", tfds_dir="/prepared")  # a PreparedSource
     ds[0]   # the same Record as datasets.load("voc07", "/data")[0]
 
@@ -39,9 +39,9 @@ import tempfile
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
-from tqdm import tqdm
 
 from spectral_jax import datasets
+from spectral_jax import progress as progress_lib
 from spectral_jax.datasets import images as image_io
 from spectral_jax.datasets import coco, core, saliency, semantic, voc
 
@@ -243,8 +243,9 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(source)}
 
   def _generate_examples(self, source):
-    for index in tqdm(range(len(source)), desc=f"prepare {self.name} {source.split}",
-                      unit="img", disable=not self._progress):
+    for index in progress_lib.progress(range(len(source)),
+                                       desc=f"prepare {self.name} {source.split}", unit="img",
+                                       enabled=self._progress):
       try:
         record = source[index]
       except (OSError, ValueError) as e:

@@ -17,9 +17,9 @@ import threading
 from collections.abc import Callable
 
 import numpy as np
-from tqdm import tqdm
 
 from spectral_jax import bilateral as bilateral_lib, protocols
+from spectral_jax import progress as progress_lib
 from spectral_jax.dsm import batching, localisation, masks, outputs
 
 __all__ = ["PAPER", "Evaluation", "check_semantic_setup", "evaluate_dsm",
@@ -70,7 +70,7 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
     image_size, batch_size, seed, prefetch, bucket_step: as ``dsm.batching.segment_photos``.
     limit: evaluate the first ``limit`` images only (None: all).
     upsample: the object mask's upsampling ("nearest", the reference, or "bilinear").
-    progress: a tqdm bar on stderr.
+    progress: progress on stderr (a bar on a terminal, bounded-rate lines off one).
     on_error: called with (image id, error) for an image that cannot be read or processed;
       it is skipped and listed in ``failures``.
     on_mask: called with (image id, (H, W) bool object mask) for kind "mask", or (image id,
@@ -122,8 +122,8 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
                                    batch_size=batch_size, seed=seed, prefetch=prefetch,
                                    bucket_step=bucket_step, on_error=skip,
                                    keep_original=bilateral is not None and kind == "mask")
-  for photo, res, _ in tqdm(stream, total=n, desc=f"DSM {dataset.name}", unit="img",
-                            disable=not progress):
+  for photo, res, _ in progress_lib.progress(stream, total=n, desc=f"DSM {dataset.name}",
+                                             unit="img", enabled=progress):
     with lock:
       rec = pending.pop(photo.source.name)
     box = localisation.scale_boxes(res.patches.box, photo.input_hw, photo.size)
@@ -246,8 +246,8 @@ def semantic_over_dataset(dataset, kept: list, *, patch_size: int, num_clusters:
   names = list(getattr(dataset, "class_names", None) or range(num_classes))
   lookups = outputs.cluster_segments(kept, num_clusters=num_clusters, pca_dim=pca_dim, seed=seed)
   confusion = np.zeros((num_classes, num_clusters + 1), np.int64)
-  for (photo, segments, valid, _), lookup in tqdm(
-      list(zip(kept, lookups)), desc=f"score {dataset.name}", unit="img", disable=not progress):
+  for (photo, segments, valid, _), lookup in progress_lib.progress(
+      list(zip(kept, lookups)), desc=f"score {dataset.name}", unit="img", enabled=progress):
     image_id = photo.source.name
     labels = outputs.semantic_labels(photo, segments, valid, lookup, patch_size=patch_size)
     target = dataset.read(image_id).class_mask

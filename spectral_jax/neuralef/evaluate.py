@@ -37,11 +37,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from spectral_jax import clustering
 from spectral_jax import image_ops
 from spectral_jax import metrics
+from spectral_jax import progress as progress_lib
 from spectral_jax import protocols
 from spectral_jax.backbones import vit
 from spectral_jax.datasets import samples
@@ -625,7 +625,8 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
   confusion = {m: np.zeros((num_classes, clusters[m]), np.int64) for m in methods}
   out_dir = pathlib.Path(output_dir) if output_dir is not None else None
   shown, ids, pixels = [], [], 0
-  for i in tqdm(range(n), desc=f"NeuralEF {name}", unit="img", disable=not progress):
+  for i in progress_lib.progress(range(n), desc=f"NeuralEF {name}", unit="img",
+                                 enabled=progress):
     rec = source[i]
     if rec.class_mask is None:
       raise ValueError(f"{name} image {rec.id} has no class mask")

@@ -31,10 +31,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from spectral_jax import backbones
 from spectral_jax import graphs
+from spectral_jax import progress as progress_lib
 from spectral_jax.datasets import pipeline
 from spectral_jax.datasets import transforms
 from spectral_jax.datasets.images import NamedImage
@@ -199,7 +199,7 @@ def extract_feature_set(backbone, images: Sequence[NamedImage], aug: transforms.
     aug: the crops to take.
     batch_size: views per backbone call.
     dtype: storage dtype of ψ's input and the graph features ("float32" or "float16").
-    progress: show a tqdm bar.
+    progress: show progress on stderr.
   Returns:
     The `FeatureSet` (its ``key`` computed as `cache_key` does).
   """
@@ -222,7 +222,7 @@ def extract_feature_set(backbone, images: Sequence[NamedImage], aug: transforms.
   psi_inputs, graph_feats = [], []
   starts = range(0, len(views), batch_size)
   if progress:
-    starts = tqdm(starts, desc="backbone features", unit="batch")
+    starts = progress_lib.progress(starts, desc="backbone features", unit="batch")
   for s in starts:
     chunk = jnp.asarray(views[s:s + batch_size], jnp.float32) / 255.0
     a, b = run(backbone, chunk)

@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from spectral_jax import _cli
 from spectral_jax import backbones
+from spectral_jax import progress as progress_lib
 from spectral_jax.datasets import pipeline
 from spectral_jax.neuralef import checkpoint as ckpt
 from spectral_jax.neuralef import config as config_lib
@@ -346,8 +347,9 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
   history, interrupted = [], False
   bar = None
   if is_main and config.log.progress and step < stop:
-    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-    bar = tqdm(total=stop, initial=step, desc="train", unit="step")
+    # Off a terminal: one line per logged step (below), none in between.
+    bar = progress_lib.progress(total=stop, initial=step, desc="train", unit="step",
+                                every_percent=100.0, every_s=float("inf"))
   clock, clock_step = time.perf_counter(), step
   try:
     while step < stop:
@@ -356,6 +358,8 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
         batch, info = feeder.batch(step)
         new_state, metrics = train_step(state, batch)
         state, step, data_state = new_state, step + 1, feeder.state()
+        if bar is not None:
+          bar.update(1)
         probe = hook.probe is not None and (hook.due(step) or step == stop)
         if step % int(config.log.every) == 0 or step == stop or step == 1 or probe:
           jax.block_until_ready(metrics)  # only here: between logged steps dispatch runs ahead
@@ -376,11 +380,12 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
           history.append(record)
           logger.write(record)
           if bar is not None:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", tau=f"{record['tau']:.3f}")
+            bar.set_postfix(loss=f"{record['loss']:.4g}", tau=f"{record['tau']:.3f}",
+                            lr=f"{record['learning_rate']:.3g}")
+            if isinstance(bar, progress_lib.LineProgress):
+              bar.write(bar.line())
           if callback is not None:
             callback(step, record)
-        if bar is not None:
-          bar.update(1)
         ckpt.save_checkpoint(manager, state, config, force=step == stop, step=step,
                         data_state=data_state)
   except KeyboardInterrupt:
