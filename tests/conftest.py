@@ -29,6 +29,40 @@ def rng():
   return np.random.default_rng(0)
 
 
+# ------------------------------------------------------------------ PyTorch reference fixtures
+# torch and transformers are the references of some parity tests (the `reference` extra). A test
+# that needs one takes the `torch` / `transformers` fixture (never a module-level import), so
+# that without them it skips with its reason printed (`-rs`), and it is marked `reference`:
+# .ci/run runs `pytest -m reference` where they are installed, with
+# SPECTRAL_JAX_REQUIRE_REFERENCE=1 turning the skip into a failure, so none goes unrun.
+REFERENCE_FIXTURES = ("torch", "transformers")
+
+
+def _reference_module(name: str):
+  if os.environ.get("SPECTRAL_JAX_REQUIRE_REFERENCE") == "1":
+    return __import__(name)
+  return pytest.importorskip(name, reason=f"{name} is the reference here; "
+                             'pip install -e ".[reference]" to run this parity test')
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """PyTorch, the reference implementation (skips the test without it)."""
+  return _reference_module("torch")
+
+
+@pytest.fixture(scope="session")
+def transformers():
+  """Hugging Face transformers, whose ViTModel / Dinov2Model are the backbone references."""
+  return _reference_module("transformers")
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if set(REFERENCE_FIXTURES) & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.reference)
+
+
 def child_processes(parent: int | None = None) -> dict[int, str]:
   """``{pid: command line}`` of the processes whose parent is ``parent`` (default: this one),
   zombies included, from /proc/<pid>/stat."""

@@ -27,10 +27,8 @@ def _images(rng, batch, height, width):
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def small_pair(request):
+def small_pair(request, torch, transformers):
   """(backbone, HF model with the same random weights) for one family."""
-  pytest.importorskip("torch", reason="torch runs the reference models")
-  pytest.importorskip("transformers", reason="transformers holds ViTModel / Dinov2Model")
   config = _small_config(request.param)
   backbone = reference.random_backbone(config, seed=1)
   return backbone, reference.hf_model(config, backbone.params)
@@ -56,10 +54,8 @@ def test_matches_hugging_face(small_pair, grid, extra, rng):
                                rtol=1e-5, err_msg=f"block {i}")
 
 
-def test_full_size_vit_s16_matches_hugging_face(rng):
+def test_full_size_vit_s16_matches_hugging_face(rng, torch, transformers):
   """Real DINO ViT-S/16 dimensions, non-square grid 10×15 resampled from 14×14."""
-  pytest.importorskip("torch", reason="torch runs the reference models")
-  pytest.importorskip("transformers", reason="transformers holds ViTModel / Dinov2Model")
   config = backbones.get_config("dino_vits16", pos_interp="bicubic")
   backbone = reference.random_backbone(config, seed=4)
   images = _images(rng, 1, 160, 240)
@@ -75,10 +71,8 @@ def test_full_size_vit_s16_matches_hugging_face(rng):
 
 
 @pytest.mark.parametrize("name", ["dino_vits16", "dinov2_vits14"])
-def test_parameter_count_matches_hugging_face(name):
+def test_parameter_count_matches_hugging_face(name, torch, transformers):
   """Full-size ViT-S: as many parameters as the HF model (less its unused mask_token)."""
-  torch = pytest.importorskip("torch", reason="torch runs the reference models")
-  pytest.importorskip("transformers", reason="transformers holds ViTModel / Dinov2Model")
   config = backbones.get_config(name)
   ours = sum(int(np.prod(shape)) for shape in vit.param_shapes(config).values())
   make, hf_config, _ = reference.hf_architecture(config)

@@ -11,9 +11,8 @@ from spectral_jax.backbones import posemb
 CASES = [(14, (20, 30)), (37, (16, 16)), (37, (32, 24)), (24, (30, 17)), (6, (3, 9))]
 
 
-def _torch_reference(grid, new_hw, mode):
+def _torch_reference(torch, grid, new_hw, mode):
   """What each reference calls: HF / timm by size; DINO & DINOv2 by scale factor + 0.1."""
-  torch = pytest.importorskip("torch", reason="torch is the reference for interpolation")
   F = torch.nn.functional
   x = torch.from_numpy(np.array(grid)).permute(2, 0, 1)[None]
   side = grid.shape[0]
@@ -29,18 +28,18 @@ def _torch_reference(grid, new_hw, mode):
 
 @pytest.mark.parametrize("mode", posemb.MODES)
 @pytest.mark.parametrize("side,new_hw", CASES)
-def test_resample_grid_matches_torch(side, new_hw, mode, rng):
+def test_resample_grid_matches_torch(side, new_hw, mode, rng, torch):
   grid = rng.normal(size=(side, side, 5)).astype(np.float32)
-  expected = _torch_reference(grid, new_hw, mode)
+  expected = _torch_reference(torch, grid, new_hw, mode)
   got = np.asarray(posemb.resample_grid(jnp.asarray(grid), new_hw, mode))
   assert got.shape == expected.shape
   np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
 
 
-def test_keys_cubic_kernel_is_not_jax_image_resize(rng):
+def test_keys_cubic_kernel_is_not_jax_image_resize(rng, torch):
   """PyTorch's a = -0.75 differs from jax.image.resize's cubic: the kernel must be ours."""
   grid = rng.normal(size=(14, 14, 4)).astype(np.float32)
-  expected = _torch_reference(grid, (20, 30), "bicubic")
+  expected = _torch_reference(torch, grid, (20, 30), "bicubic")
   jax_cubic = np.asarray(jax.image.resize(grid, (20, 30, 4), "cubic", antialias=False))
   assert np.abs(jax_cubic - expected).max() > 1e-2
 
@@ -58,7 +57,7 @@ def test_resample_matrix_rows_sum_to_one(mode):
 
 
 @pytest.mark.parametrize("mode", posemb.MODES)
-def test_interpolate_pos_embed_keeps_cls_and_native_grid(mode, rng):
+def test_interpolate_pos_embed_keeps_cls_and_native_grid(mode, rng, torch):
   pos = jnp.asarray(rng.normal(size=(1, 1 + 36, 8)).astype(np.float32))
   np.testing.assert_array_equal(posemb.interpolate_pos_embed(pos, (6, 6), mode), pos)
   out = posemb.interpolate_pos_embed(pos, (4, 9), mode)
@@ -66,7 +65,7 @@ def test_interpolate_pos_embed_keeps_cls_and_native_grid(mode, rng):
   np.testing.assert_array_equal(out[:, 0], pos[:, 0])
   grid = np.asarray(pos[0, 1:]).reshape(6, 6, 8)
   np.testing.assert_allclose(np.asarray(out[0, 1:]).reshape(4, 9, 8),
-                             _torch_reference(grid, (4, 9), mode), atol=2e-5)
+                             _torch_reference(torch, grid, (4, 9), mode), atol=2e-5)
 
 
 def test_errors():

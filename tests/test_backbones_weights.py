@@ -70,14 +70,9 @@ def test_converter_errors():
 
 # ------------------------------------------------------------------------------ readers ---
 
-@pytest.fixture(scope="module")
-def torch_module():
-  return pytest.importorskip("torch", reason="torch writes the reference .pth files")
-
-
-def test_torch_checkpoint_read_without_torch(torch_module, tmp_path):
+def test_torch_checkpoint_read_without_torch(torch, tmp_path):
   """torch.save'd state dict: parameters, views, half/bfloat16, ints, nesting (DINO 'teacher')."""
-  t = torch_module
+  t = torch
   config, params = _small("dino_vits16")
   state = {k: t.from_numpy(np.array(v)) for k, v in weights.params_to_state_dict(
       params, config, "timm").items()}
@@ -120,10 +115,10 @@ class _EvalEvil:
 
 
 @pytest.mark.parametrize("evil", [_Evil, _EvalEvil])
-def test_malicious_pickle_is_rejected_without_running(evil, torch_module, tmp_path):
+def test_malicious_pickle_is_rejected_without_running(evil, torch, tmp_path):
   marker = tmp_path / "pwned"
   path = tmp_path / "evil.pth"
-  torch_module.save({"weight": torch_module.zeros(2), "payload": evil(marker)}, path)
+  torch.save({"weight": torch.zeros(2), "payload": evil(marker)}, path)
   with pytest.raises(weights.UnsafeCheckpointError, match="Refusing"):
     weights.read_torch_checkpoint(path)
   with pytest.raises(weights.UnsafeCheckpointError):

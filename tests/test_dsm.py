@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sklearn.decomposition
-import torch
 
 from spectral_jax import dsm, graphs, image_ops, regions, testing
 
@@ -296,7 +295,7 @@ def test_segment_boxes_erode_dilate_and_validity():
   assert (boxes[1, 2:] > boxes[1, :2]).all()
 
 
-def test_crop_and_resize_matches_torch_interior():
+def test_crop_and_resize_matches_torch_interior(torch):
   rng = np.random.default_rng(4)
   img = rng.uniform(size=(1, 40, 50, 3)).astype(np.float32)
   boxes = np.array([[[7, 5, 19, 14], [0, 0, 50, 40]]])

@@ -37,8 +37,7 @@ def test_resize_pil_upsampling_and_float_path(rng):
   np.testing.assert_allclose(image_ops.resize_to_grid(x, (9, 11)), ref, atol=1e-5)
 
 
-def test_resize_torch_matches_interpolate(voc_photo):
-  torch = pytest.importorskip("torch")
+def test_resize_torch_matches_interpolate(voc_photo, torch):
   img = voc_photo.rgb.astype(np.float32) / 255
   t = torch.from_numpy(img).permute(2, 0, 1)[None]
   ref = torch.nn.functional.interpolate(t, size=GRID, mode="bilinear", align_corners=False)

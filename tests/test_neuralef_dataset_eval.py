@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import scipy.optimize
-import torch
 
 from conftest import write_pascal_context
 from experiments.configs import neuralef as configs
@@ -173,7 +172,7 @@ def _segmenter_slide(fn, image, ws, stride):
   return total / count
 
 
-def test_predict_image_slides_windows_over_a_large_image():
+def test_predict_image_slides_windows_over_a_large_image(torch):
   rgb = np.random.default_rng(1).integers(0, 256, size=(60, 150, 3), dtype=np.uint8)
   proto = ev.Protocol(short_side=64, max_ratio=4, window=64, stride=40, num_classes=59,
                       train_split="train")

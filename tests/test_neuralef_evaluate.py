@@ -8,7 +8,6 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from experiments.configs import neuralef as configs
 from spectral_jax import metrics
@@ -39,7 +38,7 @@ def test_score_predictions_pools_images_and_ignores_255():
     np.testing.assert_array_equal(out["lookup"][method], want["lookup"])
 
 
-def test_upsample_argmax_matches_torch_bilinear():
+def test_upsample_argmax_matches_torch_bilinear(torch):
   scores = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
   got = ev.upsample_argmax(jnp.asarray(scores), (10, 13))
   up = torch.nn.functional.interpolate(torch.from_numpy(scores).permute(2, 0, 1)[None],

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from jax.experimental import sparse
 
 from spectral_jax.neuralef import loss as nef
@@ -45,7 +44,7 @@ def _loss_and_grad(psi, kernel, beta=BETA, t=T):
   return loss, aux, grad
 
 
-def _torch_reference(psi, g, beta, t):
+def _torch_reference(torch, psi, g, beta, t):
   """Reference ``cal_neuralef_loss`` written out in PyTorch: loss and d loss / d psi."""
   psi_t = torch.tensor(psi, dtype=torch.float64, requires_grad=True)
   scaled = psi_t * np.sqrt(t)
@@ -59,21 +58,21 @@ def _torch_reference(psi, g, beta, t):
 
 
 @pytest.mark.parametrize("form", ["dense", "bcoo", "callable"])
-def test_loss_and_grad_match_torch_reference(problem, form):
+def test_loss_and_grad_match_torch_reference(problem, form, torch):
   psi, g = problem
   loss, _, grad = _loss_and_grad(psi, _kernel_forms(g)[form])
-  ref_loss, ref_grad = _torch_reference(psi, g, BETA, T)
+  ref_loss, ref_grad = _torch_reference(torch, psi, g, BETA, T)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   np.testing.assert_allclose(grad, ref_grad, rtol=1e-4, atol=1e-6 * np.abs(ref_grad).max())
 
 
-def test_loss_terms_have_their_own_gradients(problem):
+def test_loss_terms_have_their_own_gradients(problem, torch):
   psi, g = problem
   term_grad = lambda name: jax.grad(
       lambda p: jnp.sum(nef.neuralef_loss(p, jnp.asarray(g), BETA, t=T)[1][name]))(
           jnp.asarray(psi))
-  _, ref_eig = _torch_reference(psi, g, 0.0, T)  # β = 0 leaves −tr(R)/K alone
-  _, ref_total = _torch_reference(psi, g, BETA, T)
+  _, ref_eig = _torch_reference(torch, psi, g, 0.0, T)  # β = 0 leaves −tr(R)/K alone
+  _, ref_total = _torch_reference(torch, psi, g, BETA, T)
   scale = np.abs(ref_total).max()
   np.testing.assert_allclose(term_grad("loss_eig"), ref_eig, atol=1e-5 * scale)
   np.testing.assert_allclose(term_grad("loss_orth"), ref_total - ref_eig, atol=1e-5 * scale)
