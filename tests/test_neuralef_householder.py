@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from spectral_jax.neuralef import psi as psi_lib
 
 
-def _torch_head(d, k, x_tall, base):
+def _torch_head(torch, d, k, x_tall, base):
   """``orthogonal(nn.Linear(d, k))`` with its reflectors and base set to the given arrays."""
   torch.manual_seed(0)
   lin = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(d, k, bias=False).double())
@@ -26,13 +25,13 @@ def _torch_head(d, k, x_tall, base):
 
 
 @pytest.mark.parametrize("d, k", [(12, 5), (4, 7)])
-def test_map_and_gradient_equal_torch(x64, d, k):
+def test_map_and_gradient_equal_torch(x64, torch, d, k):
   rng = np.random.default_rng(0)
   n, m = max(d, k), min(d, k)
   x = rng.normal(size=(n, m))
   x[np.arange(m), np.arange(m)] = rng.choice([-1.0, 1.0, -1.6, 0.7], size=m)  # int() truncates
   base, _ = np.linalg.qr(rng.normal(size=(n, n)))
-  lin, transposed = _torch_head(d, k, x, base)
+  lin, transposed = _torch_head(torch, d, k, x, base)
   w_torch = lin.weight  # (k, d)
   c = rng.normal(size=(k, d))
   (w_torch * torch.tensor(c)).sum().backward()
@@ -61,7 +60,7 @@ def test_reflectors_without_base_are_orthonormal_and_flip_by_diagonal():
   np.testing.assert_array_equal(q[:, 0], 0.0)
 
 
-def test_householder_dense_init_matches_torch_right_inverse():
+def test_householder_dense_init_matches_torch_right_inverse(torch):
   """At init W = the orthonormalised default weight (torch: right_inverse sets X = −I)."""
   d, k = 10, 3
   head = psi_lib.HouseholderDense(k)
