@@ -94,8 +94,7 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
   """The photos to process, and {file: reason} for files skipped as non-images.
 
   Raises:
-    FileNotFoundError: the folder does not exist.
-    _cli.UsageError: no photo to process, unknown sample names.
+    _cli.UsageError: the folder does not exist, no photo to process, unknown sample names.
   """
   if not cfg.images:
     names = list(samples.LABELLED_SAMPLES + samples.SKIMAGE_PHOTOS)
@@ -107,6 +106,8 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
       names = wanted
     return [batching.Source(n, f"bundled:{n}", _bundled_loader(n)) for n in names], {}
   root = pathlib.Path(cfg.images).expanduser().resolve()
+  if not root.exists():   # the command names a folder that is not there: fix the command
+    raise _cli.UsageError(f"--images {cfg.images!r} does not exist; pass a folder of photos")
   paths, names, skipped = image_io.collect_images(root, recursive=cfg.recursive, exclude=out)
   if not paths:
     raise _cli.UsageError(f"no image files in {str(root)!r} (looked for "

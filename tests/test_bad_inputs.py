@@ -165,8 +165,8 @@ CASES = [
     pytest.param(SEG, [SEG_TEST, "--images={empty}", "--out={tmp}/s"], 2, "no image files",
                  id="seg-images-empty"),
     # segment: files and work (exit 1)
-    pytest.param(SEG, [SEG_TEST, "--images={tmp}/nowhere", "--out={tmp}/s"], 1,
-                 "does not exist", id="seg-images-missing"),
+    pytest.param(SEG, [SEG_TEST, "--images={tmp}/nowhere", "--out={tmp}/s"], 2,
+                 "nowhere' does not exist; pass a folder of photos", id="seg-images-missing"),
     pytest.param(SEG, [SEG_TEST, "--images={unreadable}", "--out={tmp}/s_unreadable"], 1,
                  "no photo could be processed", id="seg-all-unreadable"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--weights={evil}", "--backbone_overrides=",

@@ -37,3 +37,4 @@ def test_readme_library_example_runs():
   assert np.all(np.diff(lam[0]) >= -1e-6)
   loss = float(scope["loss"])
   assert np.isfinite(loss)
+

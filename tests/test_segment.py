@@ -255,7 +255,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no image files"):
     segment.run(_test_config(tmp_path, images=str(tmp_path / "empty")))
-  with pytest.raises(FileNotFoundError, match="does not exist"):
+  with pytest.raises(_cli.UsageError, match="does not exist"):   # exit 2: fix the command
     segment.run(_test_config(tmp_path, images=str(tmp_path / "missing")))
   with pytest.raises(ValueError, match="unknown bundled photos"):
     segment.run(_test_config(tmp_path, samples="voc,nope"))
@@ -464,3 +464,15 @@ def test_overwrite_is_transactional(tmp_path, monkeypatch):
   assert sorted(summary["images"]) == ["voc"]
   assert sorted(p.name for p in (out / PHOTOS).glob("*.json")) == ["voc.json"]
   assert not (out / _cli.INCOMPLETE_NAME).exists()
+
+
+def test_a_panorama_shrunk_to_a_few_patch_rows_gets_a_warning(tmp_path):
+  """2255×300 at the default 448 px becomes 4 patch rows: warned like an upscaled photo."""
+  folder = tmp_path / "in"
+  folder.mkdir()
+  rgb = np.asarray(Image.fromarray(samples.skimage_photo("rocket")).resize((2255, 300)))
+  Image.fromarray(rgb).save(folder / "pano.png")
+  Image.fromarray(samples.skimage_photo("coffee")[:112, :112]).save(folder / "ok.png")
+  summary = segment.run(_test_config(tmp_path, images=str(folder), image_size=448))
+  assert any("shrunk to 4×32 patches" in w for w in summary["images"]["pano"]["warnings"])
+  assert not any("shrunk" in w for w in summary["images"]["ok"]["warnings"])

@@ -191,6 +191,9 @@ def summarise_ground_truth(records: list[dict]) -> dict | None:
   }
 
 
+MIN_SIDE_PATCHES = 8   # fewer patches than this across the shorter side: a warning
+
+
 def photo_warnings(photo, res, image_size: int) -> list[str]:
   """Why a confident-looking answer for this photo may be meaningless.
 
@@ -209,6 +212,11 @@ def photo_warnings(photo, res, image_size: int) -> list[str]:
   if image_size and longer * 2 < image_size:
     warnings.append(f"the photo ({photo.size[1]}×{photo.size[0]} px) was upscaled "
                     f"{image_size / longer:.1f}×: detail is invented")
+  shorter = min(photo.grid)
+  if shorter < MIN_SIDE_PATCHES and min(photo.size) > min(photo.input_hw):
+    warnings.append(f"the photo ({photo.size[1]}×{photo.size[0]} px) was shrunk to "
+                    f"{photo.grid[0]}×{photo.grid[1]} patches: its shorter side has too few "
+                    "patches to resolve objects; raise --image_size")
   if not res.patches.converged:
     warnings.append("the eigensolver did not reach its tolerance")
   return warnings
