@@ -242,12 +242,8 @@ def test_command_exit_code_when_nothing_to_do(tmp_path):
 def _test_config(tmp_path, **fields):
   cfg = segment_config.get_config("test")
   cfg.out = str(tmp_path / "out")
-  for key, value in fields.items():
-    node = cfg
-    *parents, leaf = key.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  for key, value in fields.items():   # dsm__connectivity=6 sets dsm.connectivity
+    _cli.set_field(cfg, key.replace("__", "."), value)
   return cfg
 
 
