@@ -190,6 +190,14 @@ CASES = [
                  id="train-default-config-unknown-field"),
     pytest.param(EVAL, ["--config.nope.x=1"], 2, "--config.nope.x: no such config field 'nope'",
                  id="eval-default-config-unknown-field"),
+    # issue 25 item 4 (settings no photo can satisfy, finished runs): refused before any work
+    pytest.param(SEG, [SEG_TEST, "--k=100000", "--samples=voc", "--out={tmp}/s_k"], 2,
+                 "--k=100000 (with --num_segments=3) needs photos of at least 100001 patches, "
+                 "but at --image_size=56 no photo has more than 4×4 = 16 patches of 14 px",
+                 id="seg-k-above-any-grid"),
+    pytest.param(SEG, ["--k=1100", "--samples=voc", "--out={tmp}/s_k"], 2,
+                 "at --image_size=448 no photo has more than 32×32 = 1024 patches",
+                 id="seg-k-above-default-grid"),
 ]
 
 
