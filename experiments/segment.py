@@ -245,9 +245,17 @@ def check_config(cfg) -> tuple[dsm.PipelineConfig, outputs.RenderSettings]:
     raise _cli.UsageError("backbone.overrides only applies to weights='random'")
   overrides = _cli.parse_overrides(cfg.backbone.overrides)
   try:
-    backbones.get_config(cfg.backbone.name, dtype=cfg.backbone.dtype, **overrides)
+    patch = backbones.get_config(cfg.backbone.name, dtype=cfg.backbone.dtype,
+                                 **overrides).patch_size
   except (KeyError, TypeError, ValueError) as e:
     raise _cli.UsageError(f"bad backbone settings {cfg.backbone.overrides!r}: {e}") from e
+  side = cfg.image_size // patch  # a square photo's grid: the most patches any photo gets
+  if cfg.image_size and side * side < pipeline.min_patches():
+    raise _cli.UsageError(
+        f"--k={pipeline.num_eigenvectors} (with --num_segments={pipeline.num_segments}) needs "
+        f"photos of at least {pipeline.min_patches()} patches, but at --image_size="
+        f"{cfg.image_size} no photo has more than {side}×{side} = {side * side} patches of "
+        f"{patch} px: lower --k or raise --image_size")
   return pipeline, render
 
 

@@ -14,7 +14,9 @@ r"""Train the NeuralEF segmentor's ψ on cached backbone features or a dataset (
 
 Rerunning the same command resumes from the latest checkpoint in --workdir (Ctrl-C, SIGINT or
 SIGTERM save one first and exit with status 130, also when the process was started with SIGINT
-ignored); a checkpoint written with another config is refused, naming the differing fields.
+ignored); a checkpoint written with another config is refused, naming the differing fields. A
+finished run is not extended in place (train.num_steps is the length of its learning-rate and τ
+schedules): for a longer training, start a new run with another --workdir.
 The config is checked whole before the backbone loads; an unreadable image is skipped with a
 ``skipping PATH: reason`` line. An expected error is one ``error: ...`` line on stderr, exit
 status 2 for a bad flag or config value, 1 for failed work (--verbosity=1 adds the traceback).

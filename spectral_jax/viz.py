@@ -59,7 +59,9 @@ def heatmap(values: np.ndarray, vmax: float | None = None, cmap: str = HEATMAP_C
   return np.asarray(imgviz.colorize(v, vmin=-vmax, vmax=vmax, cmap=cmap))[..., :3]
 
 
-def _caption(image: np.ndarray, text: str) -> np.ndarray:
+def caption(image: np.ndarray, text: str) -> np.ndarray:
+  """``image`` (H, W, 3) uint8 with ``text`` in white on a black box at its top left (the
+  panels' titles; the box's height is 1/18 of H, at least 12 px)."""
   size = max(12, image.shape[0] // 18)
   return imgviz.draw.text_in_rectangle(image, "lt", text, size, (0, 0, 0), color=(255, 255, 255))
 
@@ -79,11 +81,11 @@ def eigenvector_panel(photo: np.ndarray, maps: Sequence[np.ndarray],
     (H', W', 3) uint8 tiled panel.
   """
   photo = _check_photo(photo)
-  tiles = [_caption(photo.copy(), "photo")]
+  tiles = [caption(photo.copy(), "photo")]
   for i, (m, lam) in enumerate(zip(maps, eigenvalues)):
     if np.shape(m) != photo.shape[:2]:
       raise ValueError(f"map {i} has shape {np.shape(m)}; expected {photo.shape[:2]}")
-    tiles.append(_caption(heatmap(m), f"y{first + i}  λ={float(lam):.3f}"))
+    tiles.append(caption(heatmap(m), f"y{first + i}  λ={float(lam):.3f}"))
   cols = columns or len(tiles)
   return imgviz.tile(tiles, row=-(-len(tiles) // cols), col=cols, border=(255, 255, 255),
                      border_width=4)
@@ -142,10 +144,10 @@ def overlay(photo: np.ndarray, mask: np.ndarray, segments: np.ndarray,
                        width=width if i == 0 else max(1, width // 2 + 1))
     return image
 
-  left = _caption(boxed(left), "mask + boxes" if len(boxes) > 1 else "mask + box")
+  left = caption(boxed(left), "mask + boxes" if len(boxes) > 1 else "mask + box")
   alpha = {int(l): 0.0 if l == 0 else 0.5 for l in np.unique(segments)}
   right = imgviz.label2rgb(segments.astype(np.int32), image=photo, alpha=alpha)
-  right = _caption(boxed(right), "segments")
+  right = caption(boxed(right), "segments")
   return imgviz.tile([left, right], row=1, col=2, border=(255, 255, 255), border_width=4)
 
 
@@ -284,6 +286,6 @@ def images_loaded_in_browser(page: str | os.PathLike, chromium: str | None = Non
 
 
 __all__ = [
-    "draw_box", "eigenvector_panel", "find_chromium", "heatmap", "images_loaded_in_browser",
+    "caption", "draw_box", "eigenvector_panel", "find_chromium", "heatmap", "images_loaded_in_browser",
     "label_png", "overlay", "read_label_png", "write_index_html",
 ]

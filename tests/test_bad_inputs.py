@@ -190,6 +190,20 @@ CASES = [
                  id="train-default-config-unknown-field"),
     pytest.param(EVAL, ["--config.nope.x=1"], 2, "--config.nope.x: no such config field 'nope'",
                  id="eval-default-config-unknown-field"),
+    # issue 25 item 4 (settings no photo can satisfy, finished runs): refused before any work
+    pytest.param(SEG, [SEG_TEST, "--k=100000", "--samples=voc", "--out={tmp}/s_k"], 2,
+                 "--k=100000 (with --num_segments=3) needs photos of at least 100001 patches, "
+                 "but at --image_size=56 no photo has more than 4×4 = 16 patches of 14 px",
+                 id="seg-k-above-any-grid"),
+    pytest.param(SEG, ["--k=1100", "--samples=voc", "--out={tmp}/s_k"], 2,
+                 "at --image_size=448 no photo has more than 32×32 = 1024 patches",
+                 id="seg-k-above-default-grid"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.train.num_steps=3", "--workdir={run}"], 2,
+                 "train.num_steps: checkpoint 2 vs now 3. Resume with the checkpoint's settings "
+                 "or use a new workdir. train.num_steps is the length of the run's learning-rate "
+                 "and τ schedules (step 2 of 2 followed them), so a run cannot be extended or "
+                 "shortened in place: for a 3-step training, start a new run with "
+                 "--config.train.num_steps=3 and another --workdir.", id="train-extend-finished"),
 ]
 
 

@@ -8,10 +8,12 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments.configs import neuralef as configs
 from spectral_jax import metrics
 from spectral_jax import protocols
+from spectral_jax import viz
 from spectral_jax.neuralef import evaluate as ev
 from spectral_jax.neuralef import feature_cache
 from spectral_jax.neuralef import step as step_lib
@@ -93,6 +95,24 @@ def test_end_to_end_trains_and_writes_the_report(end_to_end):
                                                                          "voc.png"]
   table = ev.format_report(report)
   assert "NeuralEF ψ" in table and "Ours*" in table and len(table.splitlines()) == 6
+
+
+def test_overlay_panels_are_titled(end_to_end):
+  """Each panel of an overlay carries its title's box (viz.caption: black, white text, as wide
+  as the title): image | ground truth | ψ | K-means | Ours*, the methods with their K."""
+  _, _, _, _, report, root = end_to_end
+  written = np.asarray(Image.open(root / "eval" / "overlays" / "voc.png").convert("RGB"))
+  titles = ["image", "ground truth", "ψ argmax (8)", "K-means (8)", "Ours* (8)"]
+  assert report["results"]["kmeans_8"]["clusters"] == 8
+  h, w = written.shape[0], written.shape[1] // len(titles)
+  assert written.shape[1] == w * len(titles)
+  box_width = lambda tile: int(np.argmin((tile[1] == 0).all(-1)))  # black run along row 1
+  grey = np.full((h, w, 3), 128, np.uint8)
+  for i, title in enumerate(titles):
+    tile = written[:, i * w:(i + 1) * w]
+    want = box_width(viz.caption(grey.copy(), title))
+    assert want > 20 and box_width(tile) == want, (title, box_width(tile), want)
+    assert (tile[:max(12, h // 18)] == 255).all(-1).any(), title   # white text in the box
 
 
 def test_end_to_end_training_lowers_the_loss(end_to_end):

@@ -310,6 +310,29 @@ def test_checkpoint_of_another_config_is_rejected(full_run, config, features):
   assert again.resumed_from == 20 and again.history == []
 
 
+def test_changed_num_steps_is_refused_with_what_to_do(full_run, config):
+  """A finished run is not extended in place (its LR and τ schedules are num_steps long): the
+  refusal names the flags of a new, longer run, and --stop_at where a shorter stop can still
+  come (the 20-step run's step-10 checkpoint, 15 steps)."""
+  workdir, _ = full_run
+  longer = config.copy_and_resolve_references()
+  longer.train.num_steps = 30
+  with pytest.raises(ckpt.ConfigMismatchError) as e:
+    ckpt.check_checkpoint_config(workdir, longer)
+  assert ("train.num_steps: checkpoint 20 vs now 30" in str(e.value)
+          and "cannot be extended or shortened in place: for a 30-step training, start a new run "
+          "with --config.train.num_steps=30 and another --workdir." in str(e.value)), str(e.value)
+  assert "--stop_at" not in str(e.value)
+  shorter = config.copy_and_resolve_references()
+  shorter.train.num_steps = 15
+  with pytest.raises(ckpt.ConfigMismatchError,
+                     match=r"keep num_steps=20 and pass --stop_at=15 \(it resumes later\)\.$"):
+    ckpt.check_checkpoint_config(workdir, shorter, step=10)
+  with pytest.raises(ckpt.ConfigMismatchError) as e:   # step 20 is past 15: no --stop_at
+    ckpt.check_checkpoint_config(workdir, shorter)
+  assert "--stop_at" not in str(e.value)
+
+
 def test_labels_cannot_reach_the_step(config, features, full_run):
   """SPEC §5 leak: a batch carrying labels gives bit-identical updates whatever the labels, and
   the training batch never contains them."""

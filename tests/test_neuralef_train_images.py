@@ -281,46 +281,84 @@ _MULTIHOST_SCRIPT = textwrap.dedent("""
                       "index": [r["image_index"] for r in result.history]}))
 """)
 
+# The reference: one process on a mesh of the pair's shape (4 devices, 2 images each), both
+# hosts' pipelines, the global batch = host 0's rows then host 1's. Measured (jax 0.10/0.12 CPU):
+# - a one-device reference with the whole batch is off from step 1 (3.5e-4 relative; 0.55 % at
+#   step 3): the backbone's sums differ in the last bits and flip near-tied kNN neighbours;
+# - this 4-device reference gives the pair's step-1 and step-2 losses bit for bit, but not
+#   step 3's (5.5e-4 relative): XLA:CPU's arithmetic for the same 2 images on one device
+#   depends on how many devices the process has (features up to 7e-7 apart, 2 vs 4 devices,
+#   the same in every run), and step 3's crops have a near-tied kNN neighbour. With the SAME
+#   (initial) parameters the step-3 batch's loss is already 1.6e-4 apart, so it is the graph,
+#   not the update. No one-process run can repeat a 2-device process's arithmetic, so step 3
+#   is checked at 2e-3 (4× the measured 5.5e-4; a lost update moves it far more: the step-3
+#   batch at the initial parameters is 36 % away) and the resume against an uninterrupted pair,
+#   bit for bit.
+_REFERENCE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax
+    import numpy as np
+    sys.path.insert(0, "tests")
+    from spectral_jax.datasets import pipeline
+    from spectral_jax.neuralef import config as config_lib
+    from spectral_jax.neuralef import step as step_lib
+    from test_neuralef_train_images import image_config, photos, tiny_backbone
+    assert jax.device_count() == 4, jax.devices()
+    config, backbone = image_config(3), tiny_backbone()
+    source = pipeline.ImageListSource(photos())
+    aug = config_lib.train_augment(config.data)
+    its = [iter(pipeline.training_dataset(source, aug, batch_size=4, seed=config.seed,
+                                          shard_index=i, shard_count=2)) for i in (0, 1)]
+    mesh = step_lib.data_mesh()
+    step = step_lib.make_image_train_step(config, backbone, mesh)
+    state = step_lib.replicate(step_lib.init_state(config, 3 * backbone.config.width), mesh)
+    losses, index = [], []
+    for _ in range(3):
+      parts = [next(it) for it in its]
+      index.append([p["index"].tolist() for p in parts])
+      state, metrics = step(state, {"images": np.concatenate([p["image"] for p in parts])})
+      losses.append(float(metrics["loss"]))
+    print(json.dumps({"losses": losses, "index": index}))
+""")
 
-@pytest.mark.slow  # 190 s on the loaded 2-core CPU (four process starts, five compilations)
-def test_two_processes_read_their_shards_and_resume(tmp_path, spawn, backbone):
+
+@pytest.mark.slow  # 146 s on 2 shared cores (seven process starts, six compilations)
+def test_two_processes_read_their_shards_and_resume(tmp_path, spawn):
   """2 processes × 2 CPU devices (gloo): each reads its shard of the images, the global batch
-  is assembled from both, the losses equal one process stepping on the same global batches,
-  and a resumed pair restores each process's iterator (step 3 after stopping at 2)."""
+  is assembled from both, the losses equal one process stepping on the same global batches on
+  a mesh of the same shape (`_REFERENCE_SCRIPT`, which says why step 3 has a wider bound), and
+  a resumed pair restores each process's iterator: stopping at 2 and resuming gives step 3 of
+  an uninterrupted pair exactly."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
 
-  def run_pair(stop):
+  def run_pair(stop, workdir):
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
     procs = [spawn([sys.executable, "-c", _MULTIHOST_SCRIPT, str(port), str(pid),
-                    str(tmp_path / "multi"), str(stop)], env=env, cwd=REPO, text=True,
+                    str(tmp_path / workdir), str(stop)], env=env, cwd=REPO, text=True,
                    stdout=subprocess.PIPE, stderr=subprocess.PIPE) for pid in (0, 1)]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
       assert p.returncode == 0, err[-3000:]
     return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
 
-  first, second = run_pair(2), run_pair(3)
-  # the reference: one process, both hosts' pipelines, the global batch = host 0's rows, host 1's
-  config = image_config(3)
-  source = pipeline.ImageListSource(photos())
-  aug = config_lib.train_augment(config.data)
-  its = [iter(pipeline.training_dataset(source, aug, batch_size=4, seed=config.seed,
-                                        shard_index=i, shard_count=2)) for i in (0, 1)]
-  step = step_lib.make_image_train_step(config, backbone)
-  state = step_lib.init_state(config, 3 * backbone.config.width)
-  want_loss, want_index = [], []
-  for _ in range(3):
-    parts = [next(it) for it in its]
-    want_index.append([p["index"].tolist() for p in parts])
-    state, metrics = step(state, {"images": np.concatenate([p["image"] for p in parts])})
-    want_loss.append(float(metrics["loss"]))
+  first, second = run_pair(2, "multi"), run_pair(3, "multi")
+  whole = run_pair(3, "whole")
+  ref = subprocess.run([sys.executable, "-c", _REFERENCE_SCRIPT], cwd=REPO, text=True,
+                       capture_output=True, timeout=900,
+                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  reference = json.loads(ref.stdout.strip().splitlines()[-1])
+  want_loss, want_index = reference["losses"], reference["index"]
   for pid in (0, 1):
     assert first[pid]["devices"] == 4 and first[pid]["resumed"] is None
-    assert second[pid]["resumed"] == 2
+    assert second[pid]["resumed"] == 2 and whole[pid]["resumed"] is None
     assert set(sum((w[pid] for w in want_index), [])) == {pid, pid + 2}  # 5 images: {0,2}, {1,3}
     index = first[pid]["index"] + second[pid]["index"]
-    assert index == [w[pid] for w in want_index]
-    np.testing.assert_allclose(first[pid]["losses"] + second[pid]["losses"], want_loss, rtol=1e-5)
+    assert index == whole[pid]["index"] == [w[pid] for w in want_index]
+    losses = first[pid]["losses"] + second[pid]["losses"]
+    assert losses == whole[pid]["losses"]
+    np.testing.assert_allclose(losses[:2], want_loss[:2], rtol=1e-5)
+    np.testing.assert_allclose(losses[2], want_loss[2], rtol=2e-3)

@@ -269,9 +269,10 @@ def test_every_photo_failing_is_an_error_listing_reasons(tmp_path):
   (folder / "broken.png").write_bytes(b"\x89PNG nope")
   with pytest.raises(RuntimeError, match="broken.png"):
     segment.run(_test_config(tmp_path, images=str(folder)))
-  # K ≥ n: a 56-px photo has 4×3 = 12 or 4×4 = 16 patches of 14 px.
-  with pytest.raises(RuntimeError, match="need at least 17"):
-    segment.run(_test_config(tmp_path, samples="voc", dsm__num_eigenvectors=16, overwrite=True))
+  # K ≥ n: a 56-px photo has 4×3 = 12 or 4×4 = 16 patches of 14 px (K ≥ 16 is refused before
+  # any work, as no photo could have enough: test_bad_inputs' seg-k-above-any-grid)
+  with pytest.raises(RuntimeError, match="need at least 13"):
+    segment.run(_test_config(tmp_path, samples="voc", dsm__num_eigenvectors=12, overwrite=True))
 
 
 def test_output_names_keep_folders_and_never_collide(tmp_path):

@@ -156,7 +156,29 @@ def _check_same_config(saved: dict[str, Any], config: ml_collections.ConfigDict,
   if diffs:
     raise ConfigMismatchError(
         f"the checkpoint at step {step} in {directory} was written with another config: "
-        + "; ".join(diffs) + ". Resume with the checkpoint's settings or use a new workdir.")
+        + "; ".join(diffs) + ". Resume with the checkpoint's settings or use a new workdir."
+        + _num_steps_hint(saved, config, step))
+
+
+def _num_steps_hint(saved: dict[str, Any], config: ml_collections.ConfigDict, step: int) -> str:
+  """What to do instead of changing ``train.num_steps`` on resume ('' if it is unchanged).
+
+  A run cannot be extended in place: ``num_steps`` is the length of its cosine learning-rate
+  and τ schedules (`step.learning_rate_schedule`, `loss.tau_schedule`), which its checkpoints
+  have already followed.
+  """
+  before = saved.get("train", {}).get("num_steps")
+  now = int(config.train.num_steps)
+  if before is None or int(before) == now:
+    return ""
+  hint = (f" train.num_steps is the length of the run's learning-rate and τ schedules (step "
+          f"{step} of {before} followed them), so a run cannot be extended or shortened in "
+          f"place: for a {now}-step training, start a new run with --config.train.num_steps="
+          f"{now} and another --workdir")
+  if step < now < int(before):
+    hint += (f"; to stop this run early, keep num_steps={before} and pass --stop_at={now} "
+             "(it resumes later)")
+  return hint + "."
 
 
 def restore_checkpoint(manager, template, config: ml_collections.ConfigDict,

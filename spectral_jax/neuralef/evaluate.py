@@ -43,6 +43,7 @@ from spectral_jax import image_ops
 from spectral_jax import metrics
 from spectral_jax import progress as progress_lib
 from spectral_jax import protocols
+from spectral_jax import viz
 from spectral_jax.backbones import vit
 from spectral_jax.datasets import samples
 from spectral_jax.datasets import transforms
@@ -319,17 +320,26 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
   return report
 
 
+# The overlays' panel titles (short: a tile is as wide as the evaluation image).
+OVERLAY_TITLES = {"psi": "ψ argmax", "kmeans": "K-means", "ours_star": "Ours*"}
+
+
 def _write_overlays(folder: pathlib.Path, images, methods, results) -> None:
   """One PNG per image: image | ground truth | ψ | K-means | Ours* (clusters mapped to classes
-  by majority voting, so the colours are comparable with the ground truth)."""
+  by majority voting, so the colours are comparable with the ground truth), each panel titled
+  (`viz.caption`; a method's title ends with its cluster count)."""
   folder.mkdir(parents=True, exist_ok=True)
   shown = [m for m in ("psi", next(n for n in methods if n.startswith("kmeans")),
                        next(n for n in methods if n.startswith("ours_star")))]
+  titles = [f"{OVERLAY_TITLES[m if m == 'psi' else m.rsplit('_', 1)[0]]} ({methods[m][0]})"
+            for m in shown]
   for i, im in enumerate(images):
-    tiles = [im.rgb, overlay(im.rgb, im.label)]
-    for name in shown:
+    tiles = [viz.caption(im.rgb.copy(), "image"),
+             viz.caption(overlay(im.rgb, im.label), "ground truth")]
+    for name, title in zip(shown, titles):
       lookup = results[name]["lookup"]["majority"]
-      tiles.append(overlay(im.rgb, lookup[methods[name][1][i]].astype(np.int32)))
+      tiles.append(viz.caption(overlay(im.rgb, lookup[methods[name][1][i]].astype(np.int32)),
+                               title))
     path = folder / f"{im.name}.png"   # a dataset id may hold folders (Cityscapes' city/)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(tiles, axis=1)).save(path)
