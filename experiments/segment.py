@@ -44,6 +44,9 @@ DEFAULT_OUT = "segment_output"
 PHOTOS = "photos"  # OUT/photos/... holds the per-photo files; run-level files sit beside it
 OWNED = (PHOTOS, "summary.json", "index.html")   # what an overwrite replaces
 OVERWRITE_HINT = "--overwrite"
+# The largest --image_size: at P = 14 its longer side alone is 585 patches. Each photo is
+# also checked against the memory budget from its header, before it is decoded or resized.
+MAX_IMAGE_SIZE = 8192
 
 _CONFIG = _cli.define_config_file(
     "config", str(pathlib.Path(__file__).parent / "configs" / "segment.py"),
@@ -113,7 +116,8 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
     raise _cli.UsageError(f"no image files in {str(root)!r} (looked for "
                           f"{', '.join(image_io.IMAGE_SUFFIXES)}); point --images at a folder "
                           "of photos")
-  sources = [batching.Source(n, str(p), (lambda p=p: image_io.read_image(p)))
+  sources = [batching.Source(n, image_io.display_path(p), (lambda p=p: image_io.read_image(p)),
+                             size=(lambda p=p: image_io.image_size(p)))
              for n, p in zip(names, paths)]
   return sources, skipped
 
@@ -236,6 +240,13 @@ def check_config(cfg) -> tuple[dsm.PipelineConfig, outputs.RenderSettings]:
     raise _cli.UsageError("batch_size, bucket_step and prefetch must be ≥ 1 and image_size ≥ 0 "
                           f"(got {cfg.batch_size}, {cfg.bucket_step}, {cfg.prefetch}, "
                           f"{cfg.image_size})")
+  if cfg.image_size > MAX_IMAGE_SIZE:
+    raise _cli.UsageError(f"image_size must be ≤ {MAX_IMAGE_SIZE} px (0: native size); got "
+                          f"{cfg.image_size}")
+  if render.panel_eigenvectors > pipeline.num_eigenvectors - 1:
+    raise _cli.UsageError(f"viz.num_eigenvectors must be ≤ dsm.num_eigenvectors − 1 = "
+                          f"{pipeline.num_eigenvectors - 1} (heat maps of y₁..y_m); got "
+                          f"{render.panel_eigenvectors}")
   if cfg.images and cfg.samples:
     raise _cli.UsageError("samples selects bundled photos; it cannot be combined with images")
   if cfg.backbone.name not in backbones.BACKBONES:
@@ -298,7 +309,8 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
   records, kept = [], []
   stream = batching.segment_photos(
       segmenter, sources, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-      bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip)
+      bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip,
+      check=render.check_size)
   for photo, res, timing in progress.progress(stream, total=len(sources), desc="segment",
                                              unit="photo"):
     name, started = photo.source.name, time.perf_counter()

@@ -8,12 +8,16 @@ to `CASES`: ``pytest.param(command, args, exit_code, message_fragment, id=...)``
 in an argument is replaced by the path of `paths`' entry ``name``.
 """
 
+import json
 import os
 import pathlib
 import pickle
+import resource
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -141,6 +145,21 @@ CASES = [
                  id="seg-batch-size-0"),
     pytest.param(SEG, [SEG_TEST, "--image_size=-1", "--out={tmp}/s"], 2, "image_size",
                  id="seg-image-size"),
+    # settings that size memory are bounded before any work (these rows run under a 6 GB
+    # address-space limit: a regression fails instead of exhausting the machine)
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--image_size=100000", "--out={tmp}/s"], 2,
+                 "image_size must be ≤ 8192 px (0: native size); got 100000",
+                 id="seg-image-size-huge"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.panel_height=100000",
+                       "--out={tmp}/s"], 2, "viz.panel_height must be ≤ 2048 px; got 100000",
+                 id="seg-panel-height-huge"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.num_eigenvectors=0",
+                       "--out={tmp}/s"], 2, "viz.num_eigenvectors must be ≥ 1",
+                 id="seg-panel-eigenvectors-0"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.num_eigenvectors=6",
+                       "--out={tmp}/s"], 2,
+                 "viz.num_eigenvectors must be ≤ dsm.num_eigenvectors − 1 = 5",
+                 id="seg-panel-eigenvectors-above-k"),
     pytest.param(SEG, [SEG_TEST, "--samples=nope", "--out={tmp}/s"], 2, "unknown bundled photos",
                  id="seg-unknown-sample"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--images={one_image}", "--out={tmp}/s"], 2,
@@ -244,9 +263,19 @@ def _random_features():
       names=tuple(f"im{i}" for i in range(8)), key="random")
 
 
+MEMORY_LIMIT = 6 << 30   # bytes of address space a segment run may map (RLIMIT_AS)
+
+
 def run_command(command, args, cwd=REPO, timeout=120):
+  """``python -m command args``; segment runs under `MEMORY_LIMIT` (a budget that regresses
+  ends in a MemoryError there, not in the kernel killing the machine's processes)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", command, *args], cwd=cwd, env=env, text=True,
+  start = ["-m", command]
+  if command == SEG:   # the limit is set by the child itself (no fork-time hook in a JAX parent)
+    start = ["-c", f"import resource, runpy; resource.setrlimit(resource.RLIMIT_AS, "
+                   f"({MEMORY_LIMIT}, {MEMORY_LIMIT})); runpy.run_module({command!r}, "
+                   "run_name='__main__', alter_sys=True)"]
+  return subprocess.run([sys.executable, *start, *args], cwd=cwd, env=env, text=True,
                         capture_output=True, timeout=timeout)
 
 
@@ -302,3 +331,72 @@ def test_leftover_children_are_detected():
     proc.kill()
     proc.wait()
   assert proc.pid not in child_processes()
+
+
+def write_png(path, width, height, rows=None):
+  """A PNG declaring ``width``×``height`` RGB, written without holding its pixels: all
+  ``height`` rows of zeros (a legitimate file), or only the first ``rows`` (the rest missing:
+  a compression bomb's header on a small file)."""
+  chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                              + struct.pack(">I", zlib.crc32(kind + data)))
+  packer = zlib.compressobj(1)
+  row = bytes(1 + 3 * width)
+  body = b"".join(packer.compress(row) for _ in range(height if rows is None else rows))
+  body += packer.flush()
+  pathlib.Path(path).write_bytes(
+      b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+      + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_segment_skips_photos_over_the_budgets_from_their_headers(paths, tmp_path):
+  """A compression bomb (20000×20000 declared), a 12000×9000 scan (above the decode budget),
+  an 8000×6000 photo at its native size (its dense graph would not fit) and a panorama whose
+  eigenvector panel would be 146 MP are each skipped with their reason, found from the file's
+  header before any decode or resize (the run is under a 6 GB address-space limit); the good
+  photo beside them is processed."""
+  from PIL import Image
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rgb = np.random.default_rng(0).integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(photos / "good.png")
+  write_png(photos / "bomb.png", 20000, 20000, rows=8)
+  write_png(photos / "scan.png", 12000, 9000)
+  write_png(photos / "native.png", 8000, 6000)
+  Image.fromarray(np.tile(rgb[:28, :1], (1, 2000, 1))).save(photos / "panorama.png")
+  out = tmp_path / "out"
+  proc = run_command(SEG, [SEG_TEST.format(**paths), f"--images={photos}", f"--out={out}",
+                           "--image_size=0", "--config.viz.panel_height=2048"], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr[-3000:]
+  summary = json.loads((out / "summary.json").read_text())
+  assert list(summary["images"]) == ["good"]
+  reasons = {pathlib.Path(k).name: v for k, v in summary["failures"].items()}
+  assert "declares 400000000 pixels, above the decode budget of 67 MP" in reasons[
+      "bomb.png"], reasons
+  assert "declares 12000×9000 px (108 MP), above the decode budget" in reasons["scan.png"]
+  assert "patches would need" in reasons["native.png"], reasons
+  assert "panel budget: lower viz.panel_height" in reasons["panorama.png"], reasons
+  for name in reasons:
+    assert f"skipping {photos / name}: {reasons[name]}" in proc.stderr
+  assert sorted(p.name for p in (out / "photos").iterdir()) == sorted(
+      f"good.{k}" for k in ("json", "mask.png", "segments.png", "instances.png", "overlay.png",
+                            "eigenvectors.png"))
+  assert not (out / "RUN_INCOMPLETE").exists()
+
+
+def test_training_folder_reader_skips_a_compression_bomb(tmp_path):
+  """The training's folder reader (`read_folder`) and `decode_image` refuse a bomb by its
+  header, with the reason, and keep the good image."""
+  from PIL import Image
+
+  from spectral_jax.datasets import images as image_io
+  Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "good.png")
+  write_png(tmp_path / "bomb.png", 20000, 20000, rows=8)
+  skipped = []
+  images = image_io.read_folder(tmp_path, on_skip=lambda path, e: skipped.append((path, str(e))))
+  assert [im.name for im in images] == ["good"]
+  assert len(skipped) == 1 and skipped[0][0].endswith("bomb.png")
+  assert "declares 400000000 pixels, above the decode budget" in skipped[0][1]
+  with pytest.raises(image_io.ImageReadError, match="declares 400000000 pixels"):
+    image_io.decode_image((tmp_path / "bomb.png").read_bytes(), "bomb")
+  assert image_io.image_size(tmp_path / "good.png") == (20, 30)

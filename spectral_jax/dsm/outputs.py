@@ -28,6 +28,10 @@ from spectral_jax.datasets import images as image_io
 from spectral_jax.dsm import localisation, masks, semantic
 
 KINDS = ("overlay", "eigenvectors", "mask", "segments", "instances")
+MAX_PANEL_HEIGHT = 2048      # px: the largest viz.panel_height accepted
+# Pixels of one STEM.eigenvectors.png (tiles × height × width): a photo whose panel would be
+# larger (a panorama at a tall panel_height) is refused from its size before any work.
+MAX_PANEL_PIXELS = 2**25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +88,21 @@ class RenderSettings:
     if self.panel_height < 1 or self.panel_eigenvectors < 1:
       raise ValueError(f"viz.panel_height and viz.num_eigenvectors must be ≥ 1; got "
                        f"{self.panel_height}, {self.panel_eigenvectors}")
+    if self.panel_height > MAX_PANEL_HEIGHT:
+      raise ValueError(f"viz.panel_height must be ≤ {MAX_PANEL_HEIGHT} px; got "
+                       f"{self.panel_height}")
+
+  def check_size(self, size: tuple[int, int]) -> None:
+    """Refuses (ValueError) a photo of ``size`` (H, W) whose eigenvector panel would exceed
+    ``MAX_PANEL_PIXELS``: checked from the size alone, before anything is allocated."""
+    h, w = size
+    width = max(1, round(w * self.panel_height / max(h, 1)))
+    pixels = (self.panel_eigenvectors + 1) * self.panel_height * width
+    if pixels > MAX_PANEL_PIXELS:
+      raise ValueError(f"the photo's {self.panel_eigenvectors + 1} eigenvector panel tiles of "
+                       f"{width}×{self.panel_height} px would hold {pixels / 1e6:.0f} MP, above "
+                       f"the {MAX_PANEL_PIXELS / 1e6:.0f} MP panel budget: lower "
+                       "viz.panel_height")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
