@@ -26,7 +26,6 @@ printed and stored in summary.json next to a centred-box baseline (quality: BUIL
 from __future__ import annotations
 
 import html
-import json
 import pathlib
 import time
 
@@ -35,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from spectral_jax import _cli, backbones, dsm, progress, viz
+from spectral_jax import _cli, backbones, dsm, progress, strict_json, viz
 from spectral_jax.datasets import images as image_io
 from spectral_jax.datasets import samples
 from spectral_jax.dsm import batching, outputs
@@ -352,7 +351,7 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
   summary["timings_s"] = {"wall": time.perf_counter() - t_start,
                           "median_per_image": float(np.median(per_image)),
                           "note": "per image: batch time / photos in it, compiles included"}
-  (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+  (out / "summary.json").write_text(strict_json.dumps(summary, indent=1))
   write_index(records, summary, out, cfg)
   print_report(records, summary, out)
   return summary

@@ -247,6 +247,32 @@ def photo_key(seed: int, pixels: np.ndarray) -> jax.Array:
                             int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF)
 
 
+def nonfinite_reason(photo: Photo, res) -> str | None:
+  """Why a photo's result cannot be trusted because it holds NaN/Inf, or None.
+
+  Non-finite features (weights, a graph weight overflowing) make NaN eigenpairs, and a NaN
+  object map still thresholds into a mask and a box (the whole image, confidently): so any
+  NaN/Inf in the eigenvalues, the eigenvectors or the object map on the photo's grid, or in the
+  embeddings of its semantic crops, fails the photo.
+
+  Args:
+    photo: the ``Photo``; res: its row of the ``DSMResult`` (NumPy, padded grid).
+  """
+  h, w = photo.grid
+  pr = res.patches
+  parts = {"eigenvalues": pr.eigenvalues,
+           "eigenvectors": np.asarray(pr.eigenvectors).reshape(pr.fiedler.shape + (-1,))[:h, :w],
+           "object map": np.asarray(pr.fiedler)[:h, :w]}
+  if res.semantic_embeddings is not None:
+    parts["semantic crop embeddings"] = np.asarray(res.semantic_embeddings)[
+        np.asarray(res.semantic_valid, bool)]
+  bad = [name for name, a in parts.items() if not np.all(np.isfinite(a))]
+  if not bad:
+    return None
+  return (f"NaN/Inf in the {', '.join(bad)}: the features or the graph are not finite (check "
+          "the weights and the graph settings); no mask or box of this photo can be trusted")
+
+
 def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, batch_size: int,
                    seed: int = 0, bucket_step: int = BUCKET_STEP, prefetch: int = PREFETCH,
                    keep_original: bool = False, patch_budget: int | None = None,
@@ -258,7 +284,9 @@ def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, bat
   Yields ``(photo, result, timing)`` per photo as its batch finishes: ``result`` is the
   photo's row of the batch's ``DSMResult`` as NumPy (patch maps still on the padded grid: crop
   to ``photo.grid``), ``timing`` the batch's seconds per photo. Skipped photos go to
-  ``on_error``; ``check(size)`` may refuse a photo by its (H, W) (see :func:`prepare`).
+  ``on_error``; ``check(size)`` may refuse a photo by its (H, W) (see :func:`prepare`). A
+  photo whose result holds NaN/Inf (:func:`nonfinite_reason`) is never yielded: it goes to
+  ``on_error`` as a PhotoError (raised when ``on_error`` is None).
   """
   p = segmenter.patch_size
   budget = patch_budget or max_patches(batch_size=batch_size)
@@ -284,4 +312,11 @@ def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, bat
     per_photo = (time.perf_counter() - t0) / len(batch.photos)
     for i, photo in enumerate(batch.photos):
       photo.pixels = None
-      yield photo, jax.tree.map(lambda a, i=i: a[i], result), {"pipeline": per_photo}
+      row = jax.tree.map(lambda a, i=i: a[i], result)
+      reason = nonfinite_reason(photo, row)
+      if reason is None:
+        yield photo, row, {"pipeline": per_photo}
+      elif on_error is None:
+        raise PhotoError(reason)
+      else:
+        on_error(photo.source, PhotoError(reason))
