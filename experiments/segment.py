@@ -302,7 +302,7 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
     failures[source.origin] = str(error)
     progress.write(f"skipping {source.origin}: {error}")
 
-  where = cfg.images or "the bundled photos"
+  where = image_io.display_path(cfg.images) if cfg.images else "the bundled photos"
   print(f"DSM on {len(sources)} photos from {where} → {out}/\n{_config_text(cfg, backbone)}\n"
         f"weights: {backbone.config.weights_note}", flush=True)
   records, kept = [], []

@@ -20,9 +20,12 @@ import numpy as np
 
 def finite_or_none(value: Any) -> Any:
   """``value`` with every non-finite float (NaN, ±Inf) replaced by None, recursively through
-  dicts, lists and tuples; NumPy scalars and arrays become Python numbers and lists."""
+  dicts, lists and tuples; NumPy scalars and arrays become Python numbers and lists; text that
+  cannot be written as UTF-8 (a non-UTF-8 file name's surrogate escapes) gets U+FFFD there."""
   if isinstance(value, dict):
-    return {k: finite_or_none(v) for k, v in value.items()}
+    return {finite_or_none(k): finite_or_none(v) for k, v in value.items()}
+  if isinstance(value, str):
+    return _utf8(value)
   if isinstance(value, (list, tuple)):
     return [finite_or_none(v) for v in value]
   if isinstance(value, np.ndarray):
@@ -43,3 +46,11 @@ def dumps(value: Any, **kwargs) -> str:
   """
   kwargs.setdefault("ensure_ascii", False)
   return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
+
+
+def _utf8(text: str) -> str:
+  try:
+    text.encode("utf-8")
+    return text
+  except UnicodeEncodeError:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -406,3 +406,32 @@ def test_training_folder_reader_skips_a_compression_bomb(tmp_path):
   with pytest.raises(image_io.ImageReadError, match="declares 400000000 pixels"):
     image_io.decode_image((tmp_path / "bomb.png").read_bytes(), "bomb")
   assert image_io.image_size(tmp_path / "good.png") == (20, 30)
+
+
+def test_segment_processes_non_utf8_file_names(paths, tmp_path):
+  """Files whose names are not UTF-8 (b"caf\\xe9.png", made with os.fsencode's inverse) are
+  processed, not an abort: their outputs are named with U+FFFD for the bad bytes (two such
+  names that would then repeat are told apart by ~2), and every printed line and JSON file is
+  valid UTF-8."""
+  from PIL import Image
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(1)
+  for raw in (b"caf\xe9.png", b"caf\xe8.png", b"good.png"):
+    rgb = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(photos / os.fsdecode(raw))
+  (photos / os.fsdecode(b"notes\xff.txt")).write_text("not a photo\n")
+  out = tmp_path / "out"
+  proc = run_command(SEG, [SEG_TEST.format(**paths), f"--images={photos}", f"--out={out}"],
+                     timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "error:" not in proc.stderr, proc.stderr[-3000:]
+  summary = json.loads((out / "summary.json").read_bytes().decode("utf-8"))
+  assert sorted(summary["images"]) == ["caf\ufffd", "caf\ufffd~2", "good"], summary["images"]
+  assert not summary["failures"]
+  assert [pathlib.Path(k).name for k in summary["skipped_non_images"]] == ["notes\ufffd.txt"]
+  for name in summary["images"]:
+    record = json.loads((out / "photos" / f"{name}.json").read_bytes().decode("utf-8"))
+    assert record["name"] == name and "\ufffd" in record["source"] or name == "good"
+    assert (out / "photos" / f"{name}.mask.png").is_file()
+  assert "caf\ufffd" in proc.stdout

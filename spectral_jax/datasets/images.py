@@ -182,11 +182,19 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[path
 def output_names(paths: list[pathlib.Path], root: pathlib.Path) -> list[str]:
   """Output stems that keep each file's folder relative to ``root`` (``sub/x.png`` →
   ``sub/x``); within a folder, files sharing a stem keep their suffix (``a.jpg``, ``a.png``).
-  Unique by construction: two files never share a relative path."""
+  Unique by construction: two files never share a relative path. Names are always valid text:
+  bytes of a non-UTF-8 file name become U+FFFD (`display_path`), and a name that then repeats
+  an earlier one gets ``~2``, ``~3``... (``caf\\xe9.png`` → ``caf\ufffd``)."""
   rel = [pathlib.Path(p).relative_to(root) for p in paths]
   stems = [(r.parent, r.stem) for r in rel]
-  return [str(r.parent / (r.stem if stems.count((r.parent, r.stem)) == 1 else r.name))
-          for r in rel]
+  names = [display_path(r.parent / (r.stem if stems.count((r.parent, r.stem)) == 1 else r.name))
+           for r in rel]
+  seen: dict[str, int] = {}
+  for i, name in enumerate(names):   # two names differing only in non-UTF-8 bytes
+    seen[name] = seen.get(name, 0) + 1
+    if seen[name] > 1:
+      names[i] = f"{name}~{seen[name]}"
+  return names
 
 
 def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
@@ -210,7 +218,7 @@ def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
   keep = lambda p: out is None or not p.resolve().is_relative_to(out)
   paths = [p for p in list_images(root, recursive=recursive) if keep(p)]
   pattern = "**/*" if recursive else "*"
-  skipped = {str(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
+  skipped = {display_path(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
              for p in sorted(root.glob(pattern))
              if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
              and not p.name.startswith(".") and keep(p)}
@@ -254,7 +262,7 @@ def read_folder(folder: str | os.PathLike, *, recursive: bool = False,
     try:
       images.append(NamedImage(name, read_image(path)))
     except (ImageReadError, FileNotFoundError) as e:
-      on_skip(str(pathlib.Path(folder) / path.relative_to(root)), e)  # as the user named it
+      on_skip(display_path(pathlib.Path(folder) / path.relative_to(root)), e)  # as named
   if not images:
     raise FileNotFoundError(f"none of the {len(paths)} image files in {str(folder)!r} could be "
                             f"read (each is reported above){tail}")
