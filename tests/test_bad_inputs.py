@@ -147,24 +147,24 @@ CASES = [
                  id="seg-image-size"),
     # settings that size memory are bounded before any work (these rows run under a 6 GB
     # address-space limit: a regression fails instead of exhausting the machine)
-    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--image_size=100000", "--out={tmp}/s"], 2,
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--image_size=100000", "--out={tmp}/s_huge"], 2,
                  "image_size must be ≤ 8192 px (0: native size); got 100000",
                  id="seg-image-size-huge"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.panel_height=100000",
-                       "--out={tmp}/s"], 2, "viz.panel_height must be ≤ 2048 px; got 100000",
+                       "--out={tmp}/s_panel"], 2, "viz.panel_height must be ≤ 2048 px; got 100000",
                  id="seg-panel-height-huge"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.num_eigenvectors=0",
-                       "--out={tmp}/s"], 2, "viz.num_eigenvectors must be ≥ 1",
+                       "--out={tmp}/s_panel0"], 2, "viz.num_eigenvectors must be ≥ 1",
                  id="seg-panel-eigenvectors-0"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.num_eigenvectors=6",
-                       "--out={tmp}/s"], 2,
+                       "--out={tmp}/s_panelk"], 2,
                  "viz.num_eigenvectors must be ≤ dsm.num_eigenvectors − 1 = 5",
                  id="seg-panel-eigenvectors-above-k"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--crf", "--config.crf.w1=nan",
-                       "--out={tmp}/s"], 2, "crf.w1 must be a finite number ≥ 0; got nan",
+                       "--out={tmp}/s_crf"], 2, "crf.w1 must be a finite number ≥ 0; got nan",
                  id="seg-crf-weight-nan"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--crf", "--config.crf.alpha=0",
-                       "--out={tmp}/s"], 2, "crf.alpha must be a finite number > 0; got 0",
+                       "--out={tmp}/s_crf0"], 2, "crf.alpha must be a finite number > 0; got 0",
                  id="seg-crf-sigma-0"),
     pytest.param(SEG, [SEG_TEST, "--samples=nope", "--out={tmp}/s"], 2, "unknown bundled photos",
                  id="seg-unknown-sample"),
@@ -435,3 +435,15 @@ def test_segment_processes_non_utf8_file_names(paths, tmp_path):
     assert record["name"] == name and "\ufffd" in record["source"] or name == "good"
     assert (out / "photos" / f"{name}.mask.png").is_file()
   assert "caf\ufffd" in proc.stdout
+
+
+def test_memory_settings_are_refused_before_anything_is_written(paths):
+  """The bounded settings are checked before the output folder is made: nothing is left on
+  disk, so the corrected command runs without --overwrite (the killed runs left OUT/photos/
+  behind and the rerun was refused)."""
+  for args in (["--image_size=100000"], ["--config.viz.panel_height=100000"],
+               ["--config.viz.num_eigenvectors=6"], ["--crf", "--config.crf.w1=nan"]):
+    out = paths["tmp"] / "refused_before_work"
+    proc = run_command(SEG, [SEG_TEST.format(**paths), "--samples=voc", f"--out={out}", *args])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists(), args
