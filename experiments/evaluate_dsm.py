@@ -20,7 +20,6 @@ nothing could be evaluated, 2 for a usage error.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 
@@ -28,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from spectral_jax import _cli, backbones, datasets, dsm, progress, viz
+from spectral_jax import _cli, backbones, datasets, dsm, progress, strict_json, viz
 from spectral_jax.dsm import evaluate as dsm_evaluate
 from spectral_jax.datasets import images as image_io
 
@@ -173,10 +172,10 @@ def _evaluate(cfg, out, dataset, kind, pipeline_config, render, t0) -> dict:
                 paper=dsm_evaluate.PAPER.get(cfg.dataset), failures=result.failures,
                 box_format="[x0, y0, x1, y1] pixels of the image, x1/y1 exclusive",
                 config=cfg.to_dict(), wall_s=round(time.perf_counter() - t0, 2))
-  (out / "metrics.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
-  (out / "boxes.json").write_text(json.dumps(result.boxes, indent=1))
-  (out / "objects.json").write_text(json.dumps(result.objects, indent=1))
-  (out / "per_image.json").write_text(json.dumps(result.per_image, indent=1))
+  (out / "metrics.json").write_text(strict_json.dumps(record, indent=1))
+  (out / "boxes.json").write_text(strict_json.dumps(result.boxes, indent=1))
+  (out / "objects.json").write_text(strict_json.dumps(result.objects, indent=1))
+  (out / "per_image.json").write_text(strict_json.dumps(result.per_image, indent=1))
   rows = report_rows(cfg.dataset, result.metrics)
   print(f"\n{cfg.dataset} {dataset.split}, {result.metrics['num_images']} images"
         f"{f', {len(result.failures)} skipped' if result.failures else ''}:")

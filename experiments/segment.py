@@ -26,7 +26,6 @@ printed and stored in summary.json next to a centred-box baseline (quality: BUIL
 from __future__ import annotations
 
 import html
-import json
 import pathlib
 import time
 
@@ -35,7 +34,7 @@ import numpy as np
 from absl import flags
 
 from experiments import common
-from spectral_jax import _cli, backbones, dsm, progress, viz
+from spectral_jax import _cli, backbones, dsm, progress, strict_json, viz
 from spectral_jax.datasets import images as image_io
 from spectral_jax.datasets import samples
 from spectral_jax.dsm import batching, outputs
@@ -44,6 +43,9 @@ DEFAULT_OUT = "segment_output"
 PHOTOS = "photos"  # OUT/photos/... holds the per-photo files; run-level files sit beside it
 OWNED = (PHOTOS, "summary.json", "index.html")   # what an overwrite replaces
 OVERWRITE_HINT = "--overwrite"
+# The largest --image_size: at P = 14 its longer side alone is 585 patches. Each photo is
+# also checked against the memory budget from its header, before it is decoded or resized.
+MAX_IMAGE_SIZE = 8192
 
 _CONFIG = _cli.define_config_file(
     "config", str(pathlib.Path(__file__).parent / "configs" / "segment.py"),
@@ -113,7 +115,8 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
     raise _cli.UsageError(f"no image files in {str(root)!r} (looked for "
                           f"{', '.join(image_io.IMAGE_SUFFIXES)}); point --images at a folder "
                           "of photos")
-  sources = [batching.Source(n, str(p), (lambda p=p: image_io.read_image(p)))
+  sources = [batching.Source(n, image_io.display_path(p), (lambda p=p: image_io.read_image(p)),
+                             size=(lambda p=p: image_io.image_size(p)))
              for n, p in zip(names, paths)]
   return sources, skipped
 
@@ -236,6 +239,13 @@ def check_config(cfg) -> tuple[dsm.PipelineConfig, outputs.RenderSettings]:
     raise _cli.UsageError("batch_size, bucket_step and prefetch must be ≥ 1 and image_size ≥ 0 "
                           f"(got {cfg.batch_size}, {cfg.bucket_step}, {cfg.prefetch}, "
                           f"{cfg.image_size})")
+  if cfg.image_size > MAX_IMAGE_SIZE:
+    raise _cli.UsageError(f"image_size must be ≤ {MAX_IMAGE_SIZE} px (0: native size); got "
+                          f"{cfg.image_size}")
+  if render.panel_eigenvectors > pipeline.num_eigenvectors - 1:
+    raise _cli.UsageError(f"viz.num_eigenvectors must be ≤ dsm.num_eigenvectors − 1 = "
+                          f"{pipeline.num_eigenvectors - 1} (heat maps of y₁..y_m); got "
+                          f"{render.panel_eigenvectors}")
   if cfg.images and cfg.samples:
     raise _cli.UsageError("samples selects bundled photos; it cannot be combined with images")
   if cfg.backbone.name not in backbones.BACKBONES:
@@ -300,13 +310,14 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
     failures[source.origin] = str(error)
     progress.write(f"skipping {source.origin}: {error}")
 
-  where = cfg.images or "the bundled photos"
+  where = image_io.display_path(cfg.images) if cfg.images else "the bundled photos"
   print(f"DSM on {len(sources)} photos from {where} → {out}/\n{_config_text(cfg, backbone)}\n"
         f"weights: {backbone.config.weights_note}", flush=True)
   records, kept = [], []
   stream = batching.segment_photos(
       segmenter, sources, image_size=cfg.image_size, batch_size=cfg.batch_size, seed=cfg.seed,
-      bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip)
+      bucket_step=cfg.bucket_step, prefetch=cfg.prefetch, keep_original=True, on_error=skip,
+      check=render.check_size)
   for photo, res, timing in progress.progress(stream, total=len(sources), desc="segment",
                                              unit="photo"):
     name, started = photo.source.name, time.perf_counter()
@@ -348,7 +359,7 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
   summary["timings_s"] = {"wall": time.perf_counter() - t_start,
                           "median_per_image": float(np.median(per_image)),
                           "note": "per image: batch time / photos in it, compiles included"}
-  (out / "summary.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+  (out / "summary.json").write_text(strict_json.dumps(summary, indent=1))
   write_index(records, summary, out, cfg)
   print_report(records, summary, out)
   return summary

@@ -8,12 +8,16 @@ to `CASES`: ``pytest.param(command, args, exit_code, message_fragment, id=...)``
 in an argument is replaced by the path of `paths`' entry ``name``.
 """
 
+import json
 import os
 import pathlib
 import pickle
+import resource
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -141,6 +145,27 @@ CASES = [
                  id="seg-batch-size-0"),
     pytest.param(SEG, [SEG_TEST, "--image_size=-1", "--out={tmp}/s"], 2, "image_size",
                  id="seg-image-size"),
+    # settings that size memory are bounded before any work (these rows run under a 6 GB
+    # address-space limit: a regression fails instead of exhausting the machine)
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--image_size=100000", "--out={tmp}/s_huge"], 2,
+                 "image_size must be ≤ 8192 px (0: native size); got 100000",
+                 id="seg-image-size-huge"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.panel_height=100000",
+                       "--out={tmp}/s_panel"], 2, "viz.panel_height must be ≤ 2048 px; got 100000",
+                 id="seg-panel-height-huge"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.num_eigenvectors=0",
+                       "--out={tmp}/s_panel0"], 2, "viz.num_eigenvectors must be ≥ 1",
+                 id="seg-panel-eigenvectors-0"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--config.viz.num_eigenvectors=6",
+                       "--out={tmp}/s_panelk"], 2,
+                 "viz.num_eigenvectors must be ≤ dsm.num_eigenvectors − 1 = 5",
+                 id="seg-panel-eigenvectors-above-k"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--crf", "--config.crf.w1=nan",
+                       "--out={tmp}/s_crf"], 2, "crf.w1 must be a finite number ≥ 0; got nan",
+                 id="seg-crf-weight-nan"),
+    pytest.param(SEG, [SEG_TEST, "--samples=voc", "--crf", "--config.crf.alpha=0",
+                       "--out={tmp}/s_crf0"], 2, "crf.alpha must be a finite number > 0; got 0",
+                 id="seg-crf-sigma-0"),
     pytest.param(SEG, [SEG_TEST, "--samples=nope", "--out={tmp}/s"], 2, "unknown bundled photos",
                  id="seg-unknown-sample"),
     pytest.param(SEG, [SEG_TEST, "--samples=voc", "--images={one_image}", "--out={tmp}/s"], 2,
@@ -258,9 +283,19 @@ def _random_features():
       names=tuple(f"im{i}" for i in range(8)), key="random")
 
 
+MEMORY_LIMIT = 6 << 30   # bytes of address space a segment run may map (RLIMIT_AS)
+
+
 def run_command(command, args, cwd=REPO, timeout=120):
+  """``python -m command args``; segment runs under `MEMORY_LIMIT` (a budget that regresses
+  ends in a MemoryError there, not in the kernel killing the machine's processes)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", command, *args], cwd=cwd, env=env, text=True,
+  start = ["-m", command]
+  if command == SEG:   # the limit is set by the child itself (no fork-time hook in a JAX parent)
+    start = ["-c", f"import resource, runpy; resource.setrlimit(resource.RLIMIT_AS, "
+                   f"({MEMORY_LIMIT}, {MEMORY_LIMIT})); runpy.run_module({command!r}, "
+                   "run_name='__main__', alter_sys=True)"]
+  return subprocess.run([sys.executable, *start, *args], cwd=cwd, env=env, text=True,
                         capture_output=True, timeout=timeout)
 
 
@@ -316,3 +351,113 @@ def test_leftover_children_are_detected():
     proc.kill()
     proc.wait()
   assert proc.pid not in child_processes()
+
+
+def write_png(path, width, height, rows=None):
+  """A PNG declaring ``width``×``height`` RGB, written without holding its pixels: all
+  ``height`` rows of zeros (a legitimate file), or only the first ``rows`` (the rest missing:
+  a compression bomb's header on a small file)."""
+  chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                              + struct.pack(">I", zlib.crc32(kind + data)))
+  packer = zlib.compressobj(1)
+  row = bytes(1 + 3 * width)
+  body = b"".join(packer.compress(row) for _ in range(height if rows is None else rows))
+  body += packer.flush()
+  pathlib.Path(path).write_bytes(
+      b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+      + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_segment_skips_photos_over_the_budgets_from_their_headers(paths, tmp_path):
+  """A compression bomb (20000×20000 declared), a 12000×9000 scan (above the decode budget),
+  an 8000×6000 photo at its native size (its dense graph would not fit) and a panorama whose
+  eigenvector panel would be 146 MP are each skipped with their reason, found from the file's
+  header before any decode or resize (the run is under a 6 GB address-space limit); the good
+  photo beside them is processed."""
+  from PIL import Image
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rgb = np.random.default_rng(0).integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(photos / "good.png")
+  write_png(photos / "bomb.png", 20000, 20000, rows=8)
+  write_png(photos / "scan.png", 12000, 9000)
+  write_png(photos / "native.png", 8000, 6000)
+  Image.fromarray(np.tile(rgb[:28, :1], (1, 2000, 1))).save(photos / "panorama.png")
+  out = tmp_path / "out"
+  proc = run_command(SEG, [SEG_TEST.format(**paths), f"--images={photos}", f"--out={out}",
+                           "--image_size=0", "--config.viz.panel_height=2048"], timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr[-3000:]
+  summary = json.loads((out / "summary.json").read_text())
+  assert list(summary["images"]) == ["good"]
+  reasons = {pathlib.Path(k).name: v for k, v in summary["failures"].items()}
+  assert "declares 400000000 pixels, above the decode budget of 67 MP" in reasons[
+      "bomb.png"], reasons
+  assert "declares 12000×9000 px (108 MP), above the decode budget" in reasons["scan.png"]
+  assert "patches would need" in reasons["native.png"], reasons
+  assert "panel budget: lower viz.panel_height" in reasons["panorama.png"], reasons
+  for name in reasons:
+    assert f"skipping {photos / name}: {reasons[name]}" in proc.stderr
+  assert sorted(p.name for p in (out / "photos").iterdir()) == sorted(
+      f"good.{k}" for k in ("json", "mask.png", "segments.png", "instances.png", "overlay.png",
+                            "eigenvectors.png"))
+  assert not (out / "RUN_INCOMPLETE").exists()
+
+
+def test_training_folder_reader_skips_a_compression_bomb(tmp_path):
+  """The training's folder reader (`read_folder`) and `decode_image` refuse a bomb by its
+  header, with the reason, and keep the good image."""
+  from PIL import Image
+
+  from spectral_jax.datasets import images as image_io
+  Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "good.png")
+  write_png(tmp_path / "bomb.png", 20000, 20000, rows=8)
+  skipped = []
+  images = image_io.read_folder(tmp_path, on_skip=lambda path, e: skipped.append((path, str(e))))
+  assert [im.name for im in images] == ["good"]
+  assert len(skipped) == 1 and skipped[0][0].endswith("bomb.png")
+  assert "declares 400000000 pixels, above the decode budget" in skipped[0][1]
+  with pytest.raises(image_io.ImageReadError, match="declares 400000000 pixels"):
+    image_io.decode_image((tmp_path / "bomb.png").read_bytes(), "bomb")
+  assert image_io.image_size(tmp_path / "good.png") == (20, 30)
+
+
+def test_segment_processes_non_utf8_file_names(paths, tmp_path):
+  """Files whose names are not UTF-8 (b"caf\\xe9.png", made with os.fsencode's inverse) are
+  processed, not an abort: their outputs are named with U+FFFD for the bad bytes (two such
+  names that would then repeat are told apart by ~2), and every printed line and JSON file is
+  valid UTF-8."""
+  from PIL import Image
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(1)
+  for raw in (b"caf\xe9.png", b"caf\xe8.png", b"good.png"):
+    rgb = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(photos / os.fsdecode(raw))
+  (photos / os.fsdecode(b"notes\xff.txt")).write_text("not a photo\n")
+  out = tmp_path / "out"
+  proc = run_command(SEG, [SEG_TEST.format(**paths), f"--images={photos}", f"--out={out}"],
+                     timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "error:" not in proc.stderr, proc.stderr[-3000:]
+  summary = json.loads((out / "summary.json").read_bytes().decode("utf-8"))
+  assert sorted(summary["images"]) == ["caf\ufffd", "caf\ufffd~2", "good"], summary["images"]
+  assert not summary["failures"]
+  assert [pathlib.Path(k).name for k in summary["skipped_non_images"]] == ["notes\ufffd.txt"]
+  for name in summary["images"]:
+    record = json.loads((out / "photos" / f"{name}.json").read_bytes().decode("utf-8"))
+    assert record["name"] == name and "\ufffd" in record["source"] or name == "good"
+    assert (out / "photos" / f"{name}.mask.png").is_file()
+  assert "caf\ufffd" in proc.stdout
+
+
+def test_memory_settings_are_refused_before_anything_is_written(paths):
+  """The bounded settings are checked before the output folder is made: nothing is left on
+  disk, so the corrected command runs without --overwrite (the killed runs left OUT/photos/
+  behind and the rerun was refused)."""
+  for args in (["--image_size=100000"], ["--config.viz.panel_height=100000"],
+               ["--config.viz.num_eigenvectors=6"], ["--crf", "--config.crf.w1=nan"]):
+    out = paths["tmp"] / "refused_before_work"
+    proc = run_command(SEG, [SEG_TEST.format(**paths), "--samples=voc", f"--out={out}", *args])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists(), args

@@ -65,6 +65,39 @@ def read_ids(path) -> list[int]:
   return ids
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _by_id(entries: list, what: str, key: str, skipped: dict[str, str]):
+  """``(entry[key], entry)`` for the dict entries whose ``key`` is an integer; the others are
+  recorded in ``skipped`` as ``"what[k]"`` → why."""
+  for k, entry in enumerate(entries):
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if _is_int(value):
+      yield value, entry
+    else:
+      skipped[f"{what}[{k}]"] = f"not an entry with an integer {key!r}: {str(entry)[:80]}"
+
+
+def check_annotation(ann: dict, where: str = "COCO annotation") -> None:
+  """Refuses (ValueError, naming ``where``) an annotation whose ``bbox`` is not 4 finite
+  numbers with w, h ≥ 0, whose ``category_id`` is not an integer in 1..254 (the class mask is
+  uint8, 255 = ignore; COCO's ids are 1..90) or whose ``iscrowd`` is not 0/1."""
+  bbox = ann.get("bbox")
+  if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+      or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                 for v in bbox) or bbox[2] < 0 or bbox[3] < 0):
+    raise ValueError(f"{where}: 'bbox' must be [x, y, w, h], 4 finite numbers with w, h ≥ 0; "
+                     f"got {bbox!r}")
+  category = ann.get("category_id")
+  if not _is_int(category) or not 1 <= category <= core.IGNORE - 1:
+    raise ValueError(f"{where}: 'category_id' must be an integer in 1..{core.IGNORE - 1}; got "
+                     f"{category!r}")
+  if ann.get("iscrowd", 0) not in (0, 1):
+    raise ValueError(f"{where}: 'iscrowd' must be 0 or 1; got {ann.get('iscrowd')!r}")
+
+
 def coco_box(bbox, hw) -> list[int]:
   """COCO float [x, y, w, h] → covering int [x0, y0, x1, y1], clipped to (H, W)."""
   x, y, w, h = (float(v) for v in bbox)
@@ -98,10 +131,18 @@ class COCO20k(core.DataSource):
     ann_path = core.need(self.root / "annotations" / "instances_train2014.json", ARCHIVE)
     with open(ann_path) as f:
       data = json.load(f)
-    self._images = {int(im["id"]): im for im in data["images"]}
+    lists = {key: data.get(key) if isinstance(data, dict) else None
+             for key in ("images", "annotations")}
+    for key, value in lists.items():
+      if not isinstance(value, list):
+        raise ValueError(f"{str(ann_path)!r}: {key!r} must be a list of entries; got "
+                         f"{type(value).__name__}")
+    # Entries without a usable id are skipped (listed in `skipped`, never an abort).
+    self.skipped: dict[str, str] = {}
+    self._images = dict(_by_id(lists["images"], "images", "id", self.skipped))
     self._anns: dict[int, list] = {}
-    for a in data["annotations"]:
-      self._anns.setdefault(int(a["image_id"]), []).append(a)
+    for image_id, a in _by_id(lists["annotations"], "annotations", "image_id", self.skipped):
+      self._anns.setdefault(image_id, []).append(a)
     wanted = read_ids(ids_file)
     missing = [i for i in wanted if i not in self._images]
     if missing:
@@ -110,10 +151,24 @@ class COCO20k(core.DataSource):
     self.ids = [str(i) for i in wanted]
 
   def image_path(self, image_id: str) -> pathlib.Path:
-    return self.root / "train2014" / self._images[int(image_id)]["file_name"]
+    name = self._images[int(image_id)].get("file_name")
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"COCO {image_id}: 'file_name' {name!r} is not a file name")
+    return self.root / "train2014" / name
 
   def read(self, image_id: str) -> core.Record:
+    """The record of ``image_id``.
+
+    Raises:
+      ValueError: a malformed entry (a non-integer size, a ``bbox`` that is not 4 finite
+        numbers, a category id outside 1..254), naming the image and the annotation.
+    """
     info = self._images[int(image_id)]
+    if not (_is_int(info.get("height")) and _is_int(info.get("width"))):
+      raise ValueError(f"COCO {image_id}: height/width {info.get('height')!r}, "
+                       f"{info.get('width')!r} are not integers")
+    for a in self._anns.get(int(image_id), []):
+      check_annotation(a, f"COCO {image_id} annotation {a.get('id')}")
     image = core.read_rgb(self.image_path(image_id), ARCHIVE)
     hw = image.shape[:2]
     if (int(info["height"]), int(info["width"])) != hw:

@@ -154,11 +154,16 @@ def read_label_png(path: pathlib.Path, archive: str) -> np.ndarray:
   Raises:
     ValueError: the PNG is in another mode (e.g. RGB, which would lose the indices).
   """
-  with Image.open(need(path, archive)) as img:
-    if img.mode not in ("P", "L"):
-      raise ValueError(f"{str(path)!r} is a {img.mode} image; label maps must be palette or "
-                       f"greyscale PNGs of class indices (as in {archive})")
-    return np.asarray(img, dtype=np.uint8).copy()
+  try:
+    with Image.open(need(path, archive)) as img:
+      if img.mode not in ("P", "L"):
+        raise ValueError(f"{str(path)!r} is a {img.mode} image; label maps must be palette or "
+                         f"greyscale PNGs of class indices (as in {archive})")
+      return np.asarray(img, dtype=np.uint8).copy()
+  except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, not a PNG
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise ValueError(f"cannot read the label map {str(path)!r}: {e}") from e
 
 
 def read_binary_mask(path: pathlib.Path, archive: str) -> np.ndarray:
@@ -167,8 +172,13 @@ def read_binary_mask(path: pathlib.Path, archive: str) -> np.ndarray:
   The DSM evaluation binarises ``ToTensor(mask.convert("RGB"))[0] > 0.5``, i.e. value ≥ 128
   of the red (or only) channel; soft masks (CUB averages annotators) are cut at the same level.
   """
-  with Image.open(need(path, archive)) as img:
-    a = np.asarray(img.convert("RGB"), dtype=np.uint8)[..., 0]
+  try:
+    with Image.open(need(path, archive)) as img:
+      a = np.asarray(img.convert("RGB"), dtype=np.uint8)[..., 0]
+  except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, not an image
+    if isinstance(e, FileNotFoundError):
+      raise
+    raise ValueError(f"cannot read the mask {str(path)!r}: {e}") from e
   return a > 127
 
 

@@ -3,6 +3,12 @@
 Everything past this module works on arrays; this is the one place that touches image files.
 Non-RGB inputs are converted: grayscale and palette images to RGB, RGBA composited over white,
 16-bit and float images rescaled to 8 bits, and EXIF orientation applied.
+
+Decode budget: a file whose header declares more than ``MAX_PIXELS`` pixels is refused before
+any pixel is decoded (`ImageReadError`, naming its size), so a compression bomb (a 389 KB PNG
+declaring 20000×20000) or a huge scan is a per-photo skip with its reason, not an
+out-of-memory kill. PIL's own bomb guard (its DecompressionBombWarning/Error, 89 and 179 MP)
+is met only above this budget and is answered the same way.
 """
 
 from __future__ import annotations
@@ -11,11 +17,21 @@ import dataclasses
 import io
 import os
 import pathlib
+import re
 import sys
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pixels (W·H from the header) above which a file is refused before decoding: 64 MP. A 50 MP
+# camera photo passes; a 12000×9000 scan (108 MP) is refused (decoding it, converting it and
+# keeping the original for the outputs peaked at 10.9 GB). Downscale such files first.
+MAX_PIXELS = 64 * 2**20
+# Every image above PIL's bomb-warning threshold is above MAX_PIXELS too and refused here with
+# its reason, so PIL's warning (printed apart from that reason) adds nothing: silenced.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -56,36 +72,90 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """Reads an image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
 
   Raises:
     FileNotFoundError: the path does not exist.
-    ImageReadError: the file is not a readable image (corrupt, truncated or another format).
+    ImageReadError: the file is not a readable image (corrupt, truncated or another format),
+      or its header declares more than ``max_pixels`` pixels (refused before decoding).
   """
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"no image file at {str(path)!r}")
-  return _decode(path, str(path))
+    raise FileNotFoundError(f"no image file at {display_path(path)!r}")
+  return _decode(path, display_path(path), max_pixels)
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
   """An encoded image file's bytes (JPEG, PNG, ...) as (H, W, 3) uint8 RGB, exactly as
   :func:`read_image` decodes that file (same conversions). ``name`` is used in errors.
 
   Raises:
-    ImageReadError: the bytes are not a readable image.
+    ImageReadError: the bytes are not a readable image, or declare more than ``max_pixels``.
   """
-  return _decode(io.BytesIO(data), name)
+  return _decode(io.BytesIO(data), name, max_pixels)
 
 
-def _decode(file, name: str) -> np.ndarray:
+def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+  """(H, W) of an image file as :func:`read_image` would return it (EXIF rotation applied),
+  from its header only: no pixel is decoded, so budgets can be checked before any allocation.
+
+  Raises:
+    FileNotFoundError / ImageReadError: as :func:`read_image` (the pixel budget included).
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no image file at {display_path(path)!r}")
   try:
-    with Image.open(file) as img:
+    with _open(path, display_path(path), max_pixels) as img:
+      w, h = img.size
+      rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation: a transpose
+  except ImageReadError:
+    raise
+  except _READ_ERRORS as e:
+    raise ImageReadError(f"cannot read {display_path(path)!r} as an image: {e}") from e
+  return (w, h) if rotated else (h, w)
+
+
+def display_path(path: str | os.PathLike) -> str:
+  """A path as text that can always be printed and written as UTF-8: bytes of a non-UTF-8
+  file name (kept by Python as surrogate escapes) become U+FFFD."""
+  return os.fsencode(path).decode("utf-8", "replace")
+
+
+_READ_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
+def _over_budget(name: str, declared: str, max_pixels: int) -> ImageReadError:
+  return ImageReadError(f"{name!r} declares {declared}, above the decode budget of "
+                        f"{max_pixels / 1e6:.0f} MP (images.MAX_PIXELS; a compression bomb or a "
+                        "huge scan): downscale it first")
+
+
+def _open(file, name: str, max_pixels: int) -> Image.Image:
+  """``Image.open`` with the decode budget checked on the header (nothing decoded yet)."""
+  try:
+    img = Image.open(file)
+  except Image.DecompressionBombError as e:  # PIL refuses above 2× its limit, before .size
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    declared = f"{found[1]} pixels" if found else "too many pixels"
+    raise _over_budget(name, declared, max_pixels) from e
+  w, h = img.size
+  if w * h > max_pixels:
+    img.close()
+    raise _over_budget(name, f"{w}×{h} px ({w * h / 1e6:.0f} MP)", max_pixels)
+  return img
+
+
+def _decode(file, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+  try:
+    with _open(file, name, max_pixels) as img:
       img.load()
       img = ImageOps.exif_transpose(img)
       rgb = to_rgb_uint8(img)
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+  except ImageReadError:
+    raise
+  except _READ_ERRORS as e:
     raise ImageReadError(f"cannot read {name!r} as an image: {e}") from e
   if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
     raise ImageReadError(f"{name!r} decodes to an empty image of shape {rgb.shape}")
@@ -112,11 +182,19 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[path
 def output_names(paths: list[pathlib.Path], root: pathlib.Path) -> list[str]:
   """Output stems that keep each file's folder relative to ``root`` (``sub/x.png`` →
   ``sub/x``); within a folder, files sharing a stem keep their suffix (``a.jpg``, ``a.png``).
-  Unique by construction: two files never share a relative path."""
+  Unique by construction: two files never share a relative path. Names are always valid text:
+  bytes of a non-UTF-8 file name become U+FFFD (`display_path`), and a name that then repeats
+  an earlier one gets ``~2``, ``~3``... (``caf\\xe9.png`` → ``caf\ufffd``)."""
   rel = [pathlib.Path(p).relative_to(root) for p in paths]
   stems = [(r.parent, r.stem) for r in rel]
-  return [str(r.parent / (r.stem if stems.count((r.parent, r.stem)) == 1 else r.name))
-          for r in rel]
+  names = [display_path(r.parent / (r.stem if stems.count((r.parent, r.stem)) == 1 else r.name))
+           for r in rel]
+  seen: dict[str, int] = {}
+  for i, name in enumerate(names):   # two names differing only in non-UTF-8 bytes
+    seen[name] = seen.get(name, 0) + 1
+    if seen[name] > 1:
+      names[i] = f"{name}~{seen[name]}"
+  return names
 
 
 def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
@@ -140,7 +218,7 @@ def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
   keep = lambda p: out is None or not p.resolve().is_relative_to(out)
   paths = [p for p in list_images(root, recursive=recursive) if keep(p)]
   pattern = "**/*" if recursive else "*"
-  skipped = {str(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
+  skipped = {display_path(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
              for p in sorted(root.glob(pattern))
              if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
              and not p.name.startswith(".") and keep(p)}
@@ -184,7 +262,7 @@ def read_folder(folder: str | os.PathLike, *, recursive: bool = False,
     try:
       images.append(NamedImage(name, read_image(path)))
     except (ImageReadError, FileNotFoundError) as e:
-      on_skip(str(pathlib.Path(folder) / path.relative_to(root)), e)  # as the user named it
+      on_skip(display_path(pathlib.Path(folder) / path.relative_to(root)), e)  # as named
   if not images:
     raise FileNotFoundError(f"none of the {len(paths)} image files in {str(folder)!r} could be "
                             f"read (each is reported above){tail}")

@@ -23,6 +23,7 @@ Ground truth per image id (:class:`~spectral_jax.datasets.core.Record`):
 
 from __future__ import annotations
 
+import math
 import pathlib
 import xml.etree.ElementTree as ET
 
@@ -56,7 +57,14 @@ def parse_annotation(path: pathlib.Path, archive: str = "the VOC archive") -> di
     child = node.find(tag)
     if child is None or child.text is None:
       raise ValueError(f"{str(path)!r}: <{tag}> missing in <{node.tag}>")
-    return float(child.text)
+    try:
+      value = float(child.text)
+    except ValueError:
+      value = math.nan
+    if not math.isfinite(value) or abs(value) > 2**31 - 1:
+      raise ValueError(f"{str(path)!r}: <{tag}>{child.text.strip()}</{tag}> in <{node.tag}> is "
+                       "not a finite pixel coordinate")
+    return value
 
   size = root.find("size")
   hw = (int(number(size, "height")), int(number(size, "width"))) if size is not None else None

@@ -47,6 +47,9 @@ class Source:
   name: str
   origin: str                          # file path or "bundled:<name>"
   load: Callable[[], np.ndarray]
+  # (H, W) the photo will have, read without decoding it (a file's header): lets `prepare`
+  # refuse a photo over the budgets before any pixel is allocated. None: checked after `load`.
+  size: Callable[[], tuple[int, int]] | None = None
 
 
 @dataclasses.dataclass
@@ -80,26 +83,30 @@ def max_patches(memory: int | None = None, batch_size: int = 1) -> int:
   return int(np.sqrt(memory / (BYTES_PER_PATCH_PAIR * max(batch_size, 1))))
 
 
-def prepare(source: Source, *, image_size: int, patch_size: int, min_patches: int,
-            patch_budget: int, keep_original: bool = False, colour_grid: bool = False) -> Photo:
-  """Decodes and resizes one photo; raises PhotoError (or the reader's error) to skip it.
+def resized_shape(size: tuple[int, int], image_size: int) -> tuple[int, int]:
+  """(H', W') of a photo of ``size`` (H, W) after ``image_ops.resize_longer_side``, computed
+  without resizing (so budgets are checked before the resize allocates)."""
+  h, w = size
+  if image_size <= 0 or max(h, w) == 0:
+    return h, w
+  scale = image_size / max(h, w)
+  return max(1, round(h * scale)), max(1, round(w * scale))
 
-  Refused: photos with fewer than ``min_patches`` patches at their own size (1×1, 10×10 px:
-  upscaling would invent every detail) or after resizing, and photos above ``patch_budget``
-  patches (the dense graph would not fit in memory: the message says which size would).
-  """
-  rgb = source.load()
-  size = rgb.shape[:2]
+
+def check_size(size: tuple[int, int], *, image_size: int, patch_size: int, min_patches: int,
+               patch_budget: int) -> tuple[int, int]:
+  """The patch grid (h, w) a photo of ``size`` (H, W) will have; raises PhotoError when it is
+  refused (see :func:`prepare`). Needs the size only, never the pixels."""
   native = (size[0] // patch_size) * (size[1] // patch_size)
   if native < min_patches:
     raise PhotoError(f"the photo is {size[1]}×{size[0]} px: fewer than {min_patches} patches of "
                      f"{patch_size} px at its own size, too small to segment (upscaling would "
                      "invent the detail)")
-  resized = image_ops.resize_longer_side(rgb, image_size)
-  grid = (resized.shape[0] // patch_size, resized.shape[1] // patch_size)
+  hw = resized_shape(size, image_size)
+  grid = (hw[0] // patch_size, hw[1] // patch_size)
   n = grid[0] * grid[1]
   if n < min_patches:
-    raise PhotoError(f"after resizing to {resized.shape[1]}×{resized.shape[0]} px the photo has "
+    raise PhotoError(f"after resizing to {hw[1]}×{hw[0]} px the photo has "
                      f"{n} patches; need at least {min_patches}: raise image_size")
   if n > patch_budget:
     fits = int(np.sqrt(patch_budget * size[1] / size[0])) * patch_size if size[0] else 0
@@ -107,6 +114,34 @@ def prepare(source: Source, *, image_size: int, patch_size: int, min_patches: in
                      f"{BYTES_PER_PATCH_PAIR * n * n / 2**30:.1f} GiB for the dense graph, more "
                      f"than the {patch_budget}-patch budget of this machine's free memory: use "
                      f"image_size of at most about {max(fits, patch_size)}")
+  return grid
+
+
+def prepare(source: Source, *, image_size: int, patch_size: int, min_patches: int,
+            patch_budget: int, keep_original: bool = False, colour_grid: bool = False,
+            check: Callable[[tuple[int, int]], None] | None = None) -> Photo:
+  """Decodes and resizes one photo; raises PhotoError (or the reader's error) to skip it.
+
+  Refused: photos with fewer than ``min_patches`` patches at their own size (1×1, 10×10 px:
+  upscaling would invent every detail) or after resizing, photos above ``patch_budget``
+  patches (the dense graph would not fit in memory: the message says which size would), and
+  photos ``check(size)`` refuses (raising ValueError; e.g. the output panel's budget). Every
+  budget is checked from the size alone, before the resize allocates, and from the file's
+  header before decoding where the source gives ``size``.
+  """
+  limits = dict(image_size=image_size, patch_size=patch_size, min_patches=min_patches,
+                patch_budget=patch_budget)
+  if source.size is not None:
+    header = tuple(source.size())
+    check_size(header, **limits)
+    if check is not None:
+      check(header)
+  rgb = source.load()
+  size = rgb.shape[:2]
+  grid = check_size(size, **limits)
+  if check is not None:
+    check(size)
+  resized = image_ops.resize_longer_side(rgb, image_size)
   pixels = np.ascontiguousarray(resized[:grid[0] * patch_size, :grid[1] * patch_size])
   colours = None
   if colour_grid:  # the colour graph (λ > 0) reads the uncropped photo at the patch grid
@@ -212,17 +247,46 @@ def photo_key(seed: int, pixels: np.ndarray) -> jax.Array:
                             int.from_bytes(digest.digest(), "little") & 0x7FFFFFFF)
 
 
+def nonfinite_reason(photo: Photo, res) -> str | None:
+  """Why a photo's result cannot be trusted because it holds NaN/Inf, or None.
+
+  Non-finite features (weights, a graph weight overflowing) make NaN eigenpairs, and a NaN
+  object map still thresholds into a mask and a box (the whole image, confidently): so any
+  NaN/Inf in the eigenvalues, the eigenvectors or the object map on the photo's grid, or in the
+  embeddings of its semantic crops, fails the photo.
+
+  Args:
+    photo: the ``Photo``; res: its row of the ``DSMResult`` (NumPy, padded grid).
+  """
+  h, w = photo.grid
+  pr = res.patches
+  parts = {"eigenvalues": pr.eigenvalues,
+           "eigenvectors": np.asarray(pr.eigenvectors).reshape(pr.fiedler.shape + (-1,))[:h, :w],
+           "object map": np.asarray(pr.fiedler)[:h, :w]}
+  if res.semantic_embeddings is not None:
+    parts["semantic crop embeddings"] = np.asarray(res.semantic_embeddings)[
+        np.asarray(res.semantic_valid, bool)]
+  bad = [name for name, a in parts.items() if not np.all(np.isfinite(a))]
+  if not bad:
+    return None
+  return (f"NaN/Inf in the {', '.join(bad)}: the features or the graph are not finite (check "
+          "the weights and the graph settings); no mask or box of this photo can be trusted")
+
+
 def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, batch_size: int,
                    seed: int = 0, bucket_step: int = BUCKET_STEP, prefetch: int = PREFETCH,
                    keep_original: bool = False, patch_budget: int | None = None,
                    on_error: Callable[[Source, Exception], None] | None = None,
+                   check: Callable[[tuple[int, int]], None] | None = None,
                    ) -> Iterator[tuple[Photo, Any, dict]]:
   """Runs ``segmenter`` (``dsm.make_pipeline``) over photos, streaming.
 
   Yields ``(photo, result, timing)`` per photo as its batch finishes: ``result`` is the
   photo's row of the batch's ``DSMResult`` as NumPy (patch maps still on the padded grid: crop
   to ``photo.grid``), ``timing`` the batch's seconds per photo. Skipped photos go to
-  ``on_error``.
+  ``on_error``; ``check(size)`` may refuse a photo by its (H, W) (see :func:`prepare`). A
+  photo whose result holds NaN/Inf (:func:`nonfinite_reason`) is never yielded: it goes to
+  ``on_error`` as a PhotoError (raised when ``on_error`` is None).
   """
   p = segmenter.patch_size
   budget = patch_budget or max_patches(batch_size=batch_size)
@@ -231,7 +295,7 @@ def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, bat
     bucket_step = 1  # the colour graph is not masked: λ > 0 runs each grid unpadded
   prep = lambda s: prepare(s, image_size=image_size, patch_size=p,
                            min_patches=segmenter.config.min_patches(), patch_budget=budget,
-                           keep_original=keep_original, colour_grid=colour)
+                           keep_original=keep_original, colour_grid=colour, check=check)
   photos = prefetched(sources, prep, prefetch=prefetch, on_error=on_error)
   longest = image_size // p if image_size > 0 else None  # every photo's longer side
   for batch in batches(photos, batch_size=batch_size, patch_size=p, bucket_step=bucket_step,
@@ -248,4 +312,11 @@ def segment_photos(segmenter, sources: Iterable[Source], *, image_size: int, bat
     per_photo = (time.perf_counter() - t0) / len(batch.photos)
     for i, photo in enumerate(batch.photos):
       photo.pixels = None
-      yield photo, jax.tree.map(lambda a, i=i: a[i], result), {"pipeline": per_photo}
+      row = jax.tree.map(lambda a, i=i: a[i], result)
+      reason = nonfinite_reason(photo, row)
+      if reason is None:
+        yield photo, row, {"pipeline": per_photo}
+      elif on_error is None:
+        raise PhotoError(reason)
+      else:
+        on_error(photo.source, PhotoError(reason))

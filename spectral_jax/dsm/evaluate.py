@@ -22,7 +22,7 @@ from spectral_jax import bilateral as bilateral_lib, protocols
 from spectral_jax import progress as progress_lib
 from spectral_jax.dsm import batching, localisation, masks, outputs
 
-__all__ = ["PAPER", "Evaluation", "check_semantic_setup", "evaluate_dsm",
+__all__ = ["PAPER", "BadRecordError", "Evaluation", "check_semantic_setup", "evaluate_dsm",
            "semantic_over_dataset"]
 
 # The papers' figures beside which the command prints its measurements (SPEC §6–7; None where
@@ -47,6 +47,19 @@ class Evaluation:
   objects: dict[str, list[list[int]]]  # image id → every discovered object's box, best first
   per_image: dict[str, dict]       # image id → its scores (hit / IoU ...)
   failures: dict[str, str]         # image id → why it was skipped
+  skipped_records: dict[str, str] = dataclasses.field(default_factory=dict)  # bad records:
+  # id → why (malformed annotation, unreadable mask, ...; also in ``failures``)
+
+
+class BadRecordError(ValueError):
+  """A dataset record that cannot be read (a malformed annotation, a truncated mask): the
+  record is skipped with its id and the reason, the run goes on."""
+
+
+# What a reader raises on a malformed record (a non-number, a null where a list belongs, an
+# out-of-range value, a truncated file): each becomes a BadRecordError for that record.
+RECORD_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, OSError,
+                 SyntaxError)
 
 
 def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_size: int = 4,
@@ -72,7 +85,10 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
     upsample: the object mask's upsampling ("nearest", the reference, or "bilinear").
     progress: progress on stderr (a bar on a terminal, bounded-rate lines off one).
     on_error: called with (image id, error) for an image that cannot be read or processed;
-      it is skipped and listed in ``failures``.
+      it is skipped and listed in ``failures``. A record the dataset cannot read (a malformed
+      annotation, a truncated mask: `RECORD_ERRORS`) is skipped the same way and also listed
+      in ``skipped_records``, with the records the dataset itself skipped when it was opened
+      (its ``skipped``: id → reason); ``metrics["skipped_records"]`` counts them.
     on_mask: called with (image id, (H, W) bool object mask) for kind "mask", or (image id,
       (H, W) int32 semantic map: 0 background, cluster c as c + 1) for kind "semantic".
     num_clusters, pca_dim: kind "semantic": the dataset-level clusters C (VOC: 20, + the
@@ -96,9 +112,20 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
   pending: dict[str, object] = {}
   lock = threading.Lock()
 
+  bad_records: dict[str, str] = dict(getattr(dataset, "skipped", None) or {})
+  for image_id, reason in list(bad_records.items()):   # skipped when the dataset was opened
+    if on_error is not None:
+      on_error(image_id, BadRecordError(reason))
+
   def loader(i):
     def load():
-      rec = dataset[i]
+      try:
+        rec = dataset[i]
+      except RECORD_ERRORS as e:   # one bad record never aborts the run
+        reason = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+        with lock:
+          bad_records[dataset.ids[i]] = reason
+        raise BadRecordError(reason) from e
       with lock:
         pending[rec.id] = dataclasses.replace(rec, image=None)
       return rec.image
@@ -178,9 +205,12 @@ def evaluate_dsm(segmenter, dataset, *, kind: str, image_size: int = 448, batch_
         progress=progress)
   else:
     result = scores.result()
+  for image_id, reason in bad_records.items():   # those found when the dataset was opened
+    failures.setdefault(image_id, reason)
   result["num_failed"] = len(failures)
+  result["skipped_records"] = len(bad_records)
   return Evaluation(metrics=result, boxes=boxes, objects=objects, per_image=per_image,
-                    failures=failures)
+                    failures=failures, skipped_records=bad_records)
 
 
 def _ignored(record) -> np.ndarray:

@@ -16,7 +16,6 @@ Host NumPy at the output edge (``dsm.batching`` yields a photo and its row of th
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import time
 
@@ -24,10 +23,15 @@ import jax
 import numpy as np
 
 from spectral_jax import bilateral as bilateral_lib, crf, image_ops, metrics, protocols, viz
+from spectral_jax import strict_json
 from spectral_jax.datasets import images as image_io
 from spectral_jax.dsm import localisation, masks, semantic
 
 KINDS = ("overlay", "eigenvectors", "mask", "segments", "instances")
+MAX_PANEL_HEIGHT = 2048      # px: the largest viz.panel_height accepted
+# Pixels of one STEM.eigenvectors.png (tiles × height × width): a photo whose panel would be
+# larger (a panorama at a tall panel_height) is refused from its size before any work.
+MAX_PANEL_PIXELS = 2**25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +85,32 @@ class RenderSettings:
       raise ValueError("choose one mask refinement: crf.enabled or bilateral.enabled")
     if self.bilateral is not None:
       self.bilateral.validate()
+    if self.crf is not None:
+      for name, v in self.crf._asdict().items():   # NaN weights emptied every mask silently
+        low, what = {"iterations": (1, "an int ≥ 1"), "w1": (0, "a finite number ≥ 0"),
+                     "w2": (0, "a finite number ≥ 0")}.get(name, (0, "a finite number > 0"))
+        if (not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool)
+            or not np.isfinite(v) or v < low or (low == 0 and v == 0 and what.endswith("> 0"))
+            or (name == "iterations" and v != int(v))):
+          raise ValueError(f"crf.{name} must be {what}; got {v!r}")
     if self.panel_height < 1 or self.panel_eigenvectors < 1:
       raise ValueError(f"viz.panel_height and viz.num_eigenvectors must be ≥ 1; got "
                        f"{self.panel_height}, {self.panel_eigenvectors}")
+    if self.panel_height > MAX_PANEL_HEIGHT:
+      raise ValueError(f"viz.panel_height must be ≤ {MAX_PANEL_HEIGHT} px; got "
+                       f"{self.panel_height}")
+
+  def check_size(self, size: tuple[int, int]) -> None:
+    """Refuses (ValueError) a photo of ``size`` (H, W) whose eigenvector panel would exceed
+    ``MAX_PANEL_PIXELS``: checked from the size alone, before anything is allocated."""
+    h, w = size
+    width = max(1, round(w * self.panel_height / max(h, 1)))
+    pixels = (self.panel_eigenvectors + 1) * self.panel_height * width
+    if pixels > MAX_PANEL_PIXELS:
+      raise ValueError(f"the photo's {self.panel_eigenvectors + 1} eigenvector panel tiles of "
+                       f"{width}×{self.panel_height} px would hold {pixels / 1e6:.0f} MP, above "
+                       f"the {MAX_PANEL_PIXELS / 1e6:.0f} MP panel budget: lower "
+                       "viz.panel_height")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -334,7 +361,7 @@ def write_photo(result: PhotoResult, rgb: np.ndarray, *, stem: pathlib.Path, rel
   }
   if ground_truth is not None:
     record["ground_truth"] = ground_truth_scores(ground_truth, r.mask, r.box, boxes=r.boxes)
-  pathlib.Path(f"{stem}.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
+  pathlib.Path(f"{stem}.json").write_text(strict_json.dumps(record, indent=1))
   return record
 
 

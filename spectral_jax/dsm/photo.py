@@ -102,7 +102,8 @@ class PhotoSegmenter:
     ``photo`` and ``name``).
 
     Raises:
-      batching.PhotoError: too small or too large a photo (the message says why).
+      batching.PhotoError: too small or too large a photo, or a result holding NaN/Inf (the
+        message says why).
       FileNotFoundError, image_io.ImageReadError: an unreadable path.
     """
     source = photo_source(photo, name)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +42,7 @@ from spectral_jax import image_ops
 from spectral_jax import metrics
 from spectral_jax import progress as progress_lib
 from spectral_jax import protocols
+from spectral_jax import strict_json
 from spectral_jax import viz
 from spectral_jax.backbones import vit
 from spectral_jax.datasets import samples
@@ -314,7 +314,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
   if output_dir is not None:
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "report.json").write_text(json.dumps(report, indent=1))
+    (output_dir / "report.json").write_text(strict_json.dumps(report, indent=1))
     if ev.overlays:
       _write_overlays(output_dir / "overlays", images, methods, results)
   return report
@@ -669,8 +669,8 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
   }
   if out_dir is not None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    (out_dir / "metrics.json").write_text(json.dumps(summary_metrics(report), indent=1))
+    (out_dir / "report.json").write_text(strict_json.dumps(report, indent=1))
+    (out_dir / "metrics.json").write_text(strict_json.dumps(summary_metrics(report), indent=1))
     if shown:
       images = [im for im, _ in shown]
       per_method = {m: (clusters[m], [p[m] for _, p in shown]) for m in methods}
