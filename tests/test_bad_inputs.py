@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import pickle
-import resource
 import struct
 import subprocess
 import sys
