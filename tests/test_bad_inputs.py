@@ -460,3 +460,17 @@ def test_memory_settings_are_refused_before_anything_is_written(paths):
     proc = run_command(SEG, [SEG_TEST.format(**paths), "--samples=voc", f"--out={out}", *args])
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert not out.exists(), args
+
+
+def test_the_budget_check_predicts_the_resize_exactly():
+  """`batching.resized_shape` (the budgets' size, computed before any resize) equals the
+  shape `image_ops.resize_longer_side` gives, over odd sizes and image sizes."""
+  from spectral_jax import image_ops
+  from spectral_jax.dsm import batching
+  rng = np.random.default_rng(0)
+  for _ in range(40):
+    h, w = (int(v) for v in rng.integers(1, 300, size=2))
+    size = int(rng.choice([0, 1, 56, 97, 448]))
+    image = np.zeros((h, w, 3), np.uint8)
+    assert batching.resized_shape((h, w), size) == image_ops.resize_longer_side(
+        image, size).shape[:2], (h, w, size)
