@@ -322,7 +322,7 @@ _REFERENCE_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow  # 146 s on 2 shared cores (seven process starts, six compilations)
+@pytest.mark.slow  # 146-270 s on 2 shared cores (seven process starts)
 def test_two_processes_read_their_shards_and_resume(tmp_path, spawn):
   """2 processes × 2 CPU devices (gloo): each reads its shard of the images, the global batch
   is assembled from both, the losses equal one process stepping on the same global batches on
