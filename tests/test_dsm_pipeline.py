@@ -6,13 +6,14 @@ padded == unpadded holds whatever the weights, so random weights keep the test f
 """
 
 import dataclasses
+from unittest import mock
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from spectral_jax import backbones, clustering, dsm, testing
+from spectral_jax import backbones, clustering, dsm, eigensolvers, testing
 from spectral_jax.datasets import samples
 
 P = 14
@@ -157,6 +158,7 @@ def test_bad_images_are_refused_or_flagged(backbone, photos):
     ("tau", float("inf"), "tau must be"), ("graph_eps", 0.0, "graph_eps"),
     ("max_objects", 0, "max_objects must be"),
     ("region_border_share", 1.5, "region_border_share must"),
+    ("solver_tol", -1e-5, "solver_tol must"),
 ])
 def test_bad_config_names_the_field(backbone, field, value, fragment):
   with pytest.raises(ValueError, match=fragment):
@@ -212,3 +214,35 @@ def test_boxes_and_instances_agree_with_the_objects(backbone, photos, discovery)
     every = jax.device_get(every(photos[0][None])).patches
     np.testing.assert_array_equal(every.foreground[0], every.segments[0] > 0)
   assert inst.shape == (h, w)
+
+
+@pytest.mark.parametrize("solver_tol, expected", [(0.0, None), (3e-4, 3e-4)])
+def test_solver_tol_reaches_every_eigensolve(solver_tol, expected):
+  """``PipelineConfig.solver_tol`` is the tolerance of the graph's eigensolve and of each
+  MaskCut cut; 0 passes none, so the solver keeps its default (today's outputs)."""
+  seen, solve = [], eigensolvers.laplacian_eigenvectors
+
+  def spy(w, k, **kwargs):
+    seen.append(kwargs.get("tol"))
+    return solve(w, k, **kwargs)
+
+  grid = (6, 7)
+  feats = jax.random.normal(jax.random.key(0), (1, 42, 8))
+  config = dsm.PipelineConfig(num_eigenvectors=4, num_segments=3, method="eigh",
+                              discovery="maskcut", max_objects=2, solver_tol=solver_tol)
+  with mock.patch.object(eigensolvers, "laplacian_eigenvectors", spy):
+    dsm.analyse(feats, grid, patch_size=P, rngs=jax.random.split(jax.random.key(0), 1),
+                config=config)
+  assert seen == [expected] * 2  # the graph's and the cut's (traced once in the scan)
+
+
+def test_solver_tol_zero_is_the_default_and_a_loose_tol_stops_early():
+  feats = jax.random.normal(jax.random.key(1), (1, 120, 16))
+  run = lambda tol: jax.device_get(dsm.spectral_decomposition(
+      feats, num_eigenvectors=6, method="lobpcg", tol=tol, return_info=True))
+  default, explicit = run(None), run(eigensolvers.default_tol(np.float32))
+  for a, b in zip(jax.tree.leaves(default), jax.tree.leaves(explicit)):
+    np.testing.assert_array_equal(a, b)
+  loose = run(0.05)
+  assert loose[2].iterations.max() < default[2].iterations.max()
+  assert not np.array_equal(loose[1], default[1])

@@ -125,6 +125,9 @@ class PipelineConfig:
   features: str = "keys"            # graph features: one of GRAPH_FEATURES
   image_weight: float = 0.0         # λ of the colour graph (reference command line: 0)
   method: str = "auto"              # eigensolver: "auto", "eigh", "lobpcg"
+  # LOBPCG's relative-residual tolerance (graph eigenvectors and the cuts); 0: the solver's
+  # default, eigensolvers.default_tol (1.4e-5 in float32). Not used by "eigh".
+  solver_tol: float = 0.0
   foreground: str = "minority"      # side of y₁ that is the object: "minority" or "border";
   # TokenCut/MaskCut: "minority" = their published seed rule, "border" = the border rule
   connectivity: int = localisation.CONNECTIVITY  # 4 (SPEC); the DSM code's skimage uses 8
@@ -169,11 +172,12 @@ class PipelineConfig:
 
   def cut_settings(self) -> dict:
     """Keyword arguments of ``tokencut.tokencut`` / ``maskcut`` for these settings (τ, ε, the
-    quantile, the eigensolver, the component's connectivity and the foreground rule)."""
+    quantile, the eigensolver and its tolerance, the component's connectivity and the foreground rule)."""
     published = (tokencut_lib.MASKCUT_TAU if self.discovery == "maskcut"
                  else tokencut_lib.TAU)
     return dict(tau=published if self.tau < 0 else self.tau, eps=self.graph_eps,
                 tau_quantile=self.tau_quantile or None, method=self.method,
+                tol=self.solver_tol or None,
                 connectivity=self.connectivity,
                 rule="border" if self.foreground == "border" else "seed")
 
@@ -196,6 +200,8 @@ class PipelineConfig:
          f"image_weight (λ) must be a finite number ≥ 0; got {self.image_weight}")
     need(self.method in ("auto", "eigh", "lobpcg"),
          f"method must be 'auto', 'eigh' or 'lobpcg'; got {self.method!r}")
+    need(np.isfinite(self.solver_tol) and 0 <= self.solver_tol < 1,
+         f"solver_tol must lie in [0, 1) (0: the eigensolver's default); got {self.solver_tol}")
     need(self.foreground in localisation.FOREGROUND_RULES,
          f"foreground must be one of {localisation.FOREGROUND_RULES}; got {self.foreground!r}")
     need(self.connectivity in (4, 8), f"connectivity must be 4 or 8; got {self.connectivity}")
@@ -267,7 +273,8 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
   flat_valid = None if valid is None else valid.reshape(b, n)
   lam, y, info = spectral.spectral_decomposition(
       features, image_grid, num_eigenvectors=c.num_eigenvectors, image_weight=c.image_weight,
-      method=c.method, solver=solver, return_info=True, valid=flat_valid)
+      method=c.method, tol=c.solver_tol or None, solver=solver, return_info=True,
+      valid=flat_valid)
   fiedler = localisation.fiedler_map(y, grid, c.foreground, valid)
   foreground = localisation.foreground_patches(fiedler, valid)
   component, box = localisation.localise(foreground, patch_size=patch_size, image_size=input_hw,

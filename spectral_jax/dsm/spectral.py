@@ -35,7 +35,8 @@ def check_num_eigenvectors(k: int, n: int) -> None:
 
 def spectral_decomposition(features: jax.Array, image_grid: jax.Array | None = None, *,
                            num_eigenvectors: int = NUM_EIGENVECTORS, image_weight: float = 0.0,
-                           method: str = "auto", solver: Callable | None = None,
+                           method: str = "auto", tol: float | None = None,
+                           solver: Callable | None = None,
                            return_info: bool = False, valid: jax.Array | None = None,
                            **affinity_kwargs):
   """The k smallest eigenpairs of ``(D − W) y = λ D y`` for DSM's affinity (SPEC §2–3).
@@ -54,6 +55,8 @@ def spectral_decomposition(features: jax.Array, image_grid: jax.Array | None = N
     num_eigenvectors: k, 2 ≤ k < n (DSM: 20).
     image_weight: λ (reference 0).
     method: passed to the solver ("auto", "eigh", "lobpcg").
+    tol: LOBPCG's relative-residual tolerance, passed to the solver when given; None: the
+      solver's default (``eigensolvers.default_tol``).
     solver: callable ``solver(W, k, *, method=..., return_info=..., valid=...)`` with the
       signature of ``eigensolvers.laplacian_eigenvectors`` (the default).
     return_info: also return the solver's info (residuals, convergence flags).
@@ -73,4 +76,6 @@ def spectral_decomposition(features: jax.Array, image_grid: jax.Array | None = N
   w = graphs.dsm_affinity(features, image_grid, image_weight=image_weight, **affinity_kwargs)
   solver = solver or eigensolvers.laplacian_eigenvectors
   kwargs = {} if valid is None else {"valid": valid}
+  if tol is not None:
+    kwargs["tol"] = tol
   return solver(w, int(num_eigenvectors), method=method, return_info=return_info, **kwargs)

@@ -129,8 +129,8 @@ def binary_graph(features: jax.Array, tau: float = TAU, eps: float = EPS, *,
   return a, t
 
 
-def second_eigenvector(a: jax.Array, valid: jax.Array | None = None, method: str = "auto"
-                       ) -> tuple[jax.Array, jax.Array]:
+def second_eigenvector(a: jax.Array, valid: jax.Array | None = None, method: str = "auto",
+                       tol: float | None = None) -> tuple[jax.Array, jax.Array]:
   """The second smallest generalised eigenpair of ``(D − A) x = λ D x`` (``xᵀ D x = 1``).
 
   ``eigensolvers.laplacian_eigenvectors(A, 2)``: the normalised form ``D^-½ A D^-½`` with its
@@ -140,10 +140,11 @@ def second_eigenvector(a: jax.Array, valid: jax.Array | None = None, method: str
     a: (n, n) symmetric affinity.
     valid: optional (n,) bool real nodes.
     method: "auto", "eigh" or "lobpcg".
+    tol: LOBPCG's relative-residual tolerance; None: ``eigensolvers.default_tol``.
   Returns:
     ``(v (n,) with 0 on padding, converged () bool)``; its sign is arbitrary.
   """
-  lam, y, info = eigensolvers.laplacian_eigenvectors(a, 2, method=method, valid=valid,
+  lam, y, info = eigensolvers.laplacian_eigenvectors(a, 2, method=method, tol=tol, valid=valid,
                                                      return_info=True)
   del lam
   return y[:, 1], jnp.all(info.converged)
@@ -204,7 +205,7 @@ def seed_component(foreground: jax.Array, seed: jax.Array,
 
 
 def tokencut(features: jax.Array, valid: jax.Array, *, tau: float = TAU, eps: float = EPS,
-             tau_quantile: float | None = None, method: str = "auto",
+             tau_quantile: float | None = None, method: str = "auto", tol: float | None = None,
              connectivity: int = CONNECTIVITY, rule: str = "seed"):
   """TokenCut on one image.
 
@@ -212,7 +213,7 @@ def tokencut(features: jax.Array, valid: jax.Array, *, tau: float = TAU, eps: fl
     features: (n, d) patch features (TokenCut: last-block keys), n = h·w.
     valid: (h, w) bool real patches.
     tau, eps, tau_quantile: see :func:`binary_graph`.
-    method: eigensolver, see :func:`second_eigenvector`.
+    method, tol: eigensolver and LOBPCG tolerance, see :func:`second_eigenvector`.
     connectivity: of the seed's component (4 as the reference).
     rule: the foreground side, "seed" (TokenCut) or "border" (:func:`orient`).
   Returns:
@@ -222,7 +223,7 @@ def tokencut(features: jax.Array, valid: jax.Array, *, tau: float = TAU, eps: fl
   h, w = valid.shape
   flat = valid.reshape(h * w)
   a, _ = binary_graph(features, tau, eps, tau_quantile=tau_quantile, nodes=flat)
-  v, ok = second_eigenvector(a, flat, method)
+  v, ok = second_eigenvector(a, flat, method, tol)
   oriented, seed = orient(v.reshape(h, w), valid, rule=rule)
   return oriented, seed_component(oriented > 0, seed, connectivity), ok
 
@@ -234,7 +235,8 @@ def _iou(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def maskcut(features: jax.Array, valid: jax.Array, *, num_cuts: int = NUM_CUTS,
             tau: float = MASKCUT_TAU, eps: float = EPS, tau_quantile: float | None = None,
-            method: str = "auto", connectivity: int = CONNECTIVITY, rule: str = "seed"):
+            method: str = "auto", tol: float | None = None, connectivity: int = CONNECTIVITY,
+            rule: str = "seed"):
   """MaskCut on one image: ``num_cuts`` cuts, each on the graph without the patches found.
 
   Args:
@@ -243,7 +245,7 @@ def maskcut(features: jax.Array, valid: jax.Array, *, num_cuts: int = NUM_CUTS,
     num_cuts: N (static).
     tau, eps, tau_quantile: see :func:`binary_graph` (the quantile counts the patches still
       in the graph).
-    method: eigensolver.
+    method, tol: eigensolver and LOBPCG tolerance (:func:`second_eigenvector`).
     connectivity: of each seed's component.
     rule: the foreground side, "seed" (MaskCut: seed and corner prior) or "border"
       (:func:`orient`).
@@ -260,7 +262,7 @@ def maskcut(features: jax.Array, valid: jax.Array, *, num_cuts: int = NUM_CUTS,
     nodes = flat & ~painting.reshape(h * w)
     feats = jnp.where(painting.reshape(h * w, 1), 0.0, features.astype(jnp.float32))
     a, _ = binary_graph(feats, tau, eps, tau_quantile=tau_quantile, nodes=nodes)
-    v, converged = second_eigenvector(a, flat, method)
+    v, converged = second_eigenvector(a, flat, method, tol)
     oriented, seed = orient(v.reshape(h, w), valid, corner_rule=True, rule=rule)
     mask = seed_component(oriented > 0, seed, connectivity)
     drop = (i > 0) & ((_iou(previous, mask) > MAX_OVERLAP) | (jnp.sum(mask) / real <= MIN_AREA))
