@@ -361,3 +361,9 @@ def dense_crf_pydensecrf(image: np.ndarray, probs: np.ndarray,
   crf.addPairwiseGaussian(sxy=params.gamma, compat=params.w2)
   q = np.asarray(crf.inference(int(params.iterations)), np.float32)
   return q.T.reshape(h, w, num_labels)
+
+
+__all__ = [
+    "METHODS", "PROB_CLIP", "CRFParams", "dense_crf", "dense_crf_pydensecrf",
+    "mean_field_energy", "refine_labels", "refine_mask", "unary_from_probs",
+]

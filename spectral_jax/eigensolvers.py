@@ -815,3 +815,10 @@ def _check_affinity(w: np.ndarray) -> None:
   scale = np.abs(w).max()
   if asym > _symmetry_rtol(w.dtype) * max(scale, 1e-30):
     raise ValueError(f"W is not symmetric: max |W − Wᵀ| = {asym:.3g}; symmetrise it first.")
+
+
+__all__ = [
+    "DEFAULT_GUARD", "DEFAULT_KRYLOV_BLOCKS", "EIGH_MAX_NODES", "PRECISION", "LobpcgResult",
+    "Operator", "apply_sign_rule", "default_tol", "laplacian_eigenvectors", "lobpcg",
+    "positive_fraction",
+]

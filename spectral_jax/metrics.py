@@ -230,3 +230,10 @@ def corloc_hits(pred_boxes: jax.Array, gt_boxes: jax.Array, gt_valid: jax.Array 
   if gt_valid is not None:
     hit &= jnp.asarray(gt_valid, bool)
   return jnp.any(hit, axis=-1)
+
+
+__all__ = [
+    "ABSENT_RULES", "IGNORE_INDEX", "box_area", "box_iou", "confusion_matrix", "corloc_hits",
+    "iou_per_class", "mask_accuracy", "mask_iou", "mean_accuracy", "mean_iou",
+    "mean_over_classes", "pixel_accuracy",
+]

@@ -294,3 +294,10 @@ def background_to_zero(segmap: jax.Array, num_segments: int,
   bg = border_majority(s, num_segments, valid)[..., None, None]
   out = jnp.where(s == bg, 0, jnp.where(s == 0, bg, s))
   return out if valid is None else jnp.where(valid, out, 0)
+
+
+__all__ = [
+    "background_to_zero", "binary_dilation", "binary_erosion", "border_majority",
+    "border_weights", "erode_then_dilate", "label_components", "largest_component",
+    "mask_to_box",
+]

@@ -54,3 +54,8 @@ def _utf8(text: str) -> str:
     return text
   except UnicodeEncodeError:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+__all__ = [
+    "dumps", "finite_or_none",
+]

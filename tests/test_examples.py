@@ -24,3 +24,24 @@ def test_example_runs(script, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
   assert proc.stdout.strip(), "an example says what it checked"
+
+
+def test_public_modules_curate_their_surface():
+  """The package's public surface is curated, optax-style: every top-level module and every
+  subpackage's ``__init__`` names its API in ``__all__`` (the modules inside a subpackage are
+  reached through it), and every name listed exists."""
+  import importlib   # pylint: disable=import-outside-toplevel
+  import pkgutil   # pylint: disable=import-outside-toplevel
+  import spectral_jax   # pylint: disable=import-outside-toplevel
+  missing = []
+  for info in pkgutil.iter_modules(spectral_jax.__path__, "spectral_jax."):
+    if info.name.rsplit(".", 1)[-1].startswith("_"):
+      continue
+    module = importlib.import_module(info.name)
+    names = getattr(module, "__all__", None)
+    if names is None:
+      missing.append(info.name)
+      continue
+    assert all(hasattr(module, n) for n in names), (info.name, [n for n in names
+                                                                 if not hasattr(module, n)])
+  assert not missing, f"modules without __all__: {missing}"

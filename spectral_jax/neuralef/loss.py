@@ -422,3 +422,10 @@ def neuralef_loss(psi: jax.Array, kernel: Kernel, beta: float | jax.Array, *,
   (loss, eig, orth), diag_r = _loss_core(scaled, kpsi, beta, axis_name)
   diag_r = jax.lax.stop_gradient(diag_r)
   return loss, {"diag_R": diag_r, "eigenvalues": diag_r / t, "loss_eig": eig, "loss_orth": orth}
+
+
+__all__ = [
+    "BETA_TIMES_K", "DEFAULT_MOMENTUM", "REFERENCE_T", "AxisName", "EMAState", "Kernel",
+    "beta_for", "ema_init", "ema_update", "gumbel_softmax", "l2_batch_normalize",
+    "neuralef_loss", "rms_batch_normalize", "symmetric_gram", "tau_schedule",
+]
