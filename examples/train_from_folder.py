@@ -19,6 +19,7 @@ runs/train_from_folder). Rerunning resumes from WORKDIR's checkpoint.
 
 import os
 import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -70,9 +71,13 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value or pathlib.Path(os.environ.get("EXAMPLE_OUT", "runs"))
                          / "train_from_folder")
 
-  images = pipeline.training_images(config.data.images, config.data.recursive)
-  patch = backbones.get_config(config.backbone.name).patch_size
-  checked = config_lib.check(config, patch_size=patch, devices=jax.device_count())
+  try:  # a folder without images or a bad config value: one line, exit 2 (fix the command)
+    images = pipeline.training_images(config.data.images, config.data.recursive)
+    patch = backbones.get_config(config.backbone.name).patch_size
+    checked = config_lib.check(config, patch_size=patch, devices=jax.device_count())
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   backbone, features, _ = feature_cache.prepare_features(config, images=images)
   print(f"{len(images)} images, {len(features)} views, backbone {backbone.config.name}")
   result = train_lib.train(checked, workdir, features)

@@ -64,6 +64,17 @@ def test_train_from_folder_trains_and_plots_loss_and_fidelity(tmp_path):
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_train_from_folder_bad_folder_is_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, str(REPO / "examples" / "train_from_folder.py"),
+       f"--config.data.images={tmp_path / 'missing'}"], cwd=REPO, capture_output=True, text=True,
+      env={**os.environ, "PYTHONPATH": str(REPO), "EXAMPLE_OUT": str(tmp_path)}, timeout=120,
+      check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().startswith("error: ") and "missing" in proc.stderr
+  assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_public_modules_curate_their_surface():
   """The package's public surface is curated, optax-style: every top-level module and every
   subpackage's ``__init__`` names its API in ``__all__`` (the modules inside a subpackage are
