@@ -103,8 +103,14 @@ def read_metrics(path: str | pathlib.Path,
   return records
 
 
+# The extra that brings TensorBoard summaries (tensorboardX writes them, tensorboard views them).
+TENSORBOARD_INSTALL = 'pip install -e ".[tensorboard]"'
+
+
 class _Logger:
-  """Metrics to ``metrics.jsonl`` and, if tensorboardX is installed, TensorBoard summaries."""
+  """Metrics to ``metrics.jsonl`` and, with ``log.tensorboard`` and the ``tensorboard`` extra
+  (tensorboardX) installed, TensorBoard summaries; without the extra, one line on stderr says
+  the summaries are skipped and how to get them."""
 
   def __init__(self, workdir: pathlib.Path, tensorboard: bool, first_step: int, enabled: bool):
     self.enabled = enabled
@@ -116,11 +122,14 @@ class _Logger:
       keep = [r for r in read_metrics(self.path) if r["step"] <= first_step]
       self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
     if tensorboard:
-      try:
+      try:  # an optional dependency (the tensorboard extra): imported only when asked for
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=first_step + 1)
       except ImportError:
-        self.writer = None
+        print(f"note: TensorBoard summaries skipped: tensorboardX is not installed "
+              f"({TENSORBOARD_INSTALL}); the metrics are in {self.path}", file=sys.stderr,
+              flush=True)
+      else:
+        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=first_step + 1)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
@@ -411,5 +420,5 @@ def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
     manager.close()
 
 
-__all__ = ["FeatureFeeder", "ImageFeeder", "TrainResult", "batch_indices", "load_trained",
+__all__ = ["FeatureFeeder", "ImageFeeder", "TENSORBOARD_INSTALL", "TrainResult", "batch_indices", "load_trained",
            "read_metrics", "steps_per_epoch", "train"]
