@@ -474,3 +474,84 @@ def test_the_budget_check_predicts_the_resize_exactly():
     image = np.zeros((h, w, 3), np.uint8)
     assert batching.resized_shape((h, w), size) == image_ops.resize_longer_side(
         image, size).shape[:2], (h, w, size)
+
+
+# ----------------------------------------------------------------------------- reduced decoding
+
+# A 12000×9000 scan (108 MP, over the 64 MP decode budget) read for --image_size=56: decoded
+# at half size (6000×4500), never whole for a JPEG. Address space the read may add (RLIMIT_AS
+# in a child, so a regression is a MemoryError there): measured need 500 MB (JPEG) and 900 MB
+# (PNG, decoded whole then reduced); the whole-decode path needs more than each limit.
+SCAN_LIMITS_MB = {"jpg": 700, "png": 1200}
+READ_UNDER_LIMIT = """
+import json, resource, sys
+from spectral_jax.datasets import images
+vm = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("VmSize:")).split()[1])
+limit = vm() * 1024 + int(sys.argv[2]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+rgb = images.read_image(sys.argv[1], min_side=56)
+print(json.dumps({"shape": rgb.shape, "header": images.image_size(sys.argv[1], min_side=56),
+                  "spread": int((rgb.max((0, 1)) - rgb.min((0, 1))).max()),
+                  "mean": rgb.mean((0, 1)).tolist()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+  from PIL import Image
+  folder = tmp_path_factory.mktemp("scans")
+  write_png(folder / "scan.png", 12000, 9000)                   # black, rows written one by one
+  Image.new("RGB", (12000, 9000), (90, 120, 30)).save(folder / "scan.jpg", quality=90)
+  return folder
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_a_huge_scan_is_decoded_at_reduced_size_within_a_memory_limit(scans, suffix):
+  proc = subprocess.run(
+      [sys.executable, "-c", READ_UNDER_LIMIT, str(scans / f"scan.{suffix}"),
+       str(SCAN_LIMITS_MB[suffix])], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout)
+  assert got["shape"] == [4500, 6000, 3] and got["header"] == [4500, 6000]
+  want = (90, 120, 30) if suffix == "jpg" else (0, 0, 0)
+  np.testing.assert_allclose(got["mean"], want, atol=2)
+  assert got["spread"] <= 6   # a flat image stays flat in each channel (JPEG rounding only)
+
+
+def test_reduced_decoding_is_the_box_reduction_with_exif_applied(tmp_path):
+  """Over the budget with min_side: the smallest integer factor that fits, applied as PIL's
+  box reduce to the oriented image; within the budget, or at min_side 0, as before."""
+  from PIL import Image, ImageOps
+
+  from spectral_jax.datasets import images as image_io
+  rgb = np.random.default_rng(0).integers(0, 256, size=(80, 100, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6                                  # rotated: a transpose on reading
+  path = tmp_path / "photo.png"
+  Image.fromarray(rgb).save(path, exif=exif.tobytes())
+  whole = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+  # 2000 pixels: 100×80 does not fit, 50×40 does (k = 2)
+  got = image_io.read_image(path, max_pixels=2000, min_side=40)
+  np.testing.assert_array_equal(got, np.asarray(whole.reduce(2)))
+  assert image_io.image_size(path, max_pixels=2000, min_side=40) == got.shape[:2] == (50, 40)
+  # k = 3 (34×27 = 918 ≤ 1000)
+  assert image_io.read_image(path, max_pixels=1000, min_side=30).shape[:2] == (34, 27)
+  np.testing.assert_array_equal(image_io.read_image(path), np.asarray(whole))
+  for max_pixels, min_side, why in ((2000, 0, "declares 100×80 px"),     # native size asked
+                                    (2000, 51, "declares 100×80 px")):   # 50 px < 51
+    with pytest.raises(image_io.ImageReadError, match=why):
+      image_io.read_image(path, max_pixels=max_pixels, min_side=min_side)
+    with pytest.raises(image_io.ImageReadError, match=why):
+      image_io.image_size(path, max_pixels=max_pixels, min_side=min_side)
+
+
+def test_a_non_jpeg_too_large_to_decode_whole_is_still_refused(tmp_path, monkeypatch):
+  from PIL import Image
+
+  from spectral_jax.datasets import images as image_io
+  Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(tmp_path / "big.png")
+  monkeypatch.setattr(image_io, "MAX_FULL_DECODE_PIXELS", 5000)
+  with pytest.raises(image_io.ImageReadError,
+                     match="more than the 0 MP a PNG may be decoded whole to be reduced"):
+    image_io.read_image(tmp_path / "big.png", max_pixels=2000, min_side=10)
