@@ -371,7 +371,7 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
 
 def config_from_flags() -> ml_collections.ConfigDict:
   """The --config file with the short flags that were given applied on top."""
-  return common.apply_short_flags(_CONFIG.value,
+  return common.apply_short_flags(_cli.config_from_flag(_CONFIG),
                                   {flag: field for flag, (field, _, _) in _SHORT_FLAGS.items()})
 
 

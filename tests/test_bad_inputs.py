@@ -228,6 +228,24 @@ CASES = [
                  "and τ schedules (step 2 of 2 followed them), so a run cannot be extended or "
                  "shortened in place: for a 3-step training, start a new run with "
                  "--config.train.num_steps=3 and another --workdir.", id="train-extend-finished"),
+    # issue 23's lesser defects: the field is named, every command answers --config=<folder>
+    # with exit 2 (segment and evaluate_dsm exited 1)
+    pytest.param(SEG, ["--config={empty}", "--out={tmp}/s_dir"], 2,
+                 "cannot load --config: ", id="seg-config-is-a-folder"),
+    pytest.param(EVAL_DSM, ["--config={empty}", "--out={tmp}/e_dir"], 2,
+                 "cannot load --config: ", id="evaldsm-config-is-a-folder"),
+    pytest.param(TRAIN, ["--config={empty}", "--workdir={tmp}/w_dir"], 2,
+                 "cannot load --config: ", id="train-config-is-a-folder"),
+    pytest.param(EVAL, ["--config={empty}", "--workdir={run}"], 2,
+                 "cannot load --config: ", id="eval-config-is-a-folder"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.seed=-1", "--workdir={tmp}/w"], 2,
+                 "seed must be an integer ≥ 0; got -1", id="train-seed-negative"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.graph.distance_weights=(nan, 0.1)",
+                         "--workdir={tmp}/w"], 2,
+                 "graph.distance_weights must be a tuple of finite numbers ≥ 0",
+                 id="train-distance-weights-nan"),
+    pytest.param(EVAL, ["--workdir={run}", *RUN, "--config.eval.image_size=0"], 2,
+                 "eval.image_size must be an integer ≥ 1", id="eval-image-size-0"),
 ]
 
 
@@ -425,7 +443,8 @@ def test_segment_processes_non_utf8_file_names(paths, tmp_path):
   """Files whose names are not UTF-8 (b"caf\\xe9.png", made with os.fsencode's inverse) are
   processed, not an abort: their outputs are named with U+FFFD for the bad bytes (two such
   names that would then repeat are told apart by ~2), and every printed line and JSON file is
-  valid UTF-8."""
+  valid UTF-8. A FIFO and a link to /dev/zero named like photos are listed as skipped, never
+  opened (the run would block or never end)."""
   from PIL import Image
   photos = tmp_path / "photos"
   photos.mkdir()
@@ -434,6 +453,8 @@ def test_segment_processes_non_utf8_file_names(paths, tmp_path):
     rgb = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(photos / os.fsdecode(raw))
   (photos / os.fsdecode(b"notes\xff.txt")).write_text("not a photo\n")
+  os.mkfifo(photos / "pipe.jpg")                     # reading it would block the run
+  (photos / "zero.png").symlink_to("/dev/zero")      # reading it would never end
   out = tmp_path / "out"
   proc = run_command(SEG, [SEG_TEST.format(**paths), f"--images={photos}", f"--out={out}"],
                      timeout=300)
@@ -442,7 +463,10 @@ def test_segment_processes_non_utf8_file_names(paths, tmp_path):
   summary = json.loads((out / "summary.json").read_bytes().decode("utf-8"))
   assert sorted(summary["images"]) == ["caf\ufffd", "caf\ufffd~2", "good"], summary["images"]
   assert not summary["failures"]
-  assert [pathlib.Path(k).name for k in summary["skipped_non_images"]] == ["notes\ufffd.txt"]
+  skipped = {pathlib.Path(k).name: v for k, v in summary["skipped_non_images"].items()}
+  assert sorted(skipped) == ["notes\ufffd.txt", "pipe.jpg", "zero.png"], skipped
+  assert skipped["pipe.jpg"] == "not a regular file (a FIFO); not read"
+  assert skipped["zero.png"] == "not a regular file (a character device); not read"
   for name in summary["images"]:
     record = json.loads((out / "photos" / f"{name}.json").read_bytes().decode("utf-8"))
     assert record["name"] == name and "\ufffd" in record["source"] or name == "good"
@@ -555,3 +579,33 @@ def test_a_non_jpeg_too_large_to_decode_whole_is_still_refused(tmp_path, monkeyp
   with pytest.raises(image_io.ImageReadError,
                      match="more than the 0 MP a PNG may be decoded whole to be reduced"):
     image_io.read_image(tmp_path / "big.png", max_pixels=2000, min_side=10)
+
+
+def test_special_files_named_like_photos_are_listed_as_skipped_unopened(tmp_path):
+  """`collect_images` (segment's listing) names a FIFO, a character device (a link to
+  /dev/zero), a socket and a broken link with their kind, from stat alone: a FIFO with no
+  writer would block any open() (the alarm fails the test instead of hanging it)."""
+  import signal
+  import socket
+
+  from spectral_jax.datasets import images as image_io
+  os.mkfifo(tmp_path / "pipe.jpg")
+  (tmp_path / "zero.png").symlink_to("/dev/zero")
+  (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+  server = socket.socket(socket.AF_UNIX)
+  server.bind(str(tmp_path / "sock.png"))
+  (tmp_path / "notes.txt").write_text("text\n")
+  signal.alarm(20)
+  try:
+    paths, names, skipped = image_io.collect_images(tmp_path)
+  finally:
+    signal.alarm(0)
+    server.close()
+  assert paths == [] and names == []
+  reasons = {pathlib.Path(k).name: v for k, v in skipped.items()}
+  assert reasons == {"pipe.jpg": "not a regular file (a FIFO); not read",
+                     "zero.png": "not a regular file (a character device); not read",
+                     "sock.png": "not a regular file (a socket); not read",
+                     "gone.png": "not a regular file (a broken link); not read",
+                     "notes.txt": reasons["notes.txt"]}
+  assert reasons["notes.txt"].startswith("not an image file")

@@ -26,6 +26,7 @@ import io
 import os
 import pathlib
 import re
+import stat
 import sys
 import warnings
 from collections.abc import Callable
@@ -282,7 +283,9 @@ def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
       ``folder``).
   Returns:
     ``(paths, names, skipped)``: sorted image paths, `output_names` of them, and
-    ``{file: reason}`` for the files with other suffixes (dot files ignored).
+    ``{file: reason}`` for the files with other suffixes and for entries that are no regular
+    file (a FIFO, a device such as a link to /dev/zero, a socket, a broken link: never opened,
+    so a FIFO cannot block the run) (dot files ignored).
   Raises:
     FileNotFoundError: ``folder`` is not a directory.
   """
@@ -291,11 +294,26 @@ def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
   keep = lambda p: out is None or not p.resolve().is_relative_to(out)
   paths = [p for p in list_images(root, recursive=recursive) if keep(p)]
   pattern = "**/*" if recursive else "*"
-  skipped = {display_path(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
-             for p in sorted(root.glob(pattern))
-             if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
-             and not p.name.startswith(".") and keep(p)}
+  skipped = {}
+  for p in sorted(root.glob(pattern)):
+    if p.name.startswith(".") or p.is_dir() or not keep(p):
+      continue
+    if not p.is_file():
+      skipped[display_path(p)] = f"not a regular file ({_special_kind(p)}); not read"
+    elif p.suffix.lower() not in IMAGE_SUFFIXES:
+      skipped[display_path(p)] = f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
   return paths, output_names(paths, root), skipped
+
+
+def _special_kind(path: pathlib.Path) -> str:
+  """What a directory entry that is no regular file or folder is (from stat: never opened)."""
+  try:
+    mode = path.stat().st_mode
+  except OSError:
+    return "a broken link" if path.is_symlink() else "unreadable"
+  kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+  return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def read_folder(folder: str | os.PathLike, *, recursive: bool = False,
