@@ -137,7 +137,8 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
   tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), lc.tau_max, lc.tau_min)
   kernel_args = dict(k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
                      distance_weights=tuple(g.distance_weights), block_size=g.block_size,
-                     form=g.form, axis_name=axis_name)
+                     form=g.form, axis_name=axis_name,
+                     ring=g.get("global_form", "gather") == "ring")
 
   def loss_and_grad(state: TrainState, batch: dict[str, jax.Array]):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
