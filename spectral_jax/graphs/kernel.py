@@ -272,38 +272,47 @@ def _ring_feature_part(values, indices, scale, offset, form, block_size, axis_na
 def _ring_knn_products(values, indices, q_rows, block_size, axis_name):
   """``(A₀[rows] q, (A₀ᵀ q)_rows)`` for q sharded by rows (this device's (m, c) ``q_rows``).
 
-  One ring: q's blocks travel (the gather of ``knn_rows_matmul``, masked to the neighbours in
-  the block in hand) and so do partial sums of A₀ᵀq (a ring reduce-scatter: at step j this
-  device scatters its edges into the block of device (d − 1 − j) mod D, whose sum arrives home
-  at the last step). Rows of the lists are taken in chunks whose (rows, k, c) gather is the
-  size of one top-k block against a device's m keys (``block_size`` × m floats).
+  One ring: q's blocks travel (for A₀[rows] q) and so do partial sums of A₀ᵀq (a ring
+  reduce-scatter: at step j this device adds its edges into the block of device
+  (d − 1 − j) mod D, whose sum arrives home at the last step). The m·k edges are sorted by
+  their column once, so each step touches only the edges into the block it needs (a
+  ``while_loop`` over chunks of that range): over the ring every edge is gathered and scattered
+  once, as in the gathering form, plus at most one partial chunk per block. A chunk's (edges,
+  c) gather is the size of one top-k block against a device's m keys (``block_size`` × m
+  floats; ``block_size=None``: all edges at once).
   """
   m, k = values.shape
   c = q_rows.shape[1]
   d = jax.lax.axis_size(axis_name)
-  rows = m if block_size is None else int(min(m, max(1, block_size * m // (k * c))))
-  pad = -m % rows
-  chunked = lambda a: jnp.pad(a, ((0, pad),) + ((0, 0),) * (a.ndim - 1)).reshape(
-      (m + pad) // rows, rows, *a.shape[1:])
-  lists = (chunked(values), chunked(indices), chunked(q_rows))
+  e = m * k
+  size = e if block_size is None else int(min(e, max(1, block_size * m // c)))
+  order = jnp.argsort(indices.reshape(-1), stable=True)
+  pad = lambda a, fill: jnp.concatenate([a, jnp.full((size,), fill, a.dtype)])
+  cols = pad(indices.reshape(-1)[order], 0)
+  rows = pad((order // k).astype(jnp.int32), 0)
+  vals = pad(values.reshape(-1)[order].astype(q_rows.dtype), 0)
+  bounds = jnp.searchsorted(cols[:e], jnp.arange(d + 1) * m).astype(jnp.int32)  # per block
+
+  def over_edges_into(block, acc, add):
+    """``add(acc, rows, local cols, values)`` over the chunks of edges into ``block``."""
+    stop = bounds[block + 1]
+
+    def body(state):
+      pos, acc = state
+      take = lambda a: jax.lax.dynamic_slice_in_dim(a, pos, size)
+      v = jnp.where(pos + jnp.arange(size) < stop, take(vals), 0)  # past the range: weight 0
+      local = jnp.clip(take(cols) - block * m, 0, m - 1)
+      return pos + size, add(acc, take(rows), local, v)
+
+    return jax.lax.while_loop(lambda state: state[0] < stop, body, (bounds[block], acc))[1]
 
   def step(j, out, moving):
     q_blk, partial = moving
-    src = ring_source(j, axis_name) * m
-    dst = ring_source(j + 1 - d, axis_name) * m        # (d − 1 − j) mod D
-
-    def chunk(partial, blk):
-      v, i, qr = blk
-      local = i - src
-      inside = (local >= 0) & (local < m)
-      gathered = q_blk[jnp.where(inside, local, 0)]
-      o = jnp.einsum("rk,rkc->rc", jnp.where(inside, v, 0).astype(q_blk.dtype), gathered)
-      t = i - dst
-      t = jnp.where((t >= 0) & (t < m), t, m)          # m is out of range: dropped
-      return partial.at[t].add(v[..., None].astype(qr.dtype) * qr[:, None, :], mode="drop"), o
-
-    partial, o = jax.lax.scan(chunk, partial, lists)
-    return out + o.reshape(m + pad, c)[:m], (q_blk, partial)
+    out = over_edges_into(ring_source(j, axis_name), out, lambda acc, r, col, v: acc.at[r].add(
+        v[:, None] * q_blk[col]))
+    partial = over_edges_into(ring_source(j + 1 - d, axis_name), partial,   # (d − 1 − j) mod D
+                              lambda acc, r, col, v: acc.at[col].add(v[:, None] * q_rows[r]))
+    return out, (q_blk, partial)
 
   zeros = jnp.zeros_like(q_rows)
   out, (_, in_edges) = ring_steps(step, zeros, (q_rows, zeros), axis_name)
