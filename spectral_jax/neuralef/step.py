@@ -14,6 +14,8 @@ graph is over the **global** batch: the graph features are all-gathered and each
 its own rows of G₁ (``graphs.batch_kernel_matmul``: ``graphs.topk_cosine_rows`` with
 ``row_offset = axis_index·m``, degrees ``psum``-ed by ``graphs.knn_degrees``); the pixel graph is
 block-diagonal, so each device builds its own images' blocks. The loss all-gathers ψ for the kernel's columns and ``psum``s ψᵀGψ.
+With ``graph.global_form = "ring"`` neither the features nor ψ are gathered: their blocks go
+around the device ring (``batch_kernel_matmul(ring=True)``), same step to float tolerance.
 shard_map already sums the gradients of the replicated parameters over devices, so
 none is ``pmean``-ed. `make_loss_and_grad(config, axis_name=...)` is the same computation as a
 plain function, which also composes under ``jax.pmap`` (where the gradients are ``psum``-ed).
