@@ -77,11 +77,23 @@ _SCRIPT = textwrap.dedent("""
               results[global_form] = jax.jit(jax.shard_map(
                   fn, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P(), P())))(
                       state, batch)
+            elif MODE == "pmap":
+              fn = step_lib.make_loss_and_grad(config, axis_name="data", sum_grads=True)
+              split = {{key: v.reshape(d, -1, *v.shape[1:]) for key, v in batch.items()}}
+              results[global_form] = jax.pmap(fn, axis_name="data", in_axes=(None, 0),
+                                              devices=jax.devices()[:d])(state, split)
             else:
               new, metrics = step_lib.make_train_step(config, mesh)(state, batch)
               results[global_form] = (new.params, metrics)
           out[f"{{d}}_{{form}}"] = rel(results["ring"], results["gather"])
-          if MODE == "loss":
+          # The ring really ran: its loss program sends blocks and gathers nothing.
+          text = jax.jit(jax.shard_map(
+              step_lib.make_loss_and_grad(config, axis_name="data"), mesh=mesh,
+              in_specs=(P(), P("data")), out_specs=(P(), P(), P()))).lower(
+                  state, batch).as_text()
+          out[f"{{d}}_{{form}}_ring_ops"] = ["collective_permute" in text,
+                                            "all_gather" in text]
+          if MODE != "step":
             out[f"{{d}}_{{form}}_grad_norm"] = norm(results["gather"][2])
     print(json.dumps(out))
 """)
@@ -117,6 +129,7 @@ def test_ring_loss_and_gradients_equal_gathered_ones_on_8_devices(run_on_cpu_dev
   out = _run(run_on_cpu_devices, "loss", devices=(8,), forms=("knn",))
   assert out["8_knn"] < 1e-5, out
   assert out["8_knn_grad_norm"] > 0  # the comparison is not between zeros
+  assert out["8_knn_ring_ops"] == [True, False]  # ppermutes, no all-gather
 
 
 @pytest.mark.slow  # ~1.5 min on the 2-core CPU: ten more sharded steps compiled
@@ -127,6 +140,16 @@ def test_ring_loss_and_gradients_equal_gathered_ones_both_forms_on_2_4_8_devices
     for form in ("dense", "knn"):
       assert out[f"{d}_{form}"] < 1e-5, out
       assert out[f"{d}_{form}_grad_norm"] > 0
+      assert out[f"{d}_{form}_ring_ops"] == [True, False]
+
+
+@pytest.mark.slow  # ~40 s: four pmapped steps compiled
+def test_ring_loss_and_gradients_equal_gathered_ones_under_pmap(run_on_cpu_devices):
+  out = _run(run_on_cpu_devices, "pmap", devices=(8,))
+  for form in ("dense", "knn"):
+    assert out[f"8_{form}"] < 1e-5, out
+    assert out[f"8_{form}_grad_norm"] > 0
+    assert out[f"8_{form}_ring_ops"] == [True, False]
 
 
 @pytest.mark.slow  # ~1 min: four whole train steps compiled
@@ -134,5 +157,5 @@ def test_ring_train_step_equals_gathered_one(run_on_cpu_devices):
   """One whole step (Adam update included) from the ring and the gathering form: parameters
   and metrics equal to float tolerance (parameters relative to their largest entry)."""
   out = _run(run_on_cpu_devices, "step", devices=(8,))
-  assert set(out) == {"8_dense", "8_knn"}
-  assert max(out.values()) < 1e-5, out
+  assert out["8_dense_ring_ops"] == out["8_knn_ring_ops"] == [True, False]
+  assert max(out["8_dense"], out["8_knn"]) < 1e-5, out
