@@ -16,7 +16,10 @@ Run: PYTHONPATH=. python benchmarks/pod_plan.py [--devices 8,64,256 --batches 16
 (``--global_forms``: ``graph.global_form``; "ring" passes blocks around the device ring
 instead of all-gathering, its ``ppermute``s counted once per loop iteration. ``--part kernel``
 plans the batch kernel's product ``G_rows ψ`` alone (`kernel_step_builder`: top-k rows,
-degrees, the product with a given ψ; no ψ network), to separate its memory from ψ's.)
+degrees, the product with a given ψ; no ψ network), to separate its memory from ψ's.
+``--remat_psi_blocks`` is a what-if: each of ψ's blocks wrapped in ``flax.linen.remat`` (its
+activations recomputed in the backward pass instead of kept), patched into ``neuralef.psi``
+in the subprocess only; the library has no such option.)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -37,6 +41,7 @@ from experiments.configs import neuralef as configs
 from spectral_jax import graphs
 from spectral_jax.neuralef import config as config_lib
 from spectral_jax.neuralef import pod_plan
+from spectral_jax.neuralef import psi as psi_lib
 from spectral_jax.neuralef import step as step_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -64,8 +69,11 @@ def kernel_step_builder(config, mesh):
 
 
 def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k: int,
-             block_size: int, global_form: str = "gather", part: str = "step") -> dict:
+             block_size: int, global_form: str = "gather", part: str = "step",
+             remat_psi_blocks: bool = False) -> dict:
   """Runs inside the subprocess: compile one combination, return a JSON-able row."""
+  if remat_psi_blocks:  # the what-if of the module docstring (this subprocess only)
+    psi_lib.Block = nn.remat(psi_lib.Block)
 
   assert jax.device_count() == devices, (jax.device_count(), devices)
   config = configs.get_config("reference")
@@ -85,20 +93,20 @@ def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k
     plan = pod_plan.plan_step(config, step_lib.data_mesh())
   roles = pod_plan.summarise_collectives(plan["collectives"], feature_dim=384, k=psi_k)
   return {**{k: v for k, v in plan.items() if k != "collectives"}, "form": form,
-          "global_form": global_form, "part": part,
+          "global_form": global_form, "part": part, "remat_psi_blocks": remat_psi_blocks,
           "collectives": roles, "tokens_per_image": grid * grid, "graph_dim": 384}
 
 
 def _run(args, devices: int, batch: int, form: str, global_form: str = "gather") -> dict:
   row = {"devices": devices, "batch": batch, "form": form, "global_form": global_form,
-         "part": args.part}
+         "part": args.part, "remat_psi_blocks": args.remat_psi_blocks}
   if batch % devices:
     return {**row, "status": f"not runnable: {batch} images do not split over {devices} devices"}
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   cmd = [sys.executable, __file__, "--_one", json.dumps(
       [devices, batch, form, args.grid, args.K, args.k, args.block_size, global_form,
-       args.part])]
+       args.part, args.remat_psi_blocks])]
   start = time.perf_counter()
   try:
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
@@ -115,6 +123,7 @@ def _run(args, devices: int, batch: int, form: str, global_form: str = "gather")
 def format_row(r: dict) -> str:
   ring = " ring" if r.get("global_form", "gather") == "ring" else ""
   part = " (kernel only)" if r.get("part", "step") == "kernel" else ""
+  part += " (ψ blocks remat)" if r.get("remat_psi_blocks") else ""
   head = f"| {r['devices']} | {r['batch']} | {r['form']}{ring}{part} |"
   if r["status"] != "ok":
     return head + f" {r['status']} |" + " |" * 12
@@ -149,6 +158,8 @@ def main():
   parser.add_argument("--forms", default="dense,knn")
   parser.add_argument("--global_forms", default="gather", help="gather and/or ring")
   parser.add_argument("--part", default="step", choices=("step", "kernel"))
+  parser.add_argument("--remat_psi_blocks", action="store_true",
+                      help="what-if: ψ's blocks rematerialised (see the module docstring)")
   parser.add_argument("--grid", type=int, default=24, help="patches per side (24: 336 px)")
   parser.add_argument("--K", type=int, default=256)
   parser.add_argument("--k", type=int, default=256)
