@@ -20,7 +20,7 @@ _SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from test_neuralef_train import synthetic_features
 
-    MODE, DEVICES, FORMS = {mode!r}, {devices!r}, {forms!r}
+    MODE, DEVICES, FORMS, BLOCKS = {mode!r}, {devices!r}, {forms!r}, {blocks!r}
     norm = lambda tree: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree))))
 
     def rel(a, b):
@@ -56,14 +56,15 @@ _SCRIPT = textwrap.dedent("""
       elif MODE == "kernel":
         p = np.random.default_rng(d).normal(size=(8 * 16, 5)).astype(np.float32)
         for form in FORMS:
-          def product(ring):
-            def fn(f, g, p):
-              km = graphs.batch_kernel_matmul(f, g, k=8, alpha=0.3, n_neighbors=(4, 2),
-                                              block_size=4, form=form, axis_name="data",
-                                              ring=ring)
-              return km(p if ring else jax.lax.all_gather(p, "data", tiled=True))
-            return smap(fn, P("data"))(batch["graph_features"], batch["image_grids"], p)
-          out[f"{{d}}_{{form}}"] = rel(product(True), product(False))
+          for block in BLOCKS:  # 4: several edge chunks per ring step; None: one
+            def product(ring):
+              def fn(f, g, p):
+                km = graphs.batch_kernel_matmul(f, g, k=8, alpha=0.3, n_neighbors=(4, 2),
+                                                block_size=block, form=form,
+                                                axis_name="data", ring=ring)
+                return km(p if ring else jax.lax.all_gather(p, "data", tiled=True))
+              return smap(fn, P("data"))(batch["graph_features"], batch["image_grids"], p)
+            out[f"{{d}}_{{form}}_{{block}}"] = rel(product(True), product(False))
       else:
         state = step_lib.init_state(config, batch["psi_inputs"].shape[-1]).replace(
             step=jnp.asarray(3, jnp.int32))
@@ -98,8 +99,10 @@ _SCRIPT = textwrap.dedent("""
     print(json.dumps(out))
 """)
 
-def _run(run_on_cpu_devices, mode: str, devices=(2, 4, 8), forms=("dense", "knn")) -> dict:
-  script = _SCRIPT.format(mode=mode, devices=tuple(devices), forms=tuple(forms))
+def _run(run_on_cpu_devices, mode: str, devices=(2, 4, 8), forms=("dense", "knn"),
+         blocks=(4,)) -> dict:
+  script = _SCRIPT.format(mode=mode, devices=tuple(devices), forms=tuple(forms),
+                          blocks=tuple(blocks))
   return run_on_cpu_devices(script, 8)
 
 
@@ -114,14 +117,15 @@ def test_ring_topk_rows_equal_gathered_ones_ties_included(run_on_cpu_devices):
 
 def test_ring_kernel_products_equal_gathered_ones_on_8_devices(run_on_cpu_devices):
   out = _run(run_on_cpu_devices, "kernel", devices=(8,))
-  assert set(out) == {"8_dense", "8_knn"}
+  assert set(out) == {"8_dense_4", "8_knn_4"}
   assert max(out.values()) < 1e-5, out
 
 
-@pytest.mark.slow  # ~20 s of compiles on the 2-core CPU
+@pytest.mark.slow  # ~30 s of compiles on the 2-core CPU
 def test_ring_kernel_products_equal_gathered_ones_on_2_and_4_devices(run_on_cpu_devices):
-  out = _run(run_on_cpu_devices, "kernel", devices=(2, 4))
-  assert set(out) == {f"{d}_{f}" for d in (2, 4) for f in ("dense", "knn")}
+  out = _run(run_on_cpu_devices, "kernel", devices=(2, 4), blocks=(4, None))
+  assert set(out) == {f"{d}_{f}_{b}" for d in (2, 4) for f in ("dense", "knn")
+                      for b in (4, None)}
   assert max(out.values()) < 1e-5, out
 
 
