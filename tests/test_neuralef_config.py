@@ -51,6 +51,7 @@ def test_backbone_overrides_errors(change, match):
 @pytest.mark.parametrize("field, value, match", [
     ("train.batch_size", 0, "train.batch_size must be ≥ 1"),
     ("graph.form", "csr", "graph.form must be one of"),
+    ("graph.global_form", "allgather", "graph.global_form must be one of"),
     ("data.cache_dtype", "int8", "data.cache_dtype"),
     ("data.min_scale", 0.5, "min_scale"),
     ("optim.final_learning_rate", 1.0, "optim.final_learning_rate"),

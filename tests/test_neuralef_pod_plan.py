@@ -74,3 +74,44 @@ def test_collectives_of_a_compiled_shard_map_program():
   found = sorted(json.loads(proc.stdout.strip().splitlines()[-1]))
   assert found == [["all-gather", 240, 60, 4, pytest.approx(180.0)],
                    ["all-reduce", 36, 36, 4, pytest.approx(54.0)]]
+
+
+LOOP_HLO = textwrap.dedent("""\
+    HloModule jit_ring, num_partitions=4
+
+    %inner_body (p.0: (s32[], f32[8,3])) -> (s32[], f32[8,3]) {
+      %p.0 = (s32[], f32[8,3]{1,0}) parameter(0)
+      %x.1 = f32[8,3]{1,0} get-tuple-element(%p.0), index=1
+      %ppermute.1 = f32[8,3]{1,0} collective-permute(%x.1), channel_id=1, source_target_pairs={{0,1},{1,2},{2,3},{3,0}}
+      %i.1 = s32[] get-tuple-element(%p.0), index=0
+      ROOT %t.1 = (s32[], f32[8,3]{1,0}) tuple(%i.1, %ppermute.1)
+    }
+
+    %inner_cond (p.1: (s32[], f32[8,3])) -> pred[] {
+      %p.1 = (s32[], f32[8,3]{1,0}) parameter(0)
+      ROOT %c.1 = pred[] constant(true)
+    }
+
+    %outer_body (p.2: (s32[], f32[8,3])) -> (s32[], f32[8,3]) {
+      %p.2 = (s32[], f32[8,3]{1,0}) parameter(0)
+      ROOT %while.1 = (s32[], f32[8,3]{1,0}) while(%p.2), condition=%inner_cond, body=%inner_body, backend_config={"known_trip_count":{"n":"3"}}
+    }
+
+    ENTRY %main (param.1: f32[8,3]) -> f32[8,3] {
+      %param.1 = f32[8,3]{1,0} parameter(0)
+      %zero = s32[] constant(0)
+      %init = (s32[], f32[8,3]{1,0}) tuple(%zero, %param.1)
+      %while.2 = (s32[], f32[8,3]{1,0}) while(%init), condition=%inner_cond, body=%outer_body, backend_config={"known_trip_count":{"n":"2"}}
+      %last = f32[8,3]{1,0} get-tuple-element(%while.2), index=1
+      ROOT %ppermute.2 = f32[8,3]{1,0} collective-permute(%last), channel_id=2, source_target_pairs={{0,1},{1,2},{2,3},{3,0}}
+    }
+""")
+
+
+def test_collectives_in_loops_count_once_per_iteration():
+  """A collective-permute in a 3-trip loop nested in a 2-trip loop is sent 6 times per step
+  (the ring form's ppermutes), the one outside the loops once."""
+  assert pod_plan.loop_trips(LOOP_HLO) == {"main": 1, "outer_body": 2, "inner_body": 6}
+  inner, outer = pod_plan.collectives(LOOP_HLO, num_devices=4)
+  assert (inner.op, inner.trips, outer.trips) == ("collective-permute", 6, 1)
+  assert inner.moved_bytes == 6 * 8 * 3 * 4 and outer.moved_bytes == 8 * 3 * 4

@@ -74,6 +74,7 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.graph.distance_weights = (2.0, 0.1)
   c.graph.block_size = 1024     # query rows per top-k block (None: one dense similarity)
   c.graph.form = "dense"        # G's rows per device: "dense" (m × n) or "knn" (m × k lists)
+  c.graph.global_form = "gather"  # other devices' tokens: "gather" them or pass a "ring"
 
   # Loss and Gumbel temperature (SPEC §5).
   c.loss = ml_collections.ConfigDict()

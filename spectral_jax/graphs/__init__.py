@@ -44,6 +44,7 @@ from spectral_jax.graphs._constants import MIN_DEGREE as MIN_DEGREE
 from spectral_jax.graphs._constants import NEURALEF_ALPHA as NEURALEF_ALPHA
 from spectral_jax.graphs._constants import NEURALEF_DISTANCE_WEIGHTS as NEURALEF_DISTANCE_WEIGHTS
 from spectral_jax.graphs._constants import NEURALEF_K as NEURALEF_K
+from spectral_jax.graphs._constants import NEURALEF_GLOBAL_FORMS as NEURALEF_GLOBAL_FORMS
 from spectral_jax.graphs._constants import NEURALEF_KERNEL_FORMS as NEURALEF_KERNEL_FORMS
 from spectral_jax.graphs._constants import NEURALEF_N_NEIGHBORS as NEURALEF_N_NEIGHBORS
 from spectral_jax.graphs.affinity import colour_knn_affinity as colour_knn_affinity
@@ -60,6 +61,7 @@ from spectral_jax.graphs.kernel import pixel_graph as pixel_graph
 from spectral_jax.graphs.knn import knn_degrees as knn_degrees
 from spectral_jax.graphs.knn import knn_feature_graph as knn_feature_graph
 from spectral_jax.graphs.knn import knn_rows_matmul as knn_rows_matmul
+from spectral_jax.graphs.knn import ring_topk_cosine_rows as ring_topk_cosine_rows
 from spectral_jax.graphs.knn import topk_cosine_rows as topk_cosine_rows
 from spectral_jax.image_ops import resize_to_grid as resize_to_grid
 # pylint: enable=g-importing-member
@@ -71,6 +73,7 @@ __all__ = (
     "NEURALEF_ALPHA",
     "NEURALEF_DISTANCE_WEIGHTS",
     "NEURALEF_K",
+    "NEURALEF_GLOBAL_FORMS",
     "NEURALEF_KERNEL_FORMS",
     "NEURALEF_N_NEIGHBORS",
     "batch_kernel_matmul",
@@ -82,6 +85,7 @@ __all__ = (
     "knn_degrees",
     "knn_feature_graph",
     "knn_rows_matmul",
+    "ring_topk_cosine_rows",
     "l2_normalize",
     "neuralef_kernel",
     "normalize_symmetric",

@@ -13,3 +13,6 @@ NEURALEF_DISTANCE_WEIGHTS = (2.0, 0.1)
 NEURALEF_ALPHA = 0.3
 # Forms of one device's rows of the NeuralEF batch kernel (`kernel.batch_kernel_matmul`).
 NEURALEF_KERNEL_FORMS = ("dense", "knn")
+# How a sharded global kernel reaches the other devices' tokens: all-gather them, or pass
+# blocks around the device ring (`kernel.batch_kernel_matmul(ring=True)`).
+NEURALEF_GLOBAL_FORMS = ("gather", "ring")

@@ -23,6 +23,7 @@ from spectral_jax.graphs._validation import check_array, check_block_size, check
 from spectral_jax.graphs._validation import check_k, check_output, check_passes
 from spectral_jax.graphs.affinity import _colour_knn_edges, normalize_symmetric
 from spectral_jax.graphs.knn import _knn_feature_graph, knn_degrees, knn_rows_matmul
+from spectral_jax.graphs.knn import ring_source, ring_steps, ring_topk_cosine_rows
 from spectral_jax.graphs.knn import topk_cosine_rows
 
 
@@ -137,7 +138,8 @@ def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k:
                         distance_weights: Sequence[float] = NEURALEF_DISTANCE_WEIGHTS,
                         block_size: int | None = None, form: str = "dense",
                         axis_name: str | None = None,
-                        min_degree: float = MIN_DEGREE) -> Callable[[jax.Array], jax.Array]:
+                        min_degree: float = MIN_DEGREE,
+                        ring: bool = False) -> Callable[[jax.Array], jax.Array]:
   """This device's rows of the NeuralEF batch kernel, as ``p ↦ G_rows @ p`` (SPEC §2, eq. (4)).
 
   ``G = D₁^-½ A D₁^-½ + α·D₂^-½ Ã D₂^-½`` over the n = D·m global tokens (token t = b·N + p is
@@ -159,8 +161,16 @@ def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k:
       (O(m·k + n·K) memory, gathers in blocks of rows).
     axis_name: the mapped batch axis inside ``shard_map``/``pmap``, or None.
     min_degree: zero-degree guard of both normalisations.
+    ring: hold no gathered (n, ·) array: the top-k rows come from ``ring_topk_cosine_rows``
+      (feature blocks go around the device ring) and ``kernel_matmul`` takes this device's
+      (m, K) rows of p, passing p's blocks (and, for the knn form, the blocks of the
+      transposed product) around the ring while it multiplies the block in hand (the dense
+      form also sends the (m, k) neighbour lists around instead of all-gathering them).
+      Equal to the gathering form up to float summation order.
   Returns:
-    ``kernel_matmul(p)``: (n, K) → (m, K), m = b·N; the form ``neuralef_loss`` accepts.
+    ``kernel_matmul(p)``: (n, K) → (m, K), m = b·N; the form ``neuralef_loss`` accepts. With
+    ``ring``: (m, K) → (m, K) (this device's rows of p), flagged by the attribute
+    ``takes_local_rows = True`` (``neuralef_loss`` then gathers nothing).
   """
   if form not in NEURALEF_KERNEL_FORMS:
     raise ValueError(f"form must be one of {NEURALEF_KERNEL_FORMS}; got {form!r}")
@@ -168,14 +178,19 @@ def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k:
   b, n_tok, _ = graph_features.shape
   m = b * n_tok
   feats = graph_features.reshape(m, -1)
+  ring = bool(ring) and axis_name is not None  # one device: local rows are all the rows
   if axis_name is None:
-    all_feats, offset = feats, 0
+    all_feats, offset, n = feats, 0, m
   else:
-    all_feats = jax.lax.all_gather(feats, axis_name, tiled=True)
-    offset = jax.lax.axis_index(axis_name) * m
-  n = all_feats.shape[0]
-  values, indices = topk_cosine_rows(feats, all_feats, k, row_offset=offset,
+    offset, n = jax.lax.axis_index(axis_name) * m, m * jax.lax.axis_size(axis_name)
+  if ring:
+    values, indices = ring_topk_cosine_rows(feats, k, axis_name=axis_name,
                                             block_size=block_size)
+  else:
+    if axis_name is not None:
+      all_feats = jax.lax.all_gather(feats, axis_name, tiled=True)
+    values, indices = topk_cosine_rows(feats, all_feats, k, row_offset=offset,
+                                       block_size=block_size)
   scale = jax.lax.rsqrt(knn_degrees(values, indices, n, row_offset=offset,
                                            axis_name=axis_name, min_degree=min_degree))
   scale_rows = jax.lax.dynamic_slice_in_dim(scale, offset, m)
@@ -183,7 +198,10 @@ def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k:
       pixel_graph(image_grids, n_neighbors=n_neighbors, distance_weights=distance_weights,
                          output="bcoo"), min_degree)
 
-  if form == "dense":
+  if ring:
+    feature_part = _ring_feature_part(values, indices, scale, offset, form, block_size,
+                                      axis_name)
+  elif form == "dense":
     # A's edges as knn_feature_graph forms them (A₀'s edges of every device, both
     # directions, halved), kept where the row is one of ours: this device's (m, n) rows of A.
     all_values, all_indices = values, indices
@@ -207,12 +225,98 @@ def batch_kernel_matmul(graph_features: jax.Array, image_grids: jax.Array, *, k:
       return scale_rows[:, None] * (out_edges + in_edges) / 2
 
   def kernel_matmul(p: jax.Array) -> jax.Array:
-    p_rows = jax.lax.dynamic_slice_in_dim(p, offset, m).reshape(b, n_tok, -1)
-    pix = sparse.bcoo_dot_general(pixels, p_rows.astype(pixels.dtype),
+    p_rows = p if ring else jax.lax.dynamic_slice_in_dim(p, offset, m)
+    pix = sparse.bcoo_dot_general(pixels, p_rows.reshape(b, n_tok, -1).astype(pixels.dtype),
                                   dimension_numbers=(([2], [1]), ([0], [0])))
     return feature_part(p) + alpha * pix.reshape(m, -1).astype(p.dtype)
 
+  kernel_matmul.takes_local_rows = ring or axis_name is None
   return kernel_matmul
+
+
+def _ring_feature_part(values, indices, scale, offset, form, block_size, axis_name):
+  """``p_rows ↦ (D^-½ A D^-½ p)_rows`` from this device's (m, k) rows of A₀, with p's row blocks
+  passed around the ring (`ring_steps`): no (n, ·) array but the (n,) scale."""
+  m = values.shape[0]
+  scale_rows = jax.lax.dynamic_slice_in_dim(scale, offset, m)
+
+  if form == "dense":
+    # This device's (m, n) rows of A = (A₀ + A₀ᵀ)/2: its own edges, then every device's edges
+    # (i → c) with c among our rows, as (c, i), while the (m, k) lists go around the ring.
+    a_rows = jnp.zeros((m, scale.shape[0]), values.dtype).at[
+        jnp.arange(m)[:, None], indices].add(values / 2)
+
+    def add_incoming(j, a, edges):
+      v, i = edges
+      t = i - offset
+      t = jnp.where((t >= 0) & (t < m), t, m)          # m is out of range: dropped
+      cols = ring_source(j, axis_name) * m + jnp.arange(m)[:, None]
+      return a.at[t, jnp.broadcast_to(cols, t.shape)].add(v / 2, mode="drop"), edges
+
+    a_rows, _ = ring_steps(add_incoming, a_rows, (values, indices), axis_name)
+    g1_rows = scale_rows[:, None] * a_rows * scale[None, :]
+
+    def multiply(j, out, p_blk):
+      cols = jax.lax.dynamic_slice_in_dim(g1_rows, ring_source(j, axis_name) * m, m, axis=1)
+      return out + cols @ p_blk, p_blk
+
+    return lambda p: ring_steps(multiply, jnp.zeros_like(p), p, axis_name)[0]
+
+  def feature_part(p):
+    q_rows = scale_rows[:, None] * p
+    out, in_edges = _ring_knn_products(values, indices, q_rows, block_size, axis_name)
+    return scale_rows[:, None] * (out + in_edges) / 2
+  return feature_part
+
+
+def _ring_knn_products(values, indices, q_rows, block_size, axis_name):
+  """``(A₀[rows] q, (A₀ᵀ q)_rows)`` for q sharded by rows (this device's (m, c) ``q_rows``).
+
+  One ring: q's blocks travel (for A₀[rows] q) and so do partial sums of A₀ᵀq (a ring
+  reduce-scatter: at step j this device adds its edges into the block of device
+  (d − 1 − j) mod D, whose sum arrives home at the last step). The m·k edges are sorted by
+  their column once, so each step touches only the edges into the block it needs (a
+  ``while_loop`` over chunks of that range): over the ring every edge is gathered and scattered
+  once, as in the gathering form, plus at most one partial chunk per block. A chunk's (edges,
+  c) gather is the size of one top-k block against a device's m keys (``block_size`` × m
+  floats; ``block_size=None``: all edges at once).
+  """
+  m, k = values.shape
+  c = q_rows.shape[1]
+  d = jax.lax.axis_size(axis_name)
+  e = m * k
+  size = e if block_size is None else int(min(e, max(1, block_size * m // c)))
+  order = jnp.argsort(indices.reshape(-1), stable=True)
+  pad = lambda a, fill: jnp.concatenate([a, jnp.full((size,), fill, a.dtype)])
+  cols = pad(indices.reshape(-1)[order], 0)
+  rows = pad((order // k).astype(jnp.int32), 0)
+  vals = pad(values.reshape(-1)[order].astype(q_rows.dtype), 0)
+  bounds = jnp.searchsorted(cols[:e], jnp.arange(d + 1) * m).astype(jnp.int32)  # per block
+
+  def over_edges_into(block, acc, add):
+    """``add(acc, rows, local cols, values)`` over the chunks of edges into ``block``."""
+    stop = bounds[block + 1]
+
+    def body(state):
+      pos, acc = state
+      take = lambda a: jax.lax.dynamic_slice_in_dim(a, pos, size)
+      v = jnp.where(pos + jnp.arange(size) < stop, take(vals), 0)  # past the range: weight 0
+      local = jnp.clip(take(cols) - block * m, 0, m - 1)
+      return pos + size, add(acc, take(rows), local, v)
+
+    return jax.lax.while_loop(lambda state: state[0] < stop, body, (bounds[block], acc))[1]
+
+  def step(j, out, moving):
+    q_blk, partial = moving
+    out = over_edges_into(ring_source(j, axis_name), out, lambda acc, r, col, v: acc.at[r].add(
+        v[:, None] * q_blk[col]))
+    partial = over_edges_into(ring_source(j + 1 - d, axis_name), partial,   # (d − 1 − j) mod D
+                              lambda acc, r, col, v: acc.at[col].add(v[:, None] * q_rows[r]))
+    return out, (q_blk, partial)
+
+  zeros = jnp.zeros_like(q_rows)
+  out, (_, in_edges) = ring_steps(step, zeros, (q_rows, zeros), axis_name)
+  return out, in_edges
 
 
 def _knn_products(values, indices, q, q_rows, block_size):

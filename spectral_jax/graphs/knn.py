@@ -3,11 +3,14 @@
 Query rows are processed in blocks, so peak memory is O(block_size·n + m·k) instead of O(n²):
 ``topk_cosine_rows`` (rows of A₀), ``knn_degrees`` and ``knn_rows_matmul`` (kernel rows sharded
 over devices) and ``knn_feature_graph`` (``A = (A₀ + A₀ᵀ)/2``, dense or BCOO).
+``ring_topk_cosine_rows`` gives the sharded rows of A₀ without gathering the keys: they travel
+around the device ring (``ring_steps``) while each device computes on the block in hand.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import chex
 import jax
@@ -82,6 +85,105 @@ def topk_cosine_rows(queries: jax.Array, keys: jax.Array, k: int, *,
   check_block_size(block_size)
   return _topk_cosine_rows(queries, keys, row_offset, k=int(k), block_size=block_size,
                            precision=precision)
+
+
+def ring_steps(step: Callable, carry, moving, axis_name: str):
+  """A ring over the D devices of ``axis_name``: D calls of ``step``, ``moving`` passed on after each.
+
+  ``step(j, carry, moving) -> (carry, moving)`` runs for j = 0 … D−1; after each call but the
+  last, the returned ``moving`` goes to the next device (``ppermute`` d → d+1 mod D), so at step
+  j device d holds what device (d − j) mod D started with (`ring_source`). The send of a part
+  that ``step`` returns unchanged depends only on the step's input, so it may overlap the
+  step's compute. A ``fori_loop`` over D − 1 sends, then the last step.
+
+  Returns:
+    The final ``(carry, moving)``.
+  """
+  d = jax.lax.axis_size(axis_name)
+  perm = [(i, (i + 1) % d) for i in range(d)]
+
+  def body(j, state):
+    carry, moving = step(j, *state)
+    return carry, jax.lax.ppermute(moving, axis_name, perm)
+
+  carry, moving = jax.lax.fori_loop(0, d - 1, body, (carry, moving))
+  return step(d - 1, carry, moving)
+
+
+def ring_source(j, axis_name: str) -> jax.Array:
+  """The device whose block this device holds at step ``j`` of `ring_steps`: (d − j) mod D."""
+  d = jax.lax.axis_size(axis_name)
+  return (jax.lax.axis_index(axis_name) - j) % d
+
+
+def _merge_topk(values, indices, more_values, more_indices, k):
+  """The k best of two (…, a) and (…, b) candidate lists: larger value first, then lower index
+  (the order ``lax.top_k`` gives over one list of ascending indices)."""
+  v = jnp.concatenate([values, more_values], axis=-1)
+  i = jnp.concatenate([indices, more_indices], axis=-1)
+  neg, i = jax.lax.sort((-v, i), dimension=-1, num_keys=2)
+  return -neg[..., :k], i[..., :k]
+
+
+@functools.partial(jax.jit, static_argnames=("k", "axis_name", "block_size", "precision"))
+def _ring_topk_cosine_rows(queries, *, k, axis_name, block_size, precision):
+  m = queries.shape[0]
+  d = jax.lax.axis_size(axis_name)
+  kb = min(k, m)                                       # candidates a key block can give
+  q = l2_normalize(queries.astype(compute_dtype(queries)))
+  ids = jax.lax.axis_index(axis_name) * m + jnp.arange(m)
+  cols = jnp.arange(m)
+
+  def step(j, carry, keys):
+    start = ring_source(j, axis_name) * m
+
+    def row(args):
+      qi, i, best_v, best_i = args
+      s = jnp.dot(keys, qi, precision=precision)
+      s = jnp.where(s > 0, s, jnp.zeros_like(s))       # clamp ≥ 0 as topk_cosine_rows
+      s = jnp.where(start + cols == i, -jnp.inf, s)    # self excluded
+      v, local = jax.lax.top_k(s, kb)
+      return _merge_topk(best_v, best_i, v, start + local, k)
+
+    return map_rows(row, (q, ids, *carry), block_size), keys
+
+  # Start from k placeholders that lose to every key (−inf, index n): self is −inf too but a
+  # lower index, and the n − 1 ≥ k other keys all score ≥ 0, so none of them survives.
+  # (``full_like`` of q: a per-device value, as shard_map wants a loop's carry to stay.)
+  start = (jnp.full_like(q, -jnp.inf, shape=(m, k)),
+           jnp.full_like(q, d * m, shape=(m, k), dtype=jnp.int32))
+  (values, indices), _ = ring_steps(step, start, q, axis_name)
+  return values, indices
+
+
+def ring_topk_cosine_rows(queries: jax.Array, k: int, *, axis_name: str,
+                          block_size: int | None = None,
+                          precision=jax.lax.Precision.HIGHEST) -> tuple[jax.Array, jax.Array]:
+  """``topk_cosine_rows`` of this device's rows against the whole batch, without gathering it.
+
+  Inside ``shard_map``/``pmap`` over ``axis_name`` (D devices, m rows each): equal to
+  ``topk_cosine_rows(queries, all_gather(queries), k, row_offset=axis_index·m)`` (same values,
+  same indices, ties to the lower global index), but the (n, d) keys are never held: the
+  normalised (m, d) blocks go around the device ring (`ring_steps`), and each device merges the
+  top-k of the block in hand into its running top-k (a sort on (value ↓, index ↑) over 2k
+  candidates) while the next block is in flight. Peak memory O(block_size·m + m·k + m·d);
+  each device sends (D − 1)·m·d floats (an all-gather's traffic).
+
+  Args:
+    queries: (m, d) this device's features (need not be normalised).
+    k: neighbours per row, 1 <= k <= D·m − 1 (static).
+    axis_name: the mapped axis (static).
+    block_size: query rows per block of the similarity (None: one (m, m) block per step).
+    precision: matmul precision of the similarities (as ``topk_cosine_rows``).
+  Returns:
+    values: (m, k) similarities in [0, 1], descending per row.
+    indices: (m, k) int32 global key indices (device e's rows are e·m … e·m + m − 1).
+  """
+  check_array(queries, "queries", rank=2, layout="(m, d)")
+  check_k(k, queries.shape[0] * jax.lax.axis_size(axis_name), self_excluded=True)
+  check_block_size(block_size)
+  return _ring_topk_cosine_rows(queries, k=int(k), axis_name=axis_name, block_size=block_size,
+                                precision=precision)
 
 
 def knn_degrees(values: jax.Array, indices: jax.Array, n: int, *,
@@ -161,4 +263,5 @@ def knn_feature_graph(features: jax.Array, k: int = NEURALEF_K, *,
   return _knn_feature_graph(features, k=int(k), block_size=block_size, output=output)
 
 
-__all__ = ["topk_cosine_rows", "knn_degrees", "knn_rows_matmul", "knn_feature_graph"]
+__all__ = ["topk_cosine_rows", "ring_topk_cosine_rows", "ring_steps", "ring_source",
+           "knn_degrees", "knn_rows_matmul", "knn_feature_graph"]

@@ -166,6 +166,8 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
        o.final_learning_rate)
   need(g.form in graphs.NEURALEF_KERNEL_FORMS, "graph.form",
        f"one of {graphs.NEURALEF_KERNEL_FORMS}", g.form)
+  need(g.get("global_form", "gather") in graphs.NEURALEF_GLOBAL_FORMS, "graph.global_form",
+       f"one of {graphs.NEURALEF_GLOBAL_FORMS}", g.get("global_form"))
   need(int(g.k) >= 1, "graph.k", "≥ 1", g.k)
   need(math.isfinite(float(g.alpha)) and g.alpha >= 0, "graph.alpha", "a finite number ≥ 0",
        g.alpha)

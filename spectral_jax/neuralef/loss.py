@@ -259,11 +259,11 @@ def _kernel_product(psi: jax.Array, kernel: Kernel, axis_name: AxisName) -> jax.
     raise ValueError(f"K = {k} eigenfunctions exceed the batch of n = {n} rows: R = ψᵀGψ would "
                      "have rank < K; use a larger batch or fewer eigenfunctions.")
   full = jax.lax.stop_gradient(psi)
-  if axis_name is not None:
+  if axis_name is not None and not getattr(kernel, "takes_local_rows", False):
     full = jax.lax.all_gather(full, axis_name, tiled=True)
   kpsi = _kernel_matmul(kernel, psi.dtype)(full)
   if tuple(kpsi.shape) != (n_local, k):
-    raise ValueError(f"kernel_matmul must map ({n}, {k}) to ({n_local}, {k}){where}, got "
+    raise ValueError(f"kernel_matmul must map {full.shape} to ({n_local}, {k}){where}, got "
                      f"{tuple(kpsi.shape)}.")
   return jax.lax.stop_gradient(kpsi.astype(psi.dtype))
 
@@ -391,7 +391,10 @@ def neuralef_loss(psi: jax.Array, kernel: Kernel, beta: float | jax.Array, *,
       - a dense (n, n) array ((n_local, n) rows with ``axis_name``);
       - a ``jax.experimental.sparse.BCOO`` of the same shape;
       - a callable ``kernel_matmul(p) -> G_rows @ p`` mapping (n, K) to (n, K) ((n, K) to
-        (n_local, K) with ``axis_name``), for blockwise products at large n.
+        (n_local, K) with ``axis_name``), for blockwise products at large n; one with the
+        attribute ``takes_local_rows = True`` gets this device's (n_local, K) rows of p
+        instead (no all-gather: it fetches the rest itself, e.g. ``batch_kernel_matmul``'s
+        ring form).
     beta: β ≥ 0, the weight of the orthogonality penalty (``beta_for(K)``: β·K = 20.48).
     t: the scale: ψ is multiplied by √t. None (default): t = 1/β, i.e. β·t = 1 (t = 1 if
       β = 0), which orders eigenfunctions (above). The reference value is ``REFERENCE_T``.

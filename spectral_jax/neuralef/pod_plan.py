@@ -17,8 +17,9 @@ compiles on a laptop) and reads from XLA:
 Bytes moved per device use the ring model of each collective over a group of D devices (the
 per-device traffic of bandwidth-optimal algorithms): all-gather ``(D−1)/D · result``,
 reduce-scatter ``(D−1)/D · operand``, all-reduce ``2(D−1)/D · operand``, all-to-all
-``(D−1)/D · operand``, collective-permute ``operand``. Collectives inside loops (``while``
-bodies) are counted once: none of the step's are in loops.
+``(D−1)/D · operand``, collective-permute ``operand``. A collective inside loops (``while``
+bodies, e.g. the ring form's ``ppermute``s) counts once per iteration: its ``trips`` are the
+product of the enclosing loops' known trip counts (`loop_trips`; 1 where XLA states none).
 
 The step is built by a ``step_builder(config, mesh)`` returning the step as a callable
 ``(state, batch) -> (state, metrics)`` (default ``neuralef.step.make_train_step``); any builder
@@ -63,6 +64,7 @@ class Collective:
     source: "file:line" of the JAX code that emitted it ("" if the HLO has no metadata).
     op_name: the JAX op path from the metadata.
     result_shapes: the result's array shapes (one per tuple element).
+    trips: executions per step (the enclosing loops' trip counts multiplied; 1 outside loops).
   """
   op: str
   name: str
@@ -72,17 +74,20 @@ class Collective:
   source: str
   op_name: str
   result_shapes: tuple[tuple[int, ...], ...] = ()
+  trips: int = 1
 
   @property
   def moved_bytes(self) -> float:
-    """Bytes each device sends under the ring model (module docstring), from the result size
-    (an all-reduce's result equals its operand; a reduce-scatter's operand is D results)."""
+    """Bytes each device sends per step under the ring model (module docstring), from the
+    result size (an all-reduce's result equals its operand; a reduce-scatter's operand is D
+    results), times ``trips``."""
     d, r = self.group_size, self.result_bytes
     if d <= 1:
       return 0.0
     frac = (d - 1) / d
-    return {"all-gather": frac * r, "reduce-scatter": (d - 1) * r, "all-reduce": 2 * frac * r,
-            "all-to-all": frac * r, "collective-permute": float(r)}[self.op]
+    return self.trips * {"all-gather": frac * r, "reduce-scatter": (d - 1) * r,
+                         "all-reduce": 2 * frac * r, "all-to-all": frac * r,
+                         "collective-permute": float(r)}[self.op]
 
 
 def _shapes(text: str) -> tuple[tuple[int, ...], ...]:
@@ -153,6 +158,43 @@ def _source_table(hlo_text: str) -> Callable[[int], str]:
   return source
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\{\s*$")
+_CALLED = re.compile(r"\b(body|calls|to_apply|branch_computations)=\{?([^,}\s]+(?:,\s*%[\w.\-]+)*)")
+
+
+def loop_trips(hlo_text: str) -> dict[str, int]:
+  """``computation name -> executions per run of the entry computation``: the product of the
+  known trip counts (``known_trip_count`` in a ``while``'s backend config) of the loops whose
+  bodies enclose it (1 for a loop XLA states no count for); computations reached only through
+  ``while`` conditions are left out (they hold no collectives)."""
+  calls: dict[str, list[tuple[str, int]]] = {}
+  entry, current = None, None
+  for line in hlo_text.splitlines():
+    head = _COMPUTATION.match(line)
+    if head and not line.startswith(" "):
+      current = head.group(1)
+      calls[current] = []
+      entry = current if line.startswith("ENTRY") else entry
+      continue
+    if current is None:
+      continue
+    trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
+    for kind, names in _CALLED.findall(line):
+      factor = int(trip.group(1)) if kind == "body" and trip else 1
+      calls[current] += [(name.strip().lstrip("%"), factor) for name in names.split(",")]
+  trips: dict[str, int] = {}
+
+  def visit(name: str, mult: int) -> None:
+    if trips.get(name, 0) >= mult:
+      return
+    trips[name] = mult
+    for callee, factor in calls.get(name, ()):
+      visit(callee, mult * factor)
+  if entry is not None:
+    visit(entry, 1)
+  return trips
+
+
 def collectives(hlo_text: str, num_devices: int = 1) -> list[Collective]:
   """Every collective instruction of an HLO module's text (``compiled.as_text()``).
 
@@ -164,17 +206,23 @@ def collectives(hlo_text: str, num_devices: int = 1) -> list[Collective]:
     num_devices: the group size assumed when an instruction names no replica groups.
   Returns:
     `Collective` records in program order (``*-done`` halves of async pairs are skipped, their
-    ``*-start`` counted once).
+    ``*-start`` counted once per execution: ``trips`` from `loop_trips`).
   """
-  shapes, found = {}, []
+  shapes, found, computation_of = {}, [], {}
+  computation = ""
   for line in hlo_text.splitlines():
+    head = _COMPUTATION.match(line)
+    if head and not line.startswith(" "):
+      computation = head.group(1)
     m = _INSTR.match(line)
     if m:
+      computation_of[m.group(1)] = computation
       shapes[m.group(1)] = m.group(2)
       base = m.group(3)[:-len("-start")] if m.group(3).endswith("-start") else m.group(3)
       if base in COLLECTIVE_OPS:
         found.append((m.group(1), m.group(2), base, m.group(3) != base, m.group(4)))
   source_of = _source_table(hlo_text)
+  trips = loop_trips(hlo_text)
   out = []
   for name, result, op, is_async, rest in found:
     operands = _operands(rest)
@@ -198,7 +246,8 @@ def collectives(hlo_text: str, num_devices: int = 1) -> list[Collective]:
                           operand_bytes=operand_bytes,
                           group_size=_group_size(attrs, num_devices), source=source,
                           op_name=op_name.group(1) if op_name else "",
-                          result_shapes=_shapes(result)))
+                          result_shapes=_shapes(result),
+                          trips=trips.get(computation_of.get(name, ""), 1)))
   return out
 
 
@@ -286,9 +335,14 @@ def name_collective(c: Collective, *, feature_dim: int = 384, k: int = 256) -> s
   loss's (n, K) columns), "kNN reduce-scatter" (the knn form's Aᵀq), "R psum" (an all-reduce
   holding the (K, K) R; XLA may combine it with others), "degree/norm psum" (kernel degrees,
   ψ's column norms), "gradient reduction" (all-reduces emitted outside the step's own files:
-  the parameters' gradients that shard_map sums), or "other".
+  the parameters' gradients that shard_map sums), "feature ring" (the ring form's
+  ``ppermute`` of (m, C) feature blocks for the top-k), "kernel ring" (its other ``ppermute``s:
+  ψ blocks, partial sums of Aᵀq, the dense form's neighbour lists), or "other".
   """
   src = c.source
+  if c.op == "collective-permute":
+    return ("feature ring" if any(s[-1:] == (feature_dim,) for s in c.result_shapes)
+            else "kernel ring")
   if c.op == "all-gather":
     if "loss.py" in src:
       return "ψ all-gather"
@@ -318,6 +372,7 @@ def summarise_collectives(found: Sequence[Collective], **names) -> dict[str, dic
 
 
 __all__ = [
-    "COLLECTIVE_OPS", "Collective", "collectives", "name_collective", "plan_step", "shape_bytes",
+    "COLLECTIVE_OPS", "Collective", "collectives", "loop_trips", "name_collective", "plan_step",
+    "shape_bytes",
     "summarise_collectives", "train_batch_shapes",
 ]

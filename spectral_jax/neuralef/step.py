@@ -14,6 +14,8 @@ graph is over the **global** batch: the graph features are all-gathered and each
 its own rows of G₁ (``graphs.batch_kernel_matmul``: ``graphs.topk_cosine_rows`` with
 ``row_offset = axis_index·m``, degrees ``psum``-ed by ``graphs.knn_degrees``); the pixel graph is
 block-diagonal, so each device builds its own images' blocks. The loss all-gathers ψ for the kernel's columns and ``psum``s ψᵀGψ.
+With ``graph.global_form = "ring"`` neither the features nor ψ are gathered: their blocks go
+around the device ring (``batch_kernel_matmul(ring=True)``), same step to float tolerance.
 shard_map already sums the gradients of the replicated parameters over devices, so
 none is ``pmean``-ed. `make_loss_and_grad(config, axis_name=...)` is the same computation as a
 plain function, which also composes under ``jax.pmap`` (where the gradients are ``psum``-ed).
@@ -137,7 +139,8 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
   tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), lc.tau_max, lc.tau_min)
   kernel_args = dict(k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
                      distance_weights=tuple(g.distance_weights), block_size=g.block_size,
-                     form=g.form, axis_name=axis_name)
+                     form=g.form, axis_name=axis_name,
+                     ring=g.get("global_form", "gather") == "ring")
 
   def loss_and_grad(state: TrainState, batch: dict[str, jax.Array]):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
