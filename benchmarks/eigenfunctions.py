@@ -6,13 +6,16 @@ constants, ``segmentor@reference``) × each ψ:
 - ``free``: a free matrix Ψ (n, K) on the training batch (evaluated on that batch: it has no
   held-out values);
 - ``mlp``: a 2-hidden-layer tanh MLP on ψ's input features (per token);
-- ``psi``: the segmentor's ψ network (``Psi``, linear-attention blocks and the QR head; the
+- ``psi``: the segmentor's ψ network (``Psi``, linear-attention blocks and its default head,
+  the reference's Householder map; the
   segmentor objectives see its Gumbel-softmax outputs at the reference τ schedule, the others
   its raw logits, as each objective calls for),
 
 trained with Adam on the NeuralEF batch kernel (``graphs.neuralef_kernel``, SPEC §2) of the
 offline DINOv2 ViT-S/14 features of bundled photos, then measured on a fixed held-out batch of
-other photos (``fidelity``): per-index |cos| with the kernel's eigenvectors (top 4),
+other photos (``fidelity``; ``--eval_train`` adds a row measured on the training batch itself,
+which separates fitting the training kernel from generalising to other photos): per-index |cos|
+with the kernel's eigenvectors (top 4),
 principal angles of the top 4/16/64 subspaces (those ≤ K), Rayleigh quotients over λ, the
 number of columns the argmax uses, and seconds per training step (after compilation).
 
@@ -96,8 +99,30 @@ def _fit(loss_fn, params, steps: int, lr: float):
   return params, (time.perf_counter() - t0) / max(steps - 1, 1)
 
 
-def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> dict:
-  """Trains one (ψ, objective) pair; returns its measurements on the held-out batch."""
+def measure(out: jax.Array, batch: dict, k: int) -> dict:
+  """ψ's outputs (n, K) against ``batch``'s kernel: |cos| of the top 4 in order, largest
+  principal angles of the top 4/16/64 subspaces, Rayleigh quotient over λ, columns used."""
+  # cosines ignore column scales; rescaling by the largest entry keeps squares of a column the
+  # argmax never picks (softmax values ~1e-20) from underflowing to a 0/0 norm
+  out = out / jnp.maximum(jnp.max(jnp.abs(out), axis=0), 1e-30)
+  ref = fid.kernel_eigenpairs(batch["kernel"], batch["n"], k, method="eigh")
+  res = fid.fidelity(out, ref, batch["kernel"], dims=(4, 16, 64))
+  lam = np.linalg.eigvalsh(np.asarray(batch["kernel"], np.float64))[::-1]
+  summ = fid.summary(res)
+  cos = np.asarray(res["cos_in_order"])
+  return {"n_eval": batch["n"], "cos_top4": [round(float(c), 3) for c in cos[:4]],
+          "angle_max_deg": {m: round(summ[f"angle_max_deg@{m}"], 1)
+                            for m in fid.fidelity_dims(k, (4, 16, 64))},
+          "rayleigh_over_lambda@K": round(summ[f"rayleigh_over_lambda_mean@{k}"], 3),
+          "columns_used": int(np.unique(np.argmax(np.asarray(out), axis=-1)).size),
+          # the kernel's spectrum: how well separated the eigenvectors ψ is compared with are
+          "lambda_top5": [round(float(v), 4) for v in lam[:5]],
+          "lambda_k_k+1": [round(float(v), 4) for v in lam[k - 1:k + 1]]}
+
+
+def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> list[dict]:
+  """Trains one (ψ, objective) pair; returns its measurements on the held-out batch (and, with
+  ``args.eval_train`` for a network, on the training batch)."""
   fn = objective_fn(objective)
   g = train["kernel"]
   key = jax.random.key(args.seed)
@@ -106,7 +131,7 @@ def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> 
   if variant == "free":
     p0 = 0.1 * jax.random.normal(key, (train["n"], k), jnp.float32)
     params, sec = _fit(lambda p, i: fn(p, g)[0], p0, args.steps, args.free_lr)
-    out, eval_batch = params, train
+    outs = {"train": (params, train)}
   else:
     if variant == "mlp":
       net = MLP(k)
@@ -115,7 +140,7 @@ def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> 
       apply = lambda p, x: net.apply(p, x)
       steps = args.steps
     else:
-      net = psi_lib.Psi(k=k)
+      net = psi_lib.Psi(k=k, head=args.head)
       x_train, x_test = train["psi_inputs"], test["psi_inputs"]
       apply = lambda p, x: net.apply(p, x)[0].reshape(-1, k)
       steps = args.psi_steps
@@ -128,34 +153,25 @@ def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> 
       return fn(logits, g)[0]
 
     params, sec = _fit(loss, params, steps, args.net_lr)
-    logits = apply(params, x_test)
     # evaluation: the segmentor's ψ is softmax(logits/τ_min) (no noise); the others' raw
-    out = fid.psi_outputs(logits, 0.3, "softmax" if segmentor else "logits")
-    eval_batch = test
-  # cosines ignore column scales; rescaling by the largest entry keeps squares of a column the
-  # argmax never picks (softmax values ~1e-20) from underflowing to a 0/0 norm
-  out = out / jnp.maximum(jnp.max(jnp.abs(out), axis=0), 1e-30)
-  ref = fid.kernel_eigenpairs(eval_batch["kernel"], eval_batch["n"], k, method="eigh")
-  res = fid.fidelity(out, ref, eval_batch["kernel"], dims=(4, 16, 64))
-  summ = fid.summary(res)
-  cos = np.asarray(res["cos_in_order"])
-  used = int(np.unique(np.argmax(np.asarray(out), axis=-1)).size)
-  return {"variant": variant, "objective": objective, "K": k, "n_train": train["n"],
-          "n_eval": eval_batch["n"], "cos_top4": [round(float(c), 3) for c in cos[:4]],
-          "angle_max_deg": {m: round(summ[f"angle_max_deg@{m}"], 1)
-                            for m in fid.fidelity_dims(k, (4, 16, 64))},
-          "rayleigh_over_lambda@K": round(summ[f"rayleigh_over_lambda_mean@{k}"], 3),
-          "columns_used": used, "sec_per_step": round(sec, 4)}
+    read = lambda x: fid.psi_outputs(apply(params, x), 0.3, "softmax" if segmentor else "logits")
+    outs = {"held-out": (read(x_test), test)}
+    if args.eval_train:
+      outs["train"] = (read(x_train), train)
+  return [{"variant": variant, "objective": objective, "K": k, "n_train": train["n"],
+           "eval": name, **measure(out, batch, k), "sec_per_step": round(sec, 4)}
+          for name, (out, batch) in outs.items()]
 
 
 def table(rows: list[dict]) -> str:
   dims = sorted({m for r in rows for m in r["angle_max_deg"]})
-  head = ("| ψ | objective | abs cos u₁…u₄ | " + " | ".join(f"∠max top {m} (°)" for m in dims)
+  head = ("| ψ | objective | measured on | abs cos u₁…u₄ | " + " | ".join(f"∠max top {m} (°)" for m in dims)
           + " | ψᵀGψ/λ | columns used | s/step |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
     angles = " | ".join(str(r["angle_max_deg"].get(m, "")) for m in dims)
-    lines.append(f"| {r['variant']} | {r['objective']} | {', '.join(map(str, r['cos_top4']))} "
+    lines.append(f"| {r['variant']} | {r['objective']} | {r['eval']} "
+                 f"| {', '.join(map(str, r['cos_top4']))} "
                  f"| {angles} | {r['rayleigh_over_lambda@K']} | {r['columns_used']} "
                  f"| {r['sec_per_step']} |")
   return "\n".join(lines)
@@ -175,6 +191,10 @@ def main():
   parser.add_argument("--objectives", default=",".join(list(obj_lib.OBJECTIVES)
                                                        + ["segmentor@reference"]))
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--eval_train", action="store_true",
+                      help="networks: also measure on the training batch")
+  parser.add_argument("--head", default="householder", choices=psi_lib.HEADS,
+                      help="the segmentor ψ's head")
   args = parser.parse_args()
 
   photos = samples.square_photos(args.size, len(samples.bundled_photos()))
@@ -186,9 +206,9 @@ def main():
   rows = []
   for variant in args.variants.split(","):
     for objective in args.objectives.split(","):
-      row = run(variant, objective, train, test, args.K, args)
-      print(json.dumps(row), flush=True)
-      rows.append(row)
+      for row in run(variant, objective, train, test, args.K, args):
+        print(json.dumps(row), flush=True)
+        rows.append(row)
   print(table(rows))
 
 
