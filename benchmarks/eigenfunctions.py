@@ -11,6 +11,11 @@ constants, ``segmentor@reference``) × each ψ:
   segmentor objectives see its Gumbel-softmax outputs at the reference τ schedule, the others
   its raw logits, as each objective calls for),
 
+- ``ridge`` (no objective: an oracle): the training kernel's top-K eigenvectors regressed on
+  ψ's input features (ridge, ``--ridge`` relative to the features' mean squared norm), read on
+  the held-out batch: how much of the held-out eigenvectors any linear head on these fixed
+  features could give when it fits the training eigenvectors,
+
 trained with Adam on the NeuralEF batch kernel (``graphs.neuralef_kernel``, SPEC §2) of the
 offline DINOv2 ViT-S/14 features of bundled photos, then measured on a fixed held-out batch of
 other photos (``fidelity``; ``--eval_train`` adds a row measured on the training batch itself,
@@ -120,6 +125,21 @@ def measure(out: jax.Array, batch: dict, k: int) -> dict:
           "lambda_k_k+1": [round(float(v), 4) for v in lam[k - 1:k + 1]]}
 
 
+def ridge_oracle(train: dict, test: dict, k: int, alpha: float) -> list[dict]:
+  """The ``ridge`` rows: [X, 1]·W fit to the training kernel's top-K eigenvectors."""
+  u = np.asarray(fid.kernel_eigenpairs(train["kernel"], train["n"], k, method="eigh")
+                 .eigenvectors, np.float64)
+  design = lambda b: np.concatenate([np.asarray(b["psi_inputs"], np.float64).reshape(b["n"], -1),
+                                     np.ones((b["n"], 1))], axis=1)
+  x = design(train)
+  lam = alpha * np.mean(np.sum(x * x, axis=1))
+  w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ u)
+  return [{"variant": "ridge", "objective": f"oracle (ridge {alpha:g})", "K": k,
+           "n_train": train["n"], "eval": name,
+           **measure(jnp.asarray(design(b) @ w, jnp.float32), b, k), "sec_per_step": 0.0}
+          for name, b in (("held-out", test), ("train", train))]
+
+
 def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> list[dict]:
   """Trains one (ψ, objective) pair; returns its measurements on the held-out batch (and, with
   ``args.eval_train`` for a network, on the training batch)."""
@@ -187,10 +207,12 @@ def main():
   parser.add_argument("--psi_steps", type=int, default=300, help="Adam steps, segmentor ψ")
   parser.add_argument("--free_lr", type=float, default=3e-2)
   parser.add_argument("--net_lr", type=float, default=1e-3, help="MLP and ψ (reference 1e-3)")
-  parser.add_argument("--variants", default="free,mlp,psi")
+  parser.add_argument("--variants", default="free,mlp,psi", help="free, mlp, psi, ridge")
   parser.add_argument("--objectives", default=",".join(list(obj_lib.OBJECTIVES)
                                                        + ["segmentor@reference"]))
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--ridge", type=float, default=1e-3,
+                      help="ridge variant: penalty relative to the mean squared feature norm")
   parser.add_argument("--eval_train", action="store_true",
                       help="networks: also measure on the training batch")
   parser.add_argument("--head", default="householder", choices=psi_lib.HEADS,
@@ -205,6 +227,11 @@ def main():
   test = batch_of(backbone, photos[args.train:], args.graph_k)
   rows = []
   for variant in args.variants.split(","):
+    if variant == "ridge":
+      for row in ridge_oracle(train, test, args.K, args.ridge):
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+      continue
     for objective in args.objectives.split(","):
       for row in run(variant, objective, train, test, args.K, args):
         print(json.dumps(row), flush=True)
