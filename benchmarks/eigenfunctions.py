@@ -6,13 +6,21 @@ constants, ``segmentor@reference``) × each ψ:
 - ``free``: a free matrix Ψ (n, K) on the training batch (evaluated on that batch: it has no
   held-out values);
 - ``mlp``: a 2-hidden-layer tanh MLP on ψ's input features (per token);
-- ``psi``: the segmentor's ψ network (``Psi``, linear-attention blocks and the QR head; the
+- ``psi``: the segmentor's ψ network (``Psi``, linear-attention blocks and its default head,
+  the reference's Householder map; the
   segmentor objectives see its Gumbel-softmax outputs at the reference τ schedule, the others
   its raw logits, as each objective calls for),
 
+- ``ridge`` (no objective: an oracle): the training kernel's top-K eigenvectors regressed on
+  ψ's input features (ridge, ``--ridge`` relative to the features' mean squared norm), read on
+  the held-out batch: how much of the held-out eigenvectors any linear head on these fixed
+  features could give when it fits the training eigenvectors,
+
 trained with Adam on the NeuralEF batch kernel (``graphs.neuralef_kernel``, SPEC §2) of the
 offline DINOv2 ViT-S/14 features of bundled photos, then measured on a fixed held-out batch of
-other photos (``fidelity``): per-index |cos| with the kernel's eigenvectors (top 4),
+other photos (``fidelity``; ``--eval_train`` adds a row measured on the training batch itself,
+which separates fitting the training kernel from generalising to other photos): per-index |cos|
+with the kernel's eigenvectors (top 4),
 principal angles of the top 4/16/64 subspaces (those ≤ K), Rayleigh quotients over λ, the
 number of columns the argmax uses, and seconds per training step (after compilation).
 
@@ -96,8 +104,45 @@ def _fit(loss_fn, params, steps: int, lr: float):
   return params, (time.perf_counter() - t0) / max(steps - 1, 1)
 
 
-def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> dict:
-  """Trains one (ψ, objective) pair; returns its measurements on the held-out batch."""
+def measure(out: jax.Array, batch: dict, k: int) -> dict:
+  """ψ's outputs (n, K) against ``batch``'s kernel: |cos| of the top 4 in order, largest
+  principal angles of the top 4/16/64 subspaces, Rayleigh quotient over λ, columns used."""
+  # cosines ignore column scales; rescaling by the largest entry keeps squares of a column the
+  # argmax never picks (softmax values ~1e-20) from underflowing to a 0/0 norm
+  out = out / jnp.maximum(jnp.max(jnp.abs(out), axis=0), 1e-30)
+  ref = fid.kernel_eigenpairs(batch["kernel"], batch["n"], k, method="eigh")
+  res = fid.fidelity(out, ref, batch["kernel"], dims=(4, 16, 64))
+  lam = np.linalg.eigvalsh(np.asarray(batch["kernel"], np.float64))[::-1]
+  summ = fid.summary(res)
+  cos = np.asarray(res["cos_in_order"])
+  return {"n_eval": batch["n"], "cos_top4": [round(float(c), 3) for c in cos[:4]],
+          "angle_max_deg": {m: round(summ[f"angle_max_deg@{m}"], 1)
+                            for m in fid.fidelity_dims(k, (4, 16, 64))},
+          "rayleigh_over_lambda@K": round(summ[f"rayleigh_over_lambda_mean@{k}"], 3),
+          "columns_used": int(np.unique(np.argmax(np.asarray(out), axis=-1)).size),
+          # the kernel's spectrum: how well separated the eigenvectors ψ is compared with are
+          "lambda_top5": [round(float(v), 4) for v in lam[:5]],
+          "lambda_k_k+1": [round(float(v), 4) for v in lam[k - 1:k + 1]]}
+
+
+def ridge_oracle(train: dict, test: dict, k: int, alpha: float) -> list[dict]:
+  """The ``ridge`` rows: [X, 1]·W fit to the training kernel's top-K eigenvectors."""
+  u = np.asarray(fid.kernel_eigenpairs(train["kernel"], train["n"], k, method="eigh")
+                 .eigenvectors, np.float64)
+  design = lambda b: np.concatenate([np.asarray(b["psi_inputs"], np.float64).reshape(b["n"], -1),
+                                     np.ones((b["n"], 1))], axis=1)
+  x = design(train)
+  lam = alpha * np.mean(np.sum(x * x, axis=1))
+  w = np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ u)
+  return [{"variant": "ridge", "objective": f"oracle (ridge {alpha:g})", "K": k,
+           "n_train": train["n"], "eval": name,
+           **measure(jnp.asarray(design(b) @ w, jnp.float32), b, k), "sec_per_step": 0.0}
+          for name, b in (("held-out", test), ("train", train))]
+
+
+def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> list[dict]:
+  """Trains one (ψ, objective) pair; returns its measurements on the held-out batch (and, with
+  ``args.eval_train`` for a network, on the training batch)."""
   fn = objective_fn(objective)
   g = train["kernel"]
   key = jax.random.key(args.seed)
@@ -106,7 +151,7 @@ def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> 
   if variant == "free":
     p0 = 0.1 * jax.random.normal(key, (train["n"], k), jnp.float32)
     params, sec = _fit(lambda p, i: fn(p, g)[0], p0, args.steps, args.free_lr)
-    out, eval_batch = params, train
+    outs = {"train": (params, train)}
   else:
     if variant == "mlp":
       net = MLP(k)
@@ -115,7 +160,7 @@ def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> 
       apply = lambda p, x: net.apply(p, x)
       steps = args.steps
     else:
-      net = psi_lib.Psi(k=k)
+      net = psi_lib.Psi(k=k, head=args.head)
       x_train, x_test = train["psi_inputs"], test["psi_inputs"]
       apply = lambda p, x: net.apply(p, x)[0].reshape(-1, k)
       steps = args.psi_steps
@@ -128,34 +173,25 @@ def run(variant: str, objective: str, train: dict, test: dict, k: int, args) -> 
       return fn(logits, g)[0]
 
     params, sec = _fit(loss, params, steps, args.net_lr)
-    logits = apply(params, x_test)
     # evaluation: the segmentor's ψ is softmax(logits/τ_min) (no noise); the others' raw
-    out = fid.psi_outputs(logits, 0.3, "softmax" if segmentor else "logits")
-    eval_batch = test
-  # cosines ignore column scales; rescaling by the largest entry keeps squares of a column the
-  # argmax never picks (softmax values ~1e-20) from underflowing to a 0/0 norm
-  out = out / jnp.maximum(jnp.max(jnp.abs(out), axis=0), 1e-30)
-  ref = fid.kernel_eigenpairs(eval_batch["kernel"], eval_batch["n"], k, method="eigh")
-  res = fid.fidelity(out, ref, eval_batch["kernel"], dims=(4, 16, 64))
-  summ = fid.summary(res)
-  cos = np.asarray(res["cos_in_order"])
-  used = int(np.unique(np.argmax(np.asarray(out), axis=-1)).size)
-  return {"variant": variant, "objective": objective, "K": k, "n_train": train["n"],
-          "n_eval": eval_batch["n"], "cos_top4": [round(float(c), 3) for c in cos[:4]],
-          "angle_max_deg": {m: round(summ[f"angle_max_deg@{m}"], 1)
-                            for m in fid.fidelity_dims(k, (4, 16, 64))},
-          "rayleigh_over_lambda@K": round(summ[f"rayleigh_over_lambda_mean@{k}"], 3),
-          "columns_used": used, "sec_per_step": round(sec, 4)}
+    read = lambda x: fid.psi_outputs(apply(params, x), 0.3, "softmax" if segmentor else "logits")
+    outs = {"held-out": (read(x_test), test)}
+    if args.eval_train:
+      outs["train"] = (read(x_train), train)
+  return [{"variant": variant, "objective": objective, "K": k, "n_train": train["n"],
+           "eval": name, **measure(out, batch, k), "sec_per_step": round(sec, 4)}
+          for name, (out, batch) in outs.items()]
 
 
 def table(rows: list[dict]) -> str:
   dims = sorted({m for r in rows for m in r["angle_max_deg"]})
-  head = ("| ψ | objective | abs cos u₁…u₄ | " + " | ".join(f"∠max top {m} (°)" for m in dims)
+  head = ("| ψ | objective | measured on | abs cos u₁…u₄ | " + " | ".join(f"∠max top {m} (°)" for m in dims)
           + " | ψᵀGψ/λ | columns used | s/step |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for r in rows:
     angles = " | ".join(str(r["angle_max_deg"].get(m, "")) for m in dims)
-    lines.append(f"| {r['variant']} | {r['objective']} | {', '.join(map(str, r['cos_top4']))} "
+    lines.append(f"| {r['variant']} | {r['objective']} | {r['eval']} "
+                 f"| {', '.join(map(str, r['cos_top4']))} "
                  f"| {angles} | {r['rayleigh_over_lambda@K']} | {r['columns_used']} "
                  f"| {r['sec_per_step']} |")
   return "\n".join(lines)
@@ -171,10 +207,16 @@ def main():
   parser.add_argument("--psi_steps", type=int, default=300, help="Adam steps, segmentor ψ")
   parser.add_argument("--free_lr", type=float, default=3e-2)
   parser.add_argument("--net_lr", type=float, default=1e-3, help="MLP and ψ (reference 1e-3)")
-  parser.add_argument("--variants", default="free,mlp,psi")
+  parser.add_argument("--variants", default="free,mlp,psi", help="free, mlp, psi, ridge")
   parser.add_argument("--objectives", default=",".join(list(obj_lib.OBJECTIVES)
                                                        + ["segmentor@reference"]))
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--ridge", type=float, default=1e-3,
+                      help="ridge variant: penalty relative to the mean squared feature norm")
+  parser.add_argument("--eval_train", action="store_true",
+                      help="networks: also measure on the training batch")
+  parser.add_argument("--head", default="householder", choices=psi_lib.HEADS,
+                      help="the segmentor ψ's head")
   args = parser.parse_args()
 
   photos = samples.square_photos(args.size, len(samples.bundled_photos()))
@@ -185,10 +227,15 @@ def main():
   test = batch_of(backbone, photos[args.train:], args.graph_k)
   rows = []
   for variant in args.variants.split(","):
+    if variant == "ridge":
+      for row in ridge_oracle(train, test, args.K, args.ridge):
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+      continue
     for objective in args.objectives.split(","):
-      row = run(variant, objective, train, test, args.K, args)
-      print(json.dumps(row), flush=True)
-      rows.append(row)
+      for row in run(variant, objective, train, test, args.K, args):
+        print(json.dumps(row), flush=True)
+        rows.append(row)
   print(table(rows))
 
 

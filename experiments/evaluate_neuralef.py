@@ -125,7 +125,8 @@ def _run_dataset(config, workdir, step, output):
   print(f"dataset: {d['name']} {d['split']} ({d['num_images']} images, {len(d['classes'])} "
         f"classes, {d['pixels']} labelled pixels); short side {proto['short_side']}, window "
         f"{proto['window']}, stride {proto['stride']}; K-means fit on {report['kmeans_fit']['tokens']}"
-        f" {report['kmeans_fit']['split']} tokens; ψ at step {int(state.step)}")
+        f" {report['kmeans_fit']['split']} tokens; ψ at step {int(state.step)}, objective "
+        f"{report['objective']}")
   print(eval_lib.format_report(report))
   print("\nbeside the paper (majority voting, %):")
   print(eval_lib.format_paper_table(report))
@@ -169,7 +170,9 @@ def main(argv):
                              extra={"training": _training_summary(workdir, state)})
   print(f"backbone: {report['backbone']['name']} — {report['backbone']['weights_note']}")
   print(f"dataset: {', '.join(report['dataset']['images'])} ({len(report['dataset']['classes'])} "
-        f"classes, {report['dataset']['pixels']} labelled pixels); ψ at step {int(state.step)}")
+        f"classes, {report['dataset']['pixels']} labelled pixels); ψ at step {int(state.step)}, "
+        f"objective {report['objective']}, {report['kmeans_fit']['psi_clusters_used']} of "
+        f"{config.psi.k} clusters used on the training views (K-means also at that count)")
   print(eval_lib.format_report(report))
   print(f"report: {output / 'report.json'}")
   return 0

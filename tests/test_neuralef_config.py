@@ -55,6 +55,9 @@ def test_backbone_overrides_errors(change, match):
     ("data.cache_dtype", "int8", "data.cache_dtype"),
     ("data.min_scale", 0.5, "min_scale"),
     ("optim.final_learning_rate", 1.0, "optim.final_learning_rate"),
+    ("loss.objective", "eigengame", "loss.objective must be one of segmentor, neuralef, "
+     "nested_lora; got 'eigengame'"),
+    ("psi.head", "cayley", "psi.head must be one of householder, qr; got 'cayley'"),
 ])
 def test_check_names_the_bad_field(field, value, match):
   config = configs.get_config("test")

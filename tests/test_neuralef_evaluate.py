@@ -84,8 +84,16 @@ def test_end_to_end_trains_and_writes_the_report(end_to_end):
   assert int(result.state.step) == config.train.num_steps
   written = json.loads((root / "eval" / "report.json").read_text())
   assert written == json.loads(json.dumps(report))
-  assert set(written["results"]) == {"psi", "kmeans_8", "kmeans_13", "ours_star_8",
-                                     "ours_star_13"}
+  # K-means and Ours* also at the number of clusters ψ uses on the training views (issue 22
+  # item 5), recomputed here from ψ's logits
+  logits, _ = ev.psi_inference(config, result.state.params, jnp.asarray(feats.psi_inputs))
+  used = len(np.unique(np.asarray(jnp.argmax(logits, axis=-1))))
+  assert written["kmeans_fit"]["psi_clusters_used"] == used and 1 <= used <= 8
+  assert written["objective"] == "segmentor"
+  assert set(written["results"]) == {"psi"} | {f"{m}_{n}" for m in ("kmeans", "ours_star")
+                                               for n in (8, 13, used)}
+  assert all(written["results"][f"{m}_{used}"]["clusters"] == used
+             for m in ("kmeans", "ours_star"))
   for r in written["results"].values():
     for method in protocols.MATCHINGS:
       assert 0 <= r[method]["miou"] <= 1 and 0 <= r[method]["pixel_accuracy"] <= 1
@@ -94,7 +102,7 @@ def test_end_to_end_trains_and_writes_the_report(end_to_end):
   assert sorted(p.name for p in (root / "eval" / "overlays").iterdir()) == ["arc2017.png",
                                                                          "voc.png"]
   table = ev.format_report(report)
-  assert "NeuralEF ψ" in table and "Ours*" in table and len(table.splitlines()) == 6
+  assert "NeuralEF ψ" in table and "Ours*" in table and len(table.splitlines()) == 1 + len(report["results"])
 
 
 def test_overlay_panels_are_titled(end_to_end):

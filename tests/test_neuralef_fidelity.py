@@ -58,6 +58,21 @@ def test_exact_eigenvectors_have_cosine_one_and_zero_angles():
   np.testing.assert_allclose(s[f"rayleigh_over_lambda_mean@{K}"], 1, atol=1e-5)
 
 
+def test_columns_of_tiny_softmax_values_are_compared_not_blown_up():
+  """A softmax column the argmax never picks holds ~1e-25: its squares underflow in float32,
+  which once gave cosines of 1e16 in a training log; scaled first, it compares like any column,
+  and an all-zero column stays zero."""
+  g, u, _ = known_kernel(TOP)
+  ref = fid.kernel_eigenpairs(g, N, K, method="eigh")
+  psi = u[:, :K].copy()
+  psi[:, 1] *= 1e-25
+  psi[:, 2] = 0.0
+  out = fid.fidelity(jnp.asarray(psi, jnp.float32), ref, g)
+  np.testing.assert_allclose(np.delete(np.asarray(out["cos_in_order"]), 2), 1, atol=1e-5)
+  assert float(out["cos_in_order"][2]) == 0.0 and float(out["rayleigh"][2]) == 0.0
+  assert np.all(np.asarray(out["best_cos"]) <= 1 + 1e-5)
+
+
 def test_rotated_subspace_has_the_rotation_angles():
   """ψⱼ = cos θⱼ uⱼ + sin θⱼ u_{K+j}: the principal angles between span(ψ) and span(u₀…u_{K−1})
   are exactly the θⱼ, |cos(ψⱼ, uⱼ)| = cos θⱼ, and ψⱼᵀGψⱼ = cos²θⱼ λⱼ + sin²θⱼ λ_{K+j}."""

@@ -14,7 +14,7 @@ from scipy.special import erf
 
 from spectral_jax.neuralef import psi as psi_lib
 
-SMALL = dict(k=8, num_blocks=2, num_heads=2, head_dim=4, mlp_dim=12)
+SMALL = dict(k=8, num_blocks=2, num_heads=2, head_dim=4, mlp_dim=12, head="qr")  # the QR option
 B, N, D = 2, 5, 24
 
 
@@ -162,6 +162,7 @@ def test_reference_config_shapes():
   assert "bias" not in shapes["block01"]["attn"]["query"]
   assert shapes["block01"]["fc1"]["kernel"].shape == (1152, 576)
   assert shapes["head"]["kernel"].shape == (1152, 256)
+  assert cfg.head == "householder" and shapes["head"]["base"].shape == (1152, 1152)
   assert cfg.layer_norm_eps == 1e-5 and cfg.init_std == 0.02 and cfg.orthogonal_head
 
 

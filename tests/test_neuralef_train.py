@@ -28,7 +28,9 @@ from spectral_jax.datasets.images import NamedImage
 from spectral_jax.datasets import transforms
 from spectral_jax.neuralef import checkpoint as ckpt
 from spectral_jax.neuralef import feature_cache
+from spectral_jax import graphs
 from spectral_jax.neuralef import loss as loss_lib
+from spectral_jax.neuralef.objectives import OBJECTIVES
 from spectral_jax.neuralef import step as step_lib
 from spectral_jax.neuralef import train as train_lib
 
@@ -358,6 +360,51 @@ def test_checkpoint_of_another_config_is_rejected(full_run, config, features):
   runtime.log.every = 3
   again = train_lib.train(runtime, workdir, features)
   assert again.resumed_from == 20 and again.history == []
+
+
+def test_checkpoint_of_another_head_or_objective_is_refused(full_run, config, features):
+  """The head and the objective are part of the run (issue 22): a Householder-head checkpoint
+  is refused by a QR-head config, and another objective's by the segmentor's."""
+  workdir, _ = full_run
+  other = config.copy_and_resolve_references()
+  other.psi.head = "qr"
+  other.loss.objective = "nested_lora"
+  with pytest.raises(ckpt.ConfigMismatchError, match=r'loss\.objective: checkpoint "segmentor" '
+                     r'vs now "nested_lora"; psi\.head: checkpoint "householder" vs now "qr"'):
+    ckpt.check_checkpoint_config(workdir, other)
+
+
+def test_a_config_stored_before_head_and_objective_existed_is_the_qr_segmentor(config):
+  """Checkpoints written before psi.head / loss.objective were QR-head segmentor runs: their
+  stored config reads so, and a Householder config is refused by name, not by a restore error."""
+  old = ckpt.config_json(config)
+  del old["psi"]["head"], old["loss"]["objective"]
+  assert ckpt.with_added_fields(old)["psi"]["head"] == "qr"
+  assert ckpt.with_added_fields(old)["loss"]["objective"] == "segmentor"
+  assert "head" not in old["psi"]  # the stored data is not modified
+  assert ckpt.config_differences(ckpt.with_added_fields(old), ckpt.config_json(config)) == [
+      'psi.head: checkpoint "qr" vs now "householder"']
+  qr = config.copy_and_resolve_references()
+  qr.psi.head = "qr"
+  assert ckpt.config_differences(ckpt.with_added_fields(old), ckpt.config_json(qr)) == []
+
+
+@pytest.mark.parametrize("name", ["neuralef", pytest.param("nested_lora", marks=pytest.mark.slow)])
+def test_step_objective_is_the_named_objective_on_raw_logits(config, features, name):
+  """--config.loss.objective=NAME: the step's loss is OBJECTIVES[NAME] of ψ's raw logits on the
+  batch kernel (no Gumbel noise, no normalisation), recomputed here with the dense kernel."""
+  cfg = config.copy_and_resolve_references()
+  cfg.loss.objective = name
+  batch = features.batch(np.arange(8))
+  state = step_lib.init_state(cfg, batch["psi_inputs"].shape[-1])
+  loss, aux, _ = jax.jit(step_lib.make_loss_and_grad(cfg))(state, batch)
+  logits, _ = step_lib.psi_module(cfg).apply({"params": state.params}, batch["psi_inputs"])
+  g = graphs.neuralef_kernel(batch["graph_features"], batch["image_grids"], k=cfg.graph.k,
+                             alpha=cfg.graph.alpha, n_neighbors=tuple(cfg.graph.n_neighbors),
+                             distance_weights=tuple(cfg.graph.distance_weights))
+  want, want_aux = OBJECTIVES[name](logits.reshape(-1, cfg.psi.k), jnp.asarray(g))
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_allclose(aux["eigenvalues"], want_aux["eigenvalues"], rtol=1e-4)
 
 
 def test_changed_num_steps_is_refused_with_what_to_do(full_run, config):

@@ -78,6 +78,10 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
 
   # Loss and Gumbel temperature (SPEC §5).
   c.loss = ml_collections.ConfigDict()
+  # neuralef.objectives.OBJECTIVES: "segmentor" (the reference: Gumbel-softmax, L2 batch norm,
+  # neuralef_loss with beta_times_k and t below), "neuralef" or "nested_lora" (ψ's raw logits,
+  # each objective's own defaults; beta_times_k, t and τ unused by the loss).
+  c.loss.objective = "segmentor"
   c.loss.beta_times_k = 20.48   # β = 20.48 / K (0.08 at K = 256)
   c.loss.t = 0.01
   c.loss.tau_max = 1.0

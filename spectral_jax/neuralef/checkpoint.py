@@ -99,6 +99,22 @@ def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict(), default=list))
 
 
+# Fields added to the training config after checkpoints were written without them, with the
+# value those runs had: a stored config lacking one was trained with it (`with_added_fields`).
+ADDED_FIELDS = {"psi.head": "qr", "loss.objective": "segmentor", "graph.global_form": "gather"}
+
+
+def with_added_fields(config_data: dict[str, Any]) -> dict[str, Any]:
+  """A stored JSON config with each absent `ADDED_FIELDS` entry set to the value its run used
+  (a checkpoint from before ``psi.head`` existed has the QR head, and so on)."""
+  config_data = json.loads(json.dumps(config_data))
+  for name, value in ADDED_FIELDS.items():
+    section, field = name.split(".")
+    if isinstance(config_data.get(section), dict):
+      config_data[section].setdefault(field, value)
+  return config_data
+
+
 def training_fields(config_data: dict[str, Any],
                     ignore: Sequence[str] = RUNTIME_FIELDS) -> dict[str, Any]:
   """The flattened (``"a.b": value``) fields of a JSON config that define a training run."""
@@ -214,7 +230,7 @@ def restore_data_state(manager, step: int) -> Any:
 
 def _check_same_config(saved: dict[str, Any], config: ml_collections.ConfigDict, step: int,
                        directory) -> None:
-  diffs = config_differences(saved, config_json(config))
+  diffs = config_differences(with_added_fields(saved), config_json(config))
   if diffs:
     raise ConfigMismatchError(
         f"the checkpoint at step {step} in {directory} was written with another config: "
@@ -342,7 +358,7 @@ def resolve_step(workdir: str | pathlib.Path, step: int | None = None) -> int:
 def saved_config(workdir: str | pathlib.Path,
                  step: int | None = None) -> ml_collections.ConfigDict:
   """The config stored with ``workdir``'s latest (or given) checkpoint (errors as
-  `resolve_step`)."""
+  `resolve_step`), with the `ADDED_FIELDS` it predates (`with_added_fields`)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
   manager = _read_only_manager(workdir)
@@ -351,7 +367,7 @@ def saved_config(workdir: str | pathlib.Path,
     data = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   finally:
     manager.close()
-  return ml_collections.ConfigDict(data)
+  return ml_collections.ConfigDict(with_added_fields(data))
 
 
 def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
@@ -378,9 +394,10 @@ def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.
 
 
 __all__ = [
-    "ConfigMismatchError", "DivergedError", "ITEMS", "OUT_OF_SPACE_ERRNOS", "OutOfSpaceError",
-    "RUNTIME_FIELDS", "check_checkpoint_config", "check_finite",
+    "ADDED_FIELDS", "ConfigMismatchError", "DivergedError", "ITEMS", "OUT_OF_SPACE_ERRNOS",
+    "OutOfSpaceError", "RUNTIME_FIELDS", "check_checkpoint_config", "check_finite",
     "checkpoint_manager", "config_differences", "config_json", "gather_process_json",
     "resolve_step", "restore_checkpoint", "restore_data_state", "restore_latest_intact",
     "out_of_space", "out_of_space_errno", "save_checkpoint", "saved_config", "training_fields",
+    "with_added_fields",
 ]

@@ -10,7 +10,8 @@ that takes the typed values `check` returns (a `Checked`), never the config's se
   (`train_augment`: ``transforms.TrainAugment``, and `pipeline_settings`).
 * ``backbone.overrides``: config fields of a random backbone, ``depth=2,width=96`` or a JSON
   object (``_cli.parse_overrides``; the text is stored as given).
-* the training sections (`check_training`): batch, optimiser, graph, ψ, loss, checkpoints,
+* the training sections (`check_training`): batch, optimiser, graph, ψ, loss (its
+  ``objective`` one of ``objectives.OBJECTIVES``), checkpoints,
   logging, and the batch's fit to the devices and to the backbone's patch grid.
 
 Every failure is a ValueError naming the field, its value and what it must be.
@@ -29,6 +30,8 @@ from spectral_jax import _cli
 from spectral_jax import graphs
 from spectral_jax.datasets import pipeline
 from spectral_jax.datasets import transforms
+from spectral_jax.neuralef.objectives import OBJECTIVES
+from spectral_jax.neuralef.psi import HEADS
 
 CACHE_DTYPES = ("float32", "float16")
 
@@ -181,6 +184,10 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
        "graph.n_neighbors", "≥ 1 each, as many as graph.distance_weights", g.n_neighbors)
   for name in ("k", "num_blocks", "num_heads", "head_dim", "mlp_dim"):
     need(int(config.psi[name]) >= 1, f"psi.{name}", "≥ 1", config.psi[name])
+  need(config.psi.get("head", "qr") in HEADS, "psi.head", f"one of {', '.join(HEADS)}",
+       config.psi.get("head"))
+  need(lc.get("objective", "segmentor") in OBJECTIVES, "loss.objective",
+       f"one of {', '.join(OBJECTIVES)}", lc.get("objective"))
   for name in ("beta_times_k", "t", "tau_max", "tau_min"):
     need(_positive(lc[name]), f"loss.{name}", "a finite number > 0", lc[name])
   need(lc.tau_min <= lc.tau_max, "loss.tau_min", f"≤ loss.tau_max = {lc.tau_max}", lc.tau_min)

@@ -216,11 +216,14 @@ def fit_kmeans(key: jax.Array, points: np.ndarray, num_clusters: int, *, max_poi
 # ----------------------------------------------------------------------------- report
 
 
-def _pre_logits(infer, params, psi_inputs: np.ndarray, batch: int = 16) -> np.ndarray:
-  """ψ's pre-head features of ``psi_inputs`` in batches; ``infer`` is the jitted inference."""
-  return np.concatenate([np.asarray(infer(params, jnp.asarray(psi_inputs[s:s + batch],
-                                                              jnp.float32))[1])
-                         for s in range(0, len(psi_inputs), batch)])
+def _pre_logits(infer, params, psi_inputs: np.ndarray, batch: int = 16
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """ψ's pre-head features (B, N, D') and cluster ids (B, N) (the argmax of its logits) of
+  ``psi_inputs`` in batches; ``infer`` is the jitted inference."""
+  outs = [infer(params, jnp.asarray(psi_inputs[s:s + batch], jnp.float32))
+          for s in range(0, len(psi_inputs), batch)]
+  return (np.concatenate([np.asarray(pre) for _, pre in outs]),
+          np.concatenate([np.asarray(jnp.argmax(logits, axis=-1)) for logits, _ in outs]))
 
 
 def overlay(rgb: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -253,7 +256,8 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
     extra: more entries for the report (e.g. training facts).
   Returns:
     The report dict (see ``report.json``): per method its cluster count and, per matching,
-    mIoU, pixel accuracy and per-class IoU.
+    mIoU, pixel accuracy and per-class IoU; K-means and Ours* with K, C and ψ's used clusters
+    on the training views (``"kmeans_fit"``); the training ``"objective"``.
   """
   if images is None:
     images, class_names = labelled_samples(tuple(config.eval.samples))
@@ -277,12 +281,14 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
     logits, pre = infer(params, psi_in)
     per_image.append({"grid": grid, "logits": logits[0], "pre": pre[0], "feats": graph_feats[0]})
 
-  # Baselines: K-means fit on the training views, K and C clusters.
-  train_pre = _pre_logits(infer, params, train_features.psi_inputs)
+  # Baselines: K-means fit on the training views, with K, C and as many clusters as ψ uses on
+  # those views (majority voting rewards clusters used: the fair comparison at ψ's granularity).
+  train_pre, train_psi = _pre_logits(infer, params, train_features.psi_inputs)
+  used = int(len(np.unique(train_psi)))
   centroids = {}
   for name, points, feat in (("kmeans", train_features.graph_features, "feats"),
                              ("ours_star", train_pre, "pre")):
-    for count in (k, num_classes):
+    for count in dict.fromkeys((k, num_classes, used)):
       centroids[f"{name}_{count}"] = (feat, fit_kmeans(jax.random.fold_in(key, count), points,
                                                        count, **kmeans_args))
 
@@ -307,6 +313,8 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, backbone,
       "backbone": {"name": backbone.config.name,
                    "weights_note": getattr(backbone.config, "weights_note", "")},
       "eval_image_size": int(ev.image_size),
+      "objective": str(config.loss.get("objective", "segmentor")),
+      "kmeans_fit": {"tokens": int(np.prod(train_psi.shape)), "psi_clusters_used": used},
       "results": {name: {key_: value for key_, value in r.items() if key_ != "lookup"}
                   for name, r in results.items()},
       **(extra or {}),
@@ -658,6 +666,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, params: Any, backbone, s
       "dataset": {"name": name, "split": source.split, "images": ids,
                   "num_images": len(ids), "classes": [str(c) for c in names], "pixels": pixels},
       "protocol": dataclasses.asdict(proto),
+      "objective": str(config.loss.get("objective", "segmentor")),
       "kmeans_fit": {"split": train_source.split, "tokens": int(len(train_feats)),
                      "psi_clusters_used": used},
       "backbone": {"name": backbone.config.name,

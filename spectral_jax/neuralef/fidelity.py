@@ -185,8 +185,13 @@ def principal_angles(a: jax.Array, b: jax.Array, *, rcond: float | None = None) 
 
 
 def _normalise_columns(psi: jax.Array) -> jax.Array:
+  """Unit columns (zero columns stay zero). Scaled by their largest entry first: the squares of
+  a softmax column the argmax never picks (~1e-25) underflow, and a norm of 0 or a subnormal
+  would turn its cosines into 1e16 (seen in a training log, issue 22)."""
+  scale = jnp.max(jnp.abs(psi), axis=0)
+  psi = psi / jnp.where(scale > 0, scale, 1.0)[None, :]
   norms = jnp.linalg.norm(psi, axis=0)
-  return psi / jnp.maximum(norms, jnp.finfo(psi.dtype).tiny)[None, :]
+  return psi / jnp.where(norms > 0, norms, 1.0)[None, :]
 
 
 def clusters(eigenvalues: jax.Array, cluster_tol: float = DEFAULT_CLUSTER_TOL) -> jax.Array:

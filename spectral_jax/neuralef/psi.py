@@ -17,14 +17,14 @@ with ``mlp_dim = 576`` in the reference config (half of 1152). LayerNorm ε = 1e
 Orthonormal head: the reference wraps the head in ``torch.nn.utils.parametrizations.
 orthogonal`` (Householder reflectors on top of a fixed random orthogonal base). Two heads:
 
-- ``head="qr"`` (the default for now): an unconstrained matrix V (D, K) and
+- ``head="qr"``: an unconstrained matrix V (D, K) and
   ``W = orthonormalize(V)``, the Q factor of V's thin QR decomposition with signs fixed so
   that diag(R) > 0. W is orthonormal to float32 round-off at every step, whatever the
   optimiser does to V; it costs O(D·K²) and never forms a D×D matrix; V ↦ W is unique and
   smooth wherever V has full rank. V starts as a random orthonormal frame (W = V at init).
   Adam acts on V, so the dynamics differ from the reference's (issue 22: its head moves about
   4× further in 20 steps).
-- ``head="householder"``: the reference's map (``householder_orthonormal``,
+- ``head="householder"`` (the default, as the reference): the reference's map (``householder_orthonormal``,
   ``HouseholderDense``): Adam acts on the reflectors X, W = base · H₁⋯H_K · I₍:,:K₎ · sign
   with a fixed orthogonal base (torch's trivialisation). The product is formed in the compact
   WY form (one K×K triangular solve, differentiable; ``jax.lax.linalg.householder_product``
@@ -54,6 +54,7 @@ import ml_collections
 import numpy as np
 
 Dtype = Any
+HEADS = ("householder", "qr")  # `Psi.head`'s choices: the reference's map (default), thin QR
 
 
 def psi_config() -> ml_collections.ConfigDict:
@@ -69,6 +70,7 @@ def psi_config() -> ml_collections.ConfigDict:
   cfg.head_dim = 64
   cfg.mlp_dim = 576
   cfg.orthogonal_head = True   # False: a plain Dense head (mIoU ~0.27 instead of ~0.40).
+  cfg.head = "householder"     # the reference's orthogonal map; "qr": W = QR(V), Adam on V.
   cfg.init_std = 0.02
   cfg.layer_norm_eps = 1e-5
   cfg.dtype = "float32"        # "bfloat16": bf16 matmuls, f32 params, softmax and logits.
@@ -286,8 +288,8 @@ class Psi(nn.Module):
 
   Field names match ``psi_config()``: ``Psi(**psi_config())``. D is taken from the input
   (3·C for the three concatenated backbone levels; 1152 for ViT-S). ``head`` picks the
-  orthonormal head when ``orthogonal_head``: "qr" (default for now, ``OrthonormalDense``) or
-  "householder" (the reference's map, ``HouseholderDense``; see the module doc).
+  orthonormal head when ``orthogonal_head``: "householder" (default: the reference's map,
+  ``HouseholderDense``; see the module doc) or "qr" (``OrthonormalDense``).
 
   ``__call__(x)`` returns ``(logits, out)``:
     logits: (B, N, K) float32 raw head outputs (training applies ``gumbel_softmax`` and
@@ -301,7 +303,7 @@ class Psi(nn.Module):
   head_dim: int = 64
   mlp_dim: int = 576
   orthogonal_head: bool = True
-  head: str = "qr"
+  head: str = "householder"
   init_std: float = 0.02
   layer_norm_eps: float = 1e-5
   dtype: Dtype = "float32"
@@ -313,7 +315,7 @@ class Psi(nn.Module):
         raise ValueError(f"Psi needs a positive integer {name}, got {value!r}.")
     if isinstance(self.num_blocks, bool) or self.num_blocks < 0:
       raise ValueError(f"Psi needs num_blocks ≥ 0, got {self.num_blocks!r}.")
-    if self.head not in ("qr", "householder"):
+    if self.head not in HEADS:
       raise ValueError(f"Psi needs head 'qr' or 'householder', got {self.head!r}.")
     if x.ndim != 3:
       raise ValueError(f"Psi needs features of shape (B, N, D) (tokens per image), got shape "

@@ -47,6 +47,7 @@ from spectral_jax import backbones
 from spectral_jax import graphs
 from spectral_jax.neuralef import features
 from spectral_jax.neuralef import loss as loss_lib
+from spectral_jax.neuralef import objectives
 from spectral_jax.neuralef import psi as psi_lib
 from spectral_jax.neuralef.checkpoint import config_json
 from spectral_jax.neuralef.checkpoint import training_fields
@@ -124,6 +125,10 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
   loss and aux are then those of the global batch. ``sum_grads=True`` ``psum``s the gradients
   (needed under ``pmap``; under ``shard_map`` they are already summed, see the module docstring).
 
+  ``loss.objective`` "segmentor" (the reference) is steps 2-3: Gumbel-softmax, L2 batch
+  normalisation, ``neuralef_loss`` with the config's β and t; any other name of
+  ``objectives.OBJECTIVES`` takes ψ's raw logits (B·N, K) with its own defaults.
+
   Args:
     config: the training config (``psi``, ``graph``, ``loss``, ``train.num_steps``), checked by
       the caller (``neuralef.config.check``).
@@ -136,6 +141,8 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
   psi = psi_module(config)
   g, lc = config.graph, config.loss
   beta = loss_lib.beta_for(config.psi.k, lc.beta_times_k)
+  name = lc.get("objective", "segmentor")
+  other_objective = None if name == "segmentor" else objectives.OBJECTIVES[name]
   tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), lc.tau_max, lc.tau_min)
   kernel_args = dict(k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
                      distance_weights=tuple(g.distance_weights), block_size=g.block_size,
@@ -151,6 +158,9 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
 
     def objective(params):
       logits, _ = psi.apply({"params": params}, batch["psi_inputs"])
+      if other_objective is not None:  # ψ's raw outputs, the objective's own defaults
+        return other_objective(logits.reshape(-1, logits.shape[-1]), kernel,
+                               axis_name=axis_name)
       soft = per_image_gumbel_softmax(step_key, logits, tau, offset)
       normed = loss_lib.l2_batch_normalize(soft, axis_name=axis_name)
       return loss_lib.neuralef_loss(normed.reshape(-1, normed.shape[-1]), kernel, beta,
