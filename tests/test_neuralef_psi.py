@@ -176,6 +176,26 @@ def test_bfloat16_compute_is_close_to_float32(small):
   assert err < 3e-2, err
 
 
+def test_remat_keeps_parameters_values_and_gradients(small):
+  """psi.remat recomputes each block in the backward pass: the same parameter tree, outputs and
+  gradients, and the blocks' activations are no longer among the saved residuals."""
+  apply, variables, x = small
+  remat = psi_lib.Psi(**SMALL, remat=True)
+  assert (jax.tree_util.tree_structure(jax.eval_shape(remat.init, jax.random.key(0), x))
+          == jax.tree_util.tree_structure(variables))
+  loss = lambda module: lambda v: jnp.sum(jnp.sin(module.apply(v, x)[0]))
+  plain_value, plain_grad = jax.value_and_grad(loss(psi_lib.Psi(**SMALL)))(variables)
+  value, grad = jax.value_and_grad(loss(remat))(variables)
+  np.testing.assert_allclose(value, plain_value, rtol=1e-6)
+  for g, p in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(plain_grad)):
+    # float32 recomputation may fuse in another order: agreement to 1e-5 of each leaf's scale
+    np.testing.assert_allclose(g, p, rtol=1e-5, atol=1e-5 * float(np.abs(p).max()))
+  # jax.vjp's backward function is a pytree whose leaves are the residuals it keeps
+  saved = lambda module: sum(np.size(r) for r in
+                             jax.tree_util.tree_leaves(jax.vjp(loss(module), variables)[1]))
+  assert saved(remat) < saved(psi_lib.Psi(**SMALL))
+
+
 def test_plain_head_option(small):
   _, _, x = small
   model = psi_lib.Psi(**{**SMALL, "num_blocks": 0, "orthogonal_head": False})

@@ -26,7 +26,7 @@ from flax import traverse_util
 
 # Config sections that may change between an interrupted run and its resumption.
 RUNTIME_FIELDS = ("checkpoint", "log", "eval", "data.cache_dir", "data.extract_batch_size",
-                  "data.num_threads", "data.prefetch")
+                  "data.num_threads", "data.prefetch", "psi.remat")
 ITEMS = ("state", "config", "data")
 
 

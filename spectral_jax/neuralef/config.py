@@ -186,6 +186,8 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
     need(int(config.psi[name]) >= 1, f"psi.{name}", "≥ 1", config.psi[name])
   need(config.psi.get("head", "qr") in HEADS, "psi.head", f"one of {', '.join(HEADS)}",
        config.psi.get("head"))
+  need(isinstance(config.psi.get("remat", False), bool), "psi.remat", "True or False",
+       config.psi.get("remat"))
   need(lc.get("objective", "segmentor") in OBJECTIVES, "loss.objective",
        f"one of {', '.join(OBJECTIVES)}", lc.get("objective"))
   for name in ("beta_times_k", "t", "tau_max", "tau_min"):

@@ -74,6 +74,7 @@ def psi_config() -> ml_collections.ConfigDict:
   cfg.init_std = 0.02
   cfg.layer_norm_eps = 1e-5
   cfg.dtype = "float32"        # "bfloat16": bf16 matmuls, f32 params, softmax and logits.
+  cfg.remat = False            # True: recompute each block's activations in the backward pass.
   return cfg
 
 
@@ -289,7 +290,10 @@ class Psi(nn.Module):
   Field names match ``psi_config()``: ``Psi(**psi_config())``. D is taken from the input
   (3·C for the three concatenated backbone levels; 1152 for ViT-S). ``head`` picks the
   orthonormal head when ``orthogonal_head``: "householder" (default: the reference's map,
-  ``HouseholderDense``; see the module doc) or "qr" (``OrthonormalDense``).
+  ``HouseholderDense``; see the module doc) or "qr" (``OrthonormalDense``). ``remat`` wraps
+  each block in ``flax.linen.remat``: the same parameters and values, its activations
+  recomputed in the backward pass instead of kept (ψ's stored activations dominate the train
+  step's peak memory at large batches; BUILD_NOTES "Ring form of the global kernel").
 
   ``__call__(x)`` returns ``(logits, out)``:
     logits: (B, N, K) float32 raw head outputs (training applies ``gumbel_softmax`` and
@@ -307,6 +311,7 @@ class Psi(nn.Module):
   init_std: float = 0.02
   layer_norm_eps: float = 1e-5
   dtype: Dtype = "float32"
+  remat: bool = False
 
   def _check(self, x: jax.Array) -> None:
     for name in ("k", "num_heads", "head_dim", "mlp_dim"):
@@ -329,8 +334,9 @@ class Psi(nn.Module):
     dtype = jnp.dtype(self.dtype)
     out = {}
     x = x.astype(dtype)
+    block = nn.remat(Block) if self.remat else Block
     for i in range(self.num_blocks):
-      x = out[f"block{i:02d}"] = Block(self.num_heads, self.head_dim, self.mlp_dim, dtype,
+      x = out[f"block{i:02d}"] = block(self.num_heads, self.head_dim, self.mlp_dim, dtype,
                                        self.init_std, self.layer_norm_eps,
                                        name=f"block{i:02d}")(x)
     x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name="norm")(x)
