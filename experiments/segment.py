@@ -142,10 +142,12 @@ def _config_text(cfg, backbone) -> str:
   size = cfg.image_size or "native"
   if d.discovery == "dsm":
     method = f"object side {d.foreground}"
-  elif d.discovery in ("tokencut", "maskcut"):
+  elif d.discovery in ("tokencut", "maskcut", "tokencut+maskcut"):
     tau = (f"τ = q{d.tau_quantile:g} of the similarities" if d.tau_quantile
            else f"τ={'published' if d.tau < 0 else d.tau}")
-    cuts = f", {d.max_objects} cuts" if d.discovery == "maskcut" else ""
+    cuts = {"maskcut": f", {d.max_objects} cuts",
+            "tokencut+maskcut": f"; best box and mask: TokenCut, boxes: MaskCut's "
+                                f"{d.max_objects} cuts"}.get(d.discovery, "")
     method = f"{tau}{cuts}"
   else:
     method = f"≤ {d.max_objects} boxes"

@@ -43,9 +43,10 @@ def _padded_batch(photos):
   return images, valid
 
 
-CONFIGS = {  # "eigh": the default discovery (multi_region); the reference's below
+CONFIGS = {  # "eigh": multi_region (K-means, semantic pass); "default": the default discovery
     "eigh": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh", semantic=True,
-                               semantic_num_segments=3, crop_size=28),
+                               semantic_num_segments=3, crop_size=28, discovery="multi_region"),
+    "default": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3),
     "lobpcg_border_adaptive": dsm.PipelineConfig(num_eigenvectors=6, method="lobpcg",
                                                  foreground="border", adaptive_segments=True,
                                                  connectivity=8, discovery="dsm"),
@@ -57,7 +58,7 @@ CONFIGS = {  # "eigh": the default discovery (multi_region); the reference's bel
 
 
 # The LOBPCG and discovery variants take 30–70 s each on the 2-core CPU: `pytest -m slow`.
-_SLOW_CONFIGS = ("lobpcg_border_adaptive", "maskcut_lobpcg", "tokencut")
+_SLOW_CONFIGS = ("lobpcg_border_adaptive", "maskcut_lobpcg", "tokencut", "default")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_CONFIGS
@@ -191,8 +192,17 @@ def test_boxes_and_instances_agree_with_the_objects(backbone, photos, discovery)
       np.testing.assert_array_equal(boxes[m], testing.box_np(inst == m + 1, P))
     else:
       assert not (inst == m + 1).any() and not boxes[m].any()
-  np.testing.assert_array_equal(res.box[0], boxes[0])
-  np.testing.assert_array_equal(res.component[0], inst == 1)
+  if discovery == "tokencut+maskcut":  # best box and mask: TokenCut's; boxes: MaskCut's
+    for name, fields in (("tokencut", ("fiedler", "foreground", "component", "box")),
+                         ("maskcut", ("boxes", "box_valid", "instances"))):
+      alone = dsm.make_pipeline(backbone, dataclasses.replace(config, discovery=name))
+      alone = jax.device_get(alone(photos[0][None])).patches
+      for field in fields:
+        np.testing.assert_array_equal(getattr(res, field), getattr(alone, field), err_msg=field)
+  else:
+    np.testing.assert_array_equal(res.box[0], boxes[0])
+    np.testing.assert_array_equal(res.component[0], inst == 1)
+  np.testing.assert_array_equal(res.box[0], testing.box_np(res.component[0], P))
   if discovery != "dsm":
     np.testing.assert_array_equal(res.fiedler[0] > 0, res.foreground[0])
   if discovery == "multi_region":  # each object: its segment's largest component, ordered by
