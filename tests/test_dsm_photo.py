@@ -70,7 +70,7 @@ def test_pipeline_config_defaults_are_the_commands():
   cfg = segment_config.get_config("default")
   assert dsm.PipelineConfig.from_config(cfg) == dsm.PipelineConfig()
   assert dsm.RenderSettings.from_config(cfg) == dsm.RenderSettings()
-  assert dsm.PipelineConfig().discovery == cfg.dsm.discovery == "multi_region"
+  assert dsm.PipelineConfig().discovery == cfg.dsm.discovery == "tokencut+maskcut"
   # Every dsm.* field of the command is a pipeline or a render setting.
   keys = (set(dsm.PipelineConfig.config_keys().values())
           | set(dsm.RenderSettings.config_keys().values()))
