@@ -38,7 +38,7 @@ from PIL import Image
 
 from experiments import segment
 from experiments.configs import segment as segment_config
-from spectral_jax import _cli, datasets, dsm, metrics, protocols
+from spectral_jax import _cli, datasets, dsm, metrics, protocols, viz
 from spectral_jax.datasets import samples
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -138,12 +138,7 @@ def write_report(out: pathlib.Path, results: dict, md: str) -> None:
            "photos</title><h1>Object discovery: methods side by side</h1>",
            "<p>fg IoU and CorLoc on the labelled photos (voc, arc2017); recall@0.5 of all "
            "boxes over their labelled objects; per photo the best box's share of the frame."
-           "</p><table border=1 cellpadding=4>"]
-  for i, line in enumerate(l for l in md.splitlines() if not l.startswith("|---")):
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    tag = "th" if i == 0 else "td"
-    parts.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-  parts.append("</table>")
+           "</p>", viz.markdown_html(md).replace("<table>", "<table border=1 cellpadding=4>")]
   for key in results:
     parts.append(f"<h2>{html.escape(key)}: {html.escape(VARIANTS[key][1])}</h2><div>")
     for name in results[key]["box_cover"]:

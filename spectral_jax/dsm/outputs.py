@@ -329,7 +329,10 @@ def write_photo(result: PhotoResult, rgb: np.ndarray, *, stem: pathlib.Path, rel
   image_io.write_png(f"{stem}.mask.png", np.where(r.mask, 255, 0).astype(np.uint8))
   viz.label_png(f"{stem}.segments.png", r.segments)
   viz.label_png(f"{stem}.instances.png", r.instances)
-  shown_boxes = r.boxes if len(r.boxes) else r.box[None]
+  # "box" in the best-box colour, then the boxes of "boxes" other than it (the default takes
+  # them from MaskCut, its "box" from TokenCut: both are shown, each once).
+  others = [b for b in np.asarray(r.boxes).reshape(-1, 4) if not np.array_equal(b, r.box)]
+  shown_boxes = np.asarray([np.asarray(r.box)] + others)
   image_io.write_png(f"{stem}.overlay.png", image_ops.limit_side(
       viz.overlay(rgb, r.mask, r.segments, shown_boxes), settings.overlay_max_side))
   shown = image_ops.resize_to_height(rgb, settings.panel_height)
