@@ -160,10 +160,18 @@ def test_bad_images_are_refused_or_flagged(backbone, photos):
     ("max_objects", 0, "max_objects must be"),
     ("region_border_share", 1.5, "region_border_share must"),
     ("solver_tol", -1e-5, "solver_tol must"),
+    ("segment_assign", "spectral", "segment_assign must be one of"),
 ])
 def test_bad_config_names_the_field(backbone, field, value, fragment):
   with pytest.raises(ValueError, match=fragment):
     dsm.make_pipeline(backbone, dsm.PipelineConfig(**{field: value}))
+
+
+@pytest.mark.parametrize("fields", [{"adaptive_segments": True}, {"segment_eigenvectors": 3},
+                                    {"num_segments": 21}])
+def test_cluster_qr_refuses_what_it_cannot_do(backbone, fields):
+  with pytest.raises(ValueError, match="segment_assign='cluster_qr' uses"):
+    dsm.make_pipeline(backbone, dsm.PipelineConfig(segment_assign="cluster_qr", **fields))
 
 
 def test_buckets_pad_the_shorter_side_only_up_to_the_longer():

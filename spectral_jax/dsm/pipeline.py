@@ -142,6 +142,10 @@ class PipelineConfig:
   num_segments: int = multi_region.NUM_SEGMENTS  # multi-region segments per image
   adaptive_segments: bool = False   # per-image count from the largest eigengap
   segment_eigenvectors: int = 0     # m eigenvectors for K-means; 0 = all K − 1
+  # how the eigenvectors become the multi-region segments: "kmeans" (DSM, keyed by the
+  # photo's pixels) or "cluster_qr" (deterministic column-pivoted QR on y₀..y_{S−1}, Damle,
+  # Minden & Ying 2019; no key; not with adaptive_segments)
+  segment_assign: str = "kmeans"
   semantic: bool = False            # crops + CLS embeddings for dataset-level clustering
   semantic_num_segments: int = semantic_lib.SEMANTIC_NUM_SEGMENTS
   crop_size: int = semantic_lib.CROP_SIZE
@@ -228,6 +232,14 @@ class PipelineConfig:
          f"{self.num_eigenvectors - 1}] (0 = all); got {self.segment_eigenvectors}")
     need(not self.adaptive_segments or self.num_eigenvectors >= 3,
          "adaptive_segments needs num_eigenvectors ≥ 3")
+    need(self.segment_assign in multi_region.ASSIGN_METHODS,
+         f"segment_assign must be one of {multi_region.ASSIGN_METHODS}; got "
+         f"{self.segment_assign!r}")
+    need(self.segment_assign == "kmeans" or (
+        not self.adaptive_segments and self.segment_eigenvectors == 0
+        and self.num_segments <= self.num_eigenvectors),
+         "segment_assign='cluster_qr' uses y₀..y_{S−1}: it needs num_segments ≤ "
+         "num_eigenvectors, adaptive_segments off and segment_eigenvectors 0")
     need(self.crop_size >= 1 and self.num_erode >= 0 and self.num_dilate >= 0,
          "crop_size must be ≥ 1 and num_erode, num_dilate ≥ 0")
     need(self.discovery in objects_lib.DISCOVERY_METHODS,
@@ -303,9 +315,10 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
     counts = jnp.full((b,), num_segments, jnp.int32)
 
   def segment(key, vectors, mask, active):
-    return multi_region.multi_region_segments(key, vectors, grid, num_segments,
-                                              num_eigenvectors=c.segment_eigenvectors or None,
-                                              valid=mask, num_active=active)
+    return multi_region.multi_region_segments(
+        key, vectors, grid, num_segments, num_eigenvectors=c.segment_eigenvectors or None,
+        valid=mask, num_active=None if c.segment_assign == "cluster_qr" else active,
+        assign=c.segment_assign)
 
   segments = jax.vmap(segment)(rngs, y, valid, counts)
   converged = jnp.all(info.converged, axis=-1)
