@@ -4,8 +4,8 @@
 A stage whose output flips when the eigenvectors move by the solver's own tolerance is not a
 default. For each discovery method (``dsm.DISCOVERY_METHODS``, "dsm" with the border rule,
 and multi_region with ``segment_assign="cluster_qr"``) this runs the segment command's
-library path (``dsm.PhotoSegmenter`` with a ``dsm.PipelineConfig``, 448 px, nearest upsampling, seed 0, the command's buckets) on the six
-bundled photos with the offline DINOv2 ViT-S/14, once unperturbed (the command's settings:
+library path (``dsm.PhotoSegmenter`` with a ``dsm.PipelineConfig``, 448 px, nearest
+upsampling, seed 0, the command's buckets) on the six bundled photos with the offline DINOv2 ViT-S/14, once unperturbed (the command's settings:
 "auto" is LOBPCG at these sizes, tolerance ``eigensolvers.default_tol``) and once per
 perturbation of the eigensolver:
 
