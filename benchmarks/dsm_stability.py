@@ -5,9 +5,9 @@ A stage whose output flips when the eigenvectors move by the solver's own tolera
 default. For each discovery method (``dsm.DISCOVERY_METHODS``, "dsm" with the border rule,
 and multi_region with ``segment_assign="cluster_qr"``) this runs the segment command's
 library path (``dsm.PhotoSegmenter`` with a ``dsm.PipelineConfig``, 448 px, nearest
-upsampling, seed 0, the command's buckets) on the six bundled photos with the offline DINOv2 ViT-S/14, once unperturbed (the command's settings:
-"auto" is LOBPCG at these sizes, tolerance ``eigensolvers.default_tol``) and once per
-perturbation of the eigensolver:
+upsampling, seed 0, the command's buckets) on the six bundled photos with the offline
+DINOv2 ViT-S/14, once unperturbed (the command's settings: "auto" is LOBPCG at these sizes,
+tolerance ``eigensolvers.default_tol``) and once per perturbation of the eigensolver:
 
   eigh     method="eigh" (dense float32, the other solver)
   tol/2    LOBPCG with the tolerance halved (``PipelineConfig.solver_tol``)
