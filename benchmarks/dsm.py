@@ -16,14 +16,20 @@ weights) for the last-block keys, then per image on the host: ``relu(F̂ F̂ᵀ)
 largest ``scipy.ndimage.label`` component and its box, and scikit-learn ``KMeans`` (n_init=10)
 on y₁..y_{k−1} for the multi-region segments with the border-majority background.
 
+On a GPU (``--device gpu``) both backbones run on it (the reference's keys then come back to
+the host for SciPy, as DSM's code does) and ``--dtype bfloat16`` computes both backbones in
+bfloat16 (the reference's model and pixels cast, as ``benchmarks/backbone.py`` does); the
+spectral stages stay float32. ``--json PATH`` writes the figures (``benchmarks/accelerator.sh``).
+
 Usage: PYTHONPATH=. python benchmarks/dsm.py [--batch 4] [--size 448] [--repeats 3] [--k 20]
-  [--no-torch]
+  [--no-torch] [--device cpu|gpu] [--dtype float32|bfloat16] [--json PATH]
 Prints medians over --repeats after a warm-up (compiles) and the ratios reference / ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -64,9 +70,22 @@ def main():
   parser.add_argument("--k", type=int, default=dsm.NUM_EIGENVECTORS)
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch backbone")
   parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+  parser.add_argument("--device", choices=testing.BENCHMARK_DEVICES, default=None,
+                      help="both backbones on this device (gpu fails without one); default: "
+                           "JAX's default device, torch on the CPU")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="both backbones' compute dtype")
+  parser.add_argument("--json", default="", help="also write the figures to this JSON file")
   args = parser.parse_args()
+  torch_device, device_name = "cpu", f"{jax.default_backend()} (JAX default)"
+  if args.device:
+    try:
+      torch_device, device_name = testing.benchmark_device(args.device,
+                                                           torch_peer=not args.no_torch)
+    except RuntimeError as e:
+      parser.exit(2, f"error: {e}\n")
 
-  backbone = backbones.load_pretrained("dinov2_vits14")
+  backbone = backbones.load_pretrained("dinov2_vits14", dtype=args.dtype)
   p = backbone.config.patch_size
   images = samples.square_photos(args.size, args.batch)  # (B, S, S, 3) float32 in [0, 1]
   photos = np.round(images * 255).astype(np.uint8)        # as decoded files arrive
@@ -83,7 +102,8 @@ def main():
                                         batch_size=args.batch))
 
   print(f"DSM on {jax.devices()[0].platform}: batch {args.batch} of {args.size}² px, grid "
-        f"{grid[0]}×{grid[1]} = {n} patches, K = {args.k}, {args.repeats} repeats (medians)")
+        f"{grid[0]}×{grid[1]} = {n} patches, K = {args.k}, backbones in {args.dtype}, "
+        f"{args.repeats} repeats (medians); device {device_name}")
   t0 = time.perf_counter()
   results = ours()
   print(f"  first call (compiles) {time.perf_counter() - t0:.1f} s")
@@ -105,11 +125,16 @@ def main():
   else:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     model = reference.hf_model(backbone.config, backbone.params, attn_implementation="sdpa")
-    pixels = reference.hf_pixels(photos.astype(np.float32) / 255.0, backbone.config)
-    torch_keys = lambda: reference.hf_features(model, pixels, backbone.config)["keys"]
+    model = model.to(device=torch_device, dtype=dtype)
+    pixels = reference.hf_pixels(photos.astype(np.float32) / 255.0, backbone.config,
+                                 device=torch_device, dtype=dtype)
+    # the keys on the host, where the reference's SciPy stage reads them (waits for the GPU)
+    torch_keys = lambda: reference.hf_features(model, pixels, backbone.config)["keys"].float(
+        ).cpu().numpy()
     t_torch = _median(torch_keys, args.repeats)
-    keys_diff = float(np.abs(torch_keys().numpy() - keys).max())
+    keys_diff = float(np.abs(torch_keys() - keys).max())
   ref = lambda: [reference_spectral_stage(f, args.k, grid, p) for f in keys]
   t_ref_spectral = _median(ref, args.repeats)
   ref_out = ref()
@@ -136,6 +161,18 @@ def main():
     print(f"  reference spectral stage {per(t_ref_spectral)}; ratio {t_ref_spectral / t_spectral:.2f}×")
   print(f"  eigenvalues vs dense float64 eigh: ours {err_ours:.1e}, SciPy eigsh {err_ref:.1e}; "
         f"boxes equal to the reference's on {same_boxes}/{args.batch} images")
+  if args.json:
+    record = {"benchmark": "dsm_pipeline", "device": device_name, "dtype": args.dtype,
+              "images": args.batch, "size": args.size, "k": args.k, "repeats": args.repeats,
+              "ours_images_per_s": args.batch / t_ours,
+              "reference_images_per_s": None if args.no_torch else args.batch / t_ref,
+              "ours_backbone_s_per_image": t_backbone / args.batch,
+              "ours_spectral_s_per_image": t_spectral / args.batch,
+              "reference_spectral_s_per_image": t_ref_spectral / args.batch,
+              "eigenvalue_error_ours": err_ours, "eigenvalue_error_reference": err_ref,
+              "same_boxes": same_boxes}
+    with open(args.json, "w") as f:
+      json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

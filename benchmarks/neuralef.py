@@ -31,8 +31,14 @@ augmented uint8 crops in → the frozen DINOv2 ViT-S/14 (offline weights) → ψ
 keys, ``F.interpolate`` for the grids, then the reference step. Crops are ``--grid``·14 px (336
 at the reference grid).
 
+``--device gpu`` runs both on the GPU (JAX's CUDA backend, torch ``cuda``) and fails, naming
+what to install, where either sees none; ``--dtype bfloat16`` computes the backbone in bfloat16
+on both sides (JAX ``backbone.dtype``; torch ``autocast``), ψ, the kernel and the loss staying
+float32; ``--json PATH`` writes the figures (``benchmarks/accelerator.sh`` tabulates them).
+
 Run: PYTHONPATH=. python benchmarks/neuralef.py [--images 16 --grid 24 --repeats 3]
      PYTHONPATH=. python benchmarks/neuralef.py --backbone [--images 16 --grid 24]
+     PYTHONPATH=. python benchmarks/neuralef.py --backbone --device gpu --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ def _config(args):
   config.graph.block_size = args.block_size
   config.graph.form = args.form
   config.train.batch_size = args.images
+  config.backbone.dtype = args.dtype
   config_lib.check(config, tokens=args.images * args.grid * args.grid, data=False)
   return config
 
@@ -142,9 +149,11 @@ def kernel_memory(args, batch, form: str, block_size) -> dict:
 # ----------------------------------------------------------------------------- PyTorch reference
 
 
-def torch_backbone_inputs(backbone, crops, device: str):
+def torch_backbone_inputs(backbone, crops, device: str, dtype: str = "float32"):
   """``inputs()`` → (ψ inputs, graph features, pixel grids) of ``crops`` by HF Dinov2Model: the
-  backbone part of the reference step (run on every call, like the JAX full step)."""
+  backbone part of the reference step (run on every call, like the JAX full step); with
+  ``dtype="bfloat16"`` the model runs under ``torch.autocast`` in bfloat16 and its outputs are
+  returned in float32, as the JAX step casts them."""
   import torch  # pylint: disable=import-outside-toplevel
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
 
@@ -154,14 +163,18 @@ def torch_backbone_inputs(backbone, crops, device: str):
   grid = (crops.shape[1] // cfg.patch_size, crops.shape[2] // cfg.patch_size)
   uint8 = torch.from_numpy(crops).to(device)
 
+  autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=dtype == "bfloat16")
+
   def inputs():
     rgb = uint8.permute(0, 3, 1, 2).float() / 255.0
     pixels = (rgb - torch.tensor(cfg.mean, device=device)[:, None, None]) / torch.tensor(
         cfg.std, device=device)[:, None, None]
-    out = reference.hf_features(model, pixels, cfg)
-    x = torch.cat([out["blocks"][low], out["blocks"][mid], out["keys"]], dim=-1).clone()
+    with autocast:
+      out = reference.hf_features(model, pixels, cfg)
+    x = torch.cat([out["blocks"][low], out["blocks"][mid], out["keys"]], dim=-1).float()
     grids = F.interpolate(rgb, grid, mode="bilinear", align_corners=False)
-    return x, out["keys"].clone(), grids.permute(0, 2, 3, 1).contiguous()
+    return x, out["keys"].float().clone(), grids.permute(0, 2, 3, 1).contiguous()
   return inputs
 
 
@@ -276,26 +289,44 @@ def main():
   parser.add_argument("--form", choices=graphs.NEURALEF_KERNEL_FORMS, default="dense")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--torch_device", default="cpu")
+  parser.add_argument("--device", choices=testing.BENCHMARK_DEVICES, default=None,
+                      help="both sides on this device (sets --torch_device; gpu fails without "
+                           "one); default: JAX's default device, torch on --torch_device")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="the backbone's compute dtype (--backbone), both sides")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--skip_memory", action="store_true",
+                      help="skip the kernel's XLA memory analysis")
+  parser.add_argument("--json", default="", help="also write the figures to this JSON file")
   parser.add_argument("--backbone", action="store_true",
                       help="the full step: uint8 crops through the frozen DINOv2 ViT-S/14 first")
   args = parser.parse_args()
+  if args.dtype != "float32" and not args.backbone:
+    parser.error("--dtype applies to the backbone: add --backbone")
+  device_name = f"{jax.default_backend()} (JAX default)"
+  if args.device:
+    try:
+      args.torch_device, device_name = testing.benchmark_device(args.device,
+                                                                torch_peer=not args.skip_torch)
+    except RuntimeError as e:
+      parser.exit(2, f"error: {e}\n")
 
   batch = _inputs(args)
   tokens = args.images * args.grid * args.grid
   if args.backbone:
-    net = backbones.load_pretrained("dinov2_vits14")
+    net = backbones.load_pretrained("dinov2_vits14", dtype=args.dtype)
     crops = _crops(args, net.config.patch_size)
     args.psi_dim, args.graph_dim = 3 * net.config.width, net.config.width
   print(f"B·N = {args.images}×{args.grid}² = {tokens} tokens, K = {args.K}, k = {args.k}, "
         f"ψ input {args.psi_dim}, graph features {args.graph_dim}; JAX on "
-        f"{jax.devices()[0].platform}, {args.repeats} repeats (median)"
+        f"{jax.devices()[0].platform}, {args.repeats} repeats (median), device {device_name}"
         + (f"; full step from {crops.shape[1]}-px uint8 crops through the frozen "
            f"{net.config.name}" if args.backbone else ""))
   fns = {"jax": jax_full_step_fn(args, net, crops) if args.backbone else jax_step_fn(args, batch)}
   if not args.skip_torch:
     import torch  # pylint: disable=import-outside-toplevel
-    inputs = (torch_backbone_inputs(net, crops, args.torch_device) if args.backbone else None)
+    inputs = (torch_backbone_inputs(net, crops, args.torch_device, args.dtype) if args.backbone
+              else None)
     fns["torch"] = torch_step_fn(args, batch, args.torch_device, inputs)
   load_before = os.getloadavg()[0]
   times = paired_times(fns, args.repeats)
@@ -315,6 +346,17 @@ def main():
           f"{statistics.median(ratios):.2f}×)")
   print(f"per-repeat seconds: {json.dumps({k: [round(t, 2) for t in v] for k, v in times.items()})}"
         f"; 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+  if args.json:
+    record = {"benchmark": "neuralef_full_step" if args.backbone else "neuralef_step",
+              "device": device_name, "dtype": args.dtype, "images": args.images,
+              "grid": args.grid, "K": args.K, "k": args.k, "repeats": args.repeats,
+              "ours_images_per_s": args.images / t_jax,
+              "reference_images_per_s": None if args.skip_torch else args.images / t_torch,
+              "seconds": times}
+    with open(args.json, "w") as f:
+      json.dump(record, f, indent=1)
+  if args.skip_memory:
+    return
   print("kernel construction + one product, XLA memory analysis:")
   for form in graphs.NEURALEF_KERNEL_FORMS:
     for block in (None, args.block_size):

@@ -53,7 +53,8 @@ for _name, (_define, _help) in _SHORT_FLAGS.items():
 
 def config_from_flags():
   """The --config file with the short flags that were given applied on top."""
-  return common.apply_short_flags(_CONFIG.value, {name: name for name in _SHORT_FLAGS})
+  return common.apply_short_flags(_cli.config_from_flag(_CONFIG),
+                                  {name: name for name in _SHORT_FLAGS})
 
 
 def check_config(cfg) -> tuple[dsm.PipelineConfig, dsm.RenderSettings]:

@@ -118,8 +118,12 @@ def collect_sources(cfg, out: pathlib.Path) -> tuple[list[batching.Source], dict
     raise _cli.UsageError(f"no image files in {str(root)!r} (looked for "
                           f"{', '.join(image_io.IMAGE_SUFFIXES)}); point --images at a folder "
                           "of photos")
-  sources = [batching.Source(n, image_io.display_path(p), (lambda p=p: image_io.read_image(p)),
-                             size=(lambda p=p: image_io.image_size(p)))
+  # A file over the decode budget is read at reduced size when it is resized anyway
+  # (image_size > 0; its longer side stays ≥ image_size), refused at native size.
+  side = max(int(cfg.image_size), 0)
+  sources = [batching.Source(n, image_io.display_path(p),
+                             (lambda p=p: image_io.read_image(p, min_side=side)),
+                             size=(lambda p=p: image_io.image_size(p, min_side=side)))
              for n, p in zip(names, paths)]
   return sources, skipped
 
@@ -419,7 +423,7 @@ def _segment(cfg, out, sources, skipped, pipeline_config, render, t_start) -> di
 
 def config_from_flags() -> ml_collections.ConfigDict:
   """The --config file with the short flags that were given applied on top."""
-  return common.apply_short_flags(_CONFIG.value,
+  return common.apply_short_flags(_cli.config_from_flag(_CONFIG),
                                   {flag: field for flag, (field, _, _) in _SHORT_FLAGS.items()})
 
 

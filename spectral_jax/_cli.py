@@ -23,6 +23,7 @@ import pickle
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -187,6 +188,8 @@ def error_boundary(fn: Callable[[Sequence[str]], int | None], argv: Sequence[str
     return EXIT_USAGE
   except expected as e:  # pylint: disable=catching-non-exception
     report(e)
+    if not _verbose():
+      silence_shutdown_noise()
     return EXIT_FAILED
   except KeyboardInterrupt:  # Ctrl-C, or a signal handler raising it, outside saved work
     report("interrupted")
@@ -384,11 +387,44 @@ def output_run(value: str, *, overwrite: bool, owned: Sequence[str], overwrite_h
     marker.unlink()
 
 
+def _not_from_orbax(record) -> bool:
+  return f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
+
+
+def _closed_loop_callback(unraisable) -> bool:
+  """An ignored exception of a tensorstore write completing after orbax closed the event loop
+  of a failed save (one per pending write: hundreds of tracebacks after a full disk)."""
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def quiet_library_noise() -> None:
+  """Without ``--verbosity``: orbax's own error log lines are dropped (each failure it logs,
+  with a traceback per thread, is also raised to the command, which reports it as one line),
+  and so are the ignored "Event loop is closed" exceptions its failed saves leave behind."""
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  logging.get_absl_handler().addFilter(_not_from_orbax)
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _closed_loop_callback(unraisable):
+      default(unraisable)
+  sys.unraisablehook = hook
+
+
+def silence_shutdown_noise() -> None:
+  """After the one error line, the process prints nothing more: exceptions that library
+  threads and finalizers raise and Python ignores while it shuts down (a TensorBoard writer
+  flushing onto the full disk that failed the run, its queue thread) are dropped."""
+  sys.unraisablehook = lambda unraisable: None
+  threading.excepthook = lambda args: None
+
+
 def run(main: Callable[[Sequence[str]], int | None]) -> None:
   """``absl.app.run`` of ``main`` inside `error_boundary`, flags parsed by `parse_flags`.
 
-  Library log lines (orbax, JAX) are shown from ERROR up unless ``--verbosity`` is given, so an
-  error is the one line on stderr.
+  Library log lines (orbax, JAX) are shown from ERROR up unless ``--verbosity`` is given, and
+  orbax's not at all (`quiet_library_noise`), so an error is the one line on stderr.
   """
   from absl import app  # pylint: disable=import-outside-toplevel
   from absl import flags  # pylint: disable=import-outside-toplevel
@@ -397,6 +433,7 @@ def run(main: Callable[[Sequence[str]], int | None]) -> None:
   def boundary(argv):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.ERROR)
+      quiet_library_noise()
     install_signal_handlers()
     return error_boundary(main, argv)
   app.run(boundary, flags_parser=parse_flags)

@@ -19,6 +19,8 @@ code against the same reference:
   generalised ``L y = λ D y`` problem).
 * Timing: ``median_time`` (median seconds after warm-up) and ``timed_call`` (one call, e.g. the
   first one including compilation). Both block on JAX outputs, so they time the work itself.
+  ``benchmark_device`` puts a benchmark and its PyTorch peer on the same device (CPU or GPU)
+  and names it.
 """
 
 from __future__ import annotations
@@ -514,8 +516,46 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
   return statistics.median(timed_call(fn)[1] for _ in range(repeats))
 
 
+BENCHMARK_DEVICES = ("cpu", "gpu")
+CUDA_INSTALL = ('pip install -e ".[cuda]" (JAX on NVIDIA GPUs) and torch with CUDA (the '
+                '`reference` extra: torch==2.13.0 from the index is the CUDA build on Python 3.12+)')
+
+
+def benchmark_device(device: str, *, torch_peer: bool = True) -> tuple[str, str]:
+  """Puts JAX on ``device`` ("cpu" or "gpu") and gives the matching PyTorch device for the
+  benchmark's reference, so both sides run on the same chip. Call before JAX's first
+  computation (it sets ``jax_platforms``).
+
+  Returns:
+    ``(torch_device, description)``: "cpu" or "cuda", and the device's name as both libraries
+    report it (e.g. ``"gpu: NVIDIA H100 80GB HBM3 (JAX cuda:0; torch cuda:0 ...)"``).
+  Raises:
+    ValueError: an unknown ``device``.
+    RuntimeError: "gpu" where JAX or (with ``torch_peer``) PyTorch sees no GPU, naming what to
+      install.
+  """
+  if device not in BENCHMARK_DEVICES:
+    raise ValueError(f"device must be one of {BENCHMARK_DEVICES}; got {device!r}")
+  if device == "cpu":
+    jax.config.update("jax_platforms", "cpu")
+  elif jax.default_backend() != "gpu":   # JAX takes a GPU first wherever its CUDA plugin finds one
+    raise RuntimeError(f"JAX sees no GPU (its backend is {jax.default_backend()!r}): "
+                       f"{CUDA_INSTALL}")
+  chip = jax.devices()[0]
+  jax_name = f"JAX {chip.platform}:{chip.id} {getattr(chip, 'device_kind', '')}".strip()
+  if not torch_peer:
+    return ("cuda" if device == "gpu" else "cpu"), f"{device}: {jax_name}"
+  import torch  # pylint: disable=import-outside-toplevel  (optional: the reference extra)
+  if device == "cpu":
+    return "cpu", f"cpu: {jax_name}; torch cpu, {torch.get_num_threads()} threads"
+  if not torch.cuda.is_available():
+    raise RuntimeError(f"PyTorch {torch.__version__} sees no CUDA GPU: {CUDA_INSTALL}")
+  return "cuda", (f"gpu: {torch.cuda.get_device_name(0)} ({jax_name}; torch "
+                  f"{torch.__version__} cuda:0, CUDA {torch.version.cuda})")
+
+
 __all__ = [
-    "dsm_affinity_np", "degrees_np", "sign_rule_np", "dsm_eigsh_reference", "dsm_eigh_reference",
+    "BENCHMARK_DEVICES", "CUDA_INSTALL", "benchmark_device", "dsm_affinity_np", "degrees_np", "sign_rule_np", "dsm_eigsh_reference", "dsm_eigh_reference",
     "largest_component_np", "box_np", "tokencut_graph_np", "ncut_eigh_reference",
     "tokencut_reference", "maskcut_reference", "bilateral_reference", "EigenpairReport",
     "eigenvalue_clusters", "compare_eigenpairs", "assert_eigenpairs_close", "path_laplacian",

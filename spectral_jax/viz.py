@@ -3,6 +3,8 @@
 * :func:`heatmap` — a signed map as colours (diverging, 0 = white), :func:`eigenvector_panel` —
   the photo and the first eigenvectors side by side, as in the DSM paper's figures.
 * :func:`overlay` — the object mask, its box and the multi-region segments over the photo.
+* :func:`line_plot` — curves y(x) on shared axes with ticks and a legend (training curves:
+  ``examples/train_from_folder.py``), drawn with imgviz/PIL, no matplotlib.
 * :func:`label_png` / :func:`read_label_png` — label maps as palette PNGs: the pixel values are
   the labels, the palette makes them viewable.
 * :func:`write_index_html` — one static page showing every image's results side by side, with
@@ -32,6 +34,11 @@ HEATMAP_CMAP = "colorbrewer:RdBu_r"  # blue < 0 < red, white at 0: the sign is t
 MASK_COLOUR = (255, 64, 32)
 BOX_COLOUR = (255, 255, 0)
 OTHER_BOX_COLOUR = (0, 200, 255)   # the further boxes of a multi-object result
+# `line_plot`: one colour per curve (matplotlib's tab10 without its grey), cycled.
+SERIES_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                  (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207))
+PLOT_SIZE = (320, 560)             # `line_plot`'s default (height, width) in pixels
+_FRAME, _GRID, _TEXT = (110, 110, 110), (228, 228, 228), (0, 0, 0)
 
 
 def _check_photo(photo: np.ndarray) -> np.ndarray:
@@ -149,6 +156,101 @@ def overlay(photo: np.ndarray, mask: np.ndarray, segments: np.ndarray,
   right = imgviz.label2rgb(segments.astype(np.int32), image=photo, alpha=alpha)
   right = caption(boxed(right), "segments")
   return imgviz.tile([left, right], row=1, col=2, border=(255, 255, 255), border_width=4)
+
+
+def _ticks(lo: float, hi: float, count: int = 5) -> np.ndarray:
+  """``count`` evenly spaced tick values from ``lo`` to ``hi``."""
+  return np.linspace(lo, hi, count)
+
+
+def _padded_range(values: np.ndarray, pad: float = 0.05) -> tuple[float, float]:
+  lo, hi = float(values.min()), float(values.max())
+  if hi == lo:  # a flat curve sits in the middle of a range of ±(5% of |value|, at least 0.5)
+    half = max(abs(lo) * pad, 0.5)
+    return lo - half, hi + half
+  return lo - pad * (hi - lo), hi + pad * (hi - lo)
+
+
+def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str = "",
+              xlabel: str = "step", size: tuple[int, int] = PLOT_SIZE,
+              font_size: int = 12, legend: bool = True) -> np.ndarray:
+  """Curves on shared axes as a picture: a title, a legend, 5 ticks per axis, light grid lines.
+
+  Each curve is a polyline through its points (x ascending as given); a non-finite y breaks the
+  line there (the point is not drawn, as matplotlib does); every finite point also gets a dot.
+  The axes span the finite points of all curves (y padded by 5%).
+
+  Args:
+    series: name → ``(x, y)``, two sequences of equal length, per curve; colours
+      `SERIES_COLOURS` in order.
+    title: text above the axes.
+    xlabel: text under the x axis.
+    size: (height, width) in pixels.
+    font_size: text height in pixels.
+    legend: a line per curve above the axes (its colour, its name).
+  Returns:
+    (H, W, 3) uint8 on white.
+  Raises:
+    ValueError: no curve, a curve whose x and y differ in length, a non-finite x, or no finite
+      point at all.
+  """
+  curves = []
+  for name, (x, y) in series.items():
+    x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+    if x.shape != y.shape:
+      raise ValueError(f"line_plot: curve {name!r} has {x.size} x values and {y.size} y values")
+    if not np.isfinite(x).all():
+      raise ValueError(f"line_plot: curve {name!r} has a non-finite x value")
+    curves.append((str(name), x, y))
+  finite = [(x[np.isfinite(y)], y[np.isfinite(y)]) for _, x, y in curves]
+  xs = np.concatenate([x for x, _ in finite] or [np.zeros(0)])
+  if not xs.size:
+    raise ValueError("line_plot: no finite point to draw (give at least one curve with a finite "
+                     "y value)")
+  ys = np.concatenate([y for _, y in finite])
+  (x0, x1), (y0, y1) = _padded_range(xs, pad=0.0), _padded_range(ys)
+  height, width = (int(v) for v in size)
+  row = font_size + 4
+  left, right = 8 + imgviz.draw.text_size("-0.000e+00", font_size)[1], 12
+  top = 6 + (row if title else 0) + (row * len(curves) if legend else 0)
+  bottom = 8 + 2 * row
+  if height - top - bottom < 20 or width - left - right < 40:
+    raise ValueError(f"line_plot: size {size} leaves no room for the axes of {len(curves)} curves")
+  to_col = lambda v: left + (v - x0) / (x1 - x0) * (width - left - right - 1)
+  to_row = lambda v: top + (y1 - v) / (y1 - y0) * (height - top - bottom - 1)
+  img = np.full((height, width, 3), 255, np.uint8)
+  for t in _ticks(x0, x1):
+    img = imgviz.draw.line(img, [(top, to_col(t)), (height - bottom - 1, to_col(t))], _GRID)
+    label = f"{t:.4g}"
+    tw = imgviz.draw.text_size(label, font_size)[1]
+    img = imgviz.draw.text(img, (height - bottom + 3, min(max(to_col(t) - tw / 2, 0), width - tw)),
+                           label, font_size, _TEXT)
+  for t in _ticks(y0, y1):
+    img = imgviz.draw.line(img, [(to_row(t), left), (to_row(t), width - right - 1)], _GRID)
+    label = f"{t:.4g}"
+    tw = imgviz.draw.text_size(label, font_size)[1]
+    img = imgviz.draw.text(img, (to_row(t) - font_size / 2, left - tw - 4), label, font_size, _TEXT)
+  img = imgviz.draw.rectangle(img, (top, left), (height - bottom - 1, width - right - 1),
+                              outline=_FRAME, width=1)
+  xw = imgviz.draw.text_size(xlabel, font_size)[1]
+  img = imgviz.draw.text(img, (height - row, (left + width - right - xw) / 2), xlabel,
+                         font_size, _TEXT)
+  if title:
+    img = imgviz.draw.text(img, (4, left), title, font_size, _TEXT)
+  for i, (name, x, y) in enumerate(curves):
+    colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+    if legend:
+      ly = 6 + (row if title else 0) + row * i + row / 2
+      img = imgviz.draw.line(img, [(ly, left), (ly, left + 24)], colour, width=3)
+      img = imgviz.draw.text(img, (ly - font_size / 2 - 1, left + 30), name, font_size, _TEXT)
+    ok = np.isfinite(y)
+    for j in range(len(x) - 1):   # a segment wherever both ends are finite
+      if ok[j] and ok[j + 1]:
+        img = imgviz.draw.line(img, [(to_row(y[j]), to_col(x[j])),
+                                     (to_row(y[j + 1]), to_col(x[j + 1]))], colour, width=2)
+    for xj, yj in zip(x[ok], y[ok]):
+      img = imgviz.draw.circle(img, (to_row(yj), to_col(xj)), 5, fill=colour)
+  return img
 
 
 def label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
@@ -376,7 +478,7 @@ def page_layout_in_browser(page: str | os.PathLike, chromium: str | None = None,
 
 
 __all__ = [
-    "PAGE_MAX_WIDTH", "caption", "draw_box", "eigenvector_panel", "find_chromium", "heatmap",
-    "images_loaded_in_browser", "label_png", "markdown_html", "overlay", "page_layout_in_browser", "read_label_png",
-    "write_index_html",
+    "PAGE_MAX_WIDTH", "PLOT_SIZE", "SERIES_COLOURS", "caption", "draw_box", "eigenvector_panel",
+    "find_chromium", "heatmap", "images_loaded_in_browser", "label_png", "line_plot",
+    "markdown_html", "overlay", "page_layout_in_browser", "read_label_png", "write_index_html",
 ]

@@ -393,3 +393,31 @@ def test_non_finite_and_integer_weights_are_refused(tmp_path):
   quantised["norm.weight"] = state["norm.weight"].astype(np.int8)
   with pytest.raises(ValueError, match="'norm.weight' is int8, not floating point"):
     weights.state_dict_to_params(quantised, config, "timm")
+
+
+# A tensor of the wrong shape in a .safetensors file (issue 23): the error names the tensor,
+# its shape and the one the backbone needs (it was a NumPy error from deep in the converter).
+WRONG_SHAPES = [
+    ("encoder.layer.1.attention.attention.key.weight", (32, 16), (32, 32)),
+    ("encoder.layer.0.mlp.fc1.weight", (32, 64), (64, 32)),   # transposed
+    ("embeddings.patch_embeddings.projection.weight", (32, 3, 16, 16), (32, 3, 14, 14)),
+    ("layernorm.bias", (31,), (32,)),
+    ("embeddings.cls_token", (1, 1, 16), "32 values"),
+    ("embeddings.position_embeddings", (1, 17, 16), "(..., 32)"),
+]
+
+
+@pytest.mark.parametrize("key, shape, needed", WRONG_SHAPES)
+def test_safetensors_tensor_of_the_wrong_shape_is_named(tmp_path, key, shape, needed):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  config, params = _small()
+  state = weights.params_to_state_dict(params, config, "hf_dinov2")
+  assert key in state
+  state[key] = np.zeros(shape, np.float32)
+  path = tmp_path / "model.safetensors"
+  save_file(state, str(path))
+  with pytest.raises(ValueError) as error:
+    weights.read_weights(path, config)
+  assert str(error.value).startswith(
+      f"Checkpoint tensor '{key}' has shape {shape}, but a dinov2_vits14 (width 32, mlp_dim 64, "
+      f"patch 14) needs {needed}: the weights are for another backbone"), str(error.value)

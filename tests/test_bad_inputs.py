@@ -228,6 +228,24 @@ CASES = [
                  "and τ schedules (step 2 of 2 followed them), so a run cannot be extended or "
                  "shortened in place: for a 3-step training, start a new run with "
                  "--config.train.num_steps=3 and another --workdir.", id="train-extend-finished"),
+    # issue 23's lesser defects: the field is named, every command answers --config=<folder>
+    # with exit 2 (segment and evaluate_dsm exited 1)
+    pytest.param(SEG, ["--config={empty}", "--out={tmp}/s_dir"], 2,
+                 "cannot load --config: ", id="seg-config-is-a-folder"),
+    pytest.param(EVAL_DSM, ["--config={empty}", "--out={tmp}/e_dir"], 2,
+                 "cannot load --config: ", id="evaldsm-config-is-a-folder"),
+    pytest.param(TRAIN, ["--config={empty}", "--workdir={tmp}/w_dir"], 2,
+                 "cannot load --config: ", id="train-config-is-a-folder"),
+    pytest.param(EVAL, ["--config={empty}", "--workdir={run}"], 2,
+                 "cannot load --config: ", id="eval-config-is-a-folder"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.seed=-1", "--workdir={tmp}/w"], 2,
+                 "seed must be an integer ≥ 0; got -1", id="train-seed-negative"),
+    pytest.param(TRAIN, [TEST_CONFIG, "--config.graph.distance_weights=(nan, 0.1)",
+                         "--workdir={tmp}/w"], 2,
+                 "graph.distance_weights must be a tuple of finite numbers ≥ 0",
+                 id="train-distance-weights-nan"),
+    pytest.param(EVAL, ["--workdir={run}", *RUN, "--config.eval.image_size=0"], 2,
+                 "eval.image_size must be an integer ≥ 1", id="eval-image-size-0"),
 ]
 
 
@@ -425,7 +443,8 @@ def test_segment_processes_non_utf8_file_names(paths, tmp_path):
   """Files whose names are not UTF-8 (b"caf\\xe9.png", made with os.fsencode's inverse) are
   processed, not an abort: their outputs are named with U+FFFD for the bad bytes (two such
   names that would then repeat are told apart by ~2), and every printed line and JSON file is
-  valid UTF-8."""
+  valid UTF-8. A FIFO and a link to /dev/zero named like photos are listed as skipped, never
+  opened (the run would block or never end)."""
   from PIL import Image
   photos = tmp_path / "photos"
   photos.mkdir()
@@ -434,6 +453,8 @@ def test_segment_processes_non_utf8_file_names(paths, tmp_path):
     rgb = rng.integers(0, 256, size=(64, 80, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(photos / os.fsdecode(raw))
   (photos / os.fsdecode(b"notes\xff.txt")).write_text("not a photo\n")
+  os.mkfifo(photos / "pipe.jpg")                     # reading it would block the run
+  (photos / "zero.png").symlink_to("/dev/zero")      # reading it would never end
   out = tmp_path / "out"
   proc = run_command(SEG, [SEG_TEST.format(**paths), f"--images={photos}", f"--out={out}"],
                      timeout=300)
@@ -442,7 +463,10 @@ def test_segment_processes_non_utf8_file_names(paths, tmp_path):
   summary = json.loads((out / "summary.json").read_bytes().decode("utf-8"))
   assert sorted(summary["images"]) == ["caf\ufffd", "caf\ufffd~2", "good"], summary["images"]
   assert not summary["failures"]
-  assert [pathlib.Path(k).name for k in summary["skipped_non_images"]] == ["notes\ufffd.txt"]
+  skipped = {pathlib.Path(k).name: v for k, v in summary["skipped_non_images"].items()}
+  assert sorted(skipped) == ["notes\ufffd.txt", "pipe.jpg", "zero.png"], skipped
+  assert skipped["pipe.jpg"] == "not a regular file (a FIFO); not read"
+  assert skipped["zero.png"] == "not a regular file (a character device); not read"
   for name in summary["images"]:
     record = json.loads((out / "photos" / f"{name}.json").read_bytes().decode("utf-8"))
     assert record["name"] == name and "\ufffd" in record["source"] or name == "good"
@@ -474,3 +498,114 @@ def test_the_budget_check_predicts_the_resize_exactly():
     image = np.zeros((h, w, 3), np.uint8)
     assert batching.resized_shape((h, w), size) == image_ops.resize_longer_side(
         image, size).shape[:2], (h, w, size)
+
+
+# ----------------------------------------------------------------------------- reduced decoding
+
+# A 12000×9000 scan (108 MP, over the 64 MP decode budget) read for --image_size=56: decoded
+# at half size (6000×4500), never whole for a JPEG. Address space the read may add (RLIMIT_AS
+# in a child, so a regression is a MemoryError there): measured need 500 MB (JPEG) and 900 MB
+# (PNG, decoded whole then reduced); the whole-decode path needs more than each limit.
+SCAN_LIMITS_MB = {"jpg": 700, "png": 1200}
+READ_UNDER_LIMIT = """
+import json, resource, sys
+from spectral_jax.datasets import images
+vm = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("VmSize:")).split()[1])
+limit = vm() * 1024 + int(sys.argv[2]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+rgb = images.read_image(sys.argv[1], min_side=56)
+print(json.dumps({"shape": rgb.shape, "header": images.image_size(sys.argv[1], min_side=56),
+                  "spread": int((rgb.max((0, 1)) - rgb.min((0, 1))).max()),
+                  "mean": rgb.mean((0, 1)).tolist()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory):
+  from PIL import Image
+  folder = tmp_path_factory.mktemp("scans")
+  write_png(folder / "scan.png", 12000, 9000)                   # black, rows written one by one
+  Image.new("RGB", (12000, 9000), (90, 120, 30)).save(folder / "scan.jpg", quality=90)
+  return folder
+
+
+@pytest.mark.parametrize("suffix", ["jpg", "png"])
+def test_a_huge_scan_is_decoded_at_reduced_size_within_a_memory_limit(scans, suffix):
+  proc = subprocess.run(
+      [sys.executable, "-c", READ_UNDER_LIMIT, str(scans / f"scan.{suffix}"),
+       str(SCAN_LIMITS_MB[suffix])], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout)
+  assert got["shape"] == [4500, 6000, 3] and got["header"] == [4500, 6000]
+  want = (90, 120, 30) if suffix == "jpg" else (0, 0, 0)
+  np.testing.assert_allclose(got["mean"], want, atol=2)
+  assert got["spread"] <= 6   # a flat image stays flat in each channel (JPEG rounding only)
+
+
+def test_reduced_decoding_is_the_box_reduction_with_exif_applied(tmp_path):
+  """Over the budget with min_side: the smallest integer factor that fits, applied as PIL's
+  box reduce to the oriented image; within the budget, or at min_side 0, as before."""
+  from PIL import Image, ImageOps
+
+  from spectral_jax.datasets import images as image_io
+  rgb = np.random.default_rng(0).integers(0, 256, size=(80, 100, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6                                  # rotated: a transpose on reading
+  path = tmp_path / "photo.png"
+  Image.fromarray(rgb).save(path, exif=exif.tobytes())
+  whole = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+  # 2000 pixels: 100×80 does not fit, 50×40 does (k = 2)
+  got = image_io.read_image(path, max_pixels=2000, min_side=40)
+  np.testing.assert_array_equal(got, np.asarray(whole.reduce(2)))
+  assert image_io.image_size(path, max_pixels=2000, min_side=40) == got.shape[:2] == (50, 40)
+  # k = 3 (34×27 = 918 ≤ 1000)
+  assert image_io.read_image(path, max_pixels=1000, min_side=30).shape[:2] == (34, 27)
+  np.testing.assert_array_equal(image_io.read_image(path), np.asarray(whole))
+  for max_pixels, min_side, why in ((2000, 0, "declares 100×80 px"),     # native size asked
+                                    (2000, 51, "declares 100×80 px")):   # 50 px < 51
+    with pytest.raises(image_io.ImageReadError, match=why):
+      image_io.read_image(path, max_pixels=max_pixels, min_side=min_side)
+    with pytest.raises(image_io.ImageReadError, match=why):
+      image_io.image_size(path, max_pixels=max_pixels, min_side=min_side)
+
+
+def test_a_non_jpeg_too_large_to_decode_whole_is_still_refused(tmp_path, monkeypatch):
+  from PIL import Image
+
+  from spectral_jax.datasets import images as image_io
+  Image.fromarray(np.zeros((80, 100, 3), np.uint8)).save(tmp_path / "big.png")
+  monkeypatch.setattr(image_io, "MAX_FULL_DECODE_PIXELS", 5000)
+  with pytest.raises(image_io.ImageReadError,
+                     match="more than the 0 MP a PNG may be decoded whole to be reduced"):
+    image_io.read_image(tmp_path / "big.png", max_pixels=2000, min_side=10)
+
+
+def test_special_files_named_like_photos_are_listed_as_skipped_unopened(tmp_path):
+  """`collect_images` (segment's listing) names a FIFO, a character device (a link to
+  /dev/zero), a socket and a broken link with their kind, from stat alone: a FIFO with no
+  writer would block any open() (the alarm fails the test instead of hanging it)."""
+  import signal
+  import socket
+
+  from spectral_jax.datasets import images as image_io
+  os.mkfifo(tmp_path / "pipe.jpg")
+  (tmp_path / "zero.png").symlink_to("/dev/zero")
+  (tmp_path / "gone.png").symlink_to(tmp_path / "nowhere.png")
+  server = socket.socket(socket.AF_UNIX)
+  server.bind(str(tmp_path / "sock.png"))
+  (tmp_path / "notes.txt").write_text("text\n")
+  signal.alarm(20)
+  try:
+    paths, names, skipped = image_io.collect_images(tmp_path)
+  finally:
+    signal.alarm(0)
+    server.close()
+  assert paths == [] and names == []
+  reasons = {pathlib.Path(k).name: v for k, v in skipped.items()}
+  assert reasons == {"pipe.jpg": "not a regular file (a FIFO); not read",
+                     "zero.png": "not a regular file (a character device); not read",
+                     "sock.png": "not a regular file (a socket); not read",
+                     "gone.png": "not a regular file (a broken link); not read",
+                     "notes.txt": reasons["notes.txt"]}
+  assert reasons["notes.txt"].startswith("not an image file")

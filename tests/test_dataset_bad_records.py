@@ -105,3 +105,35 @@ def test_coco_images_not_a_list_is_one_clear_error(tmp_path):
   (tmp_path / "coco_20k_filenames.txt").write_text("9\n")
   with pytest.raises(ValueError, match="'images' must be a list of entries; got dict"):
     coco.COCO20k(tmp_path)
+
+
+def _coco_with(tmp_path, **annotation):
+  """The COCO fixture with one more annotation on image 25 (``annotation`` over a good one)."""
+  _write_coco(tmp_path)
+  path = tmp_path / "annotations" / "instances_train2014.json"
+  data = json.loads(path.read_text())
+  good = {"id": 950, "image_id": 25, "iscrowd": 0, "category_id": 1, "area": 1.0,
+          "bbox": [1.0, 1.0, 4.0, 4.0], "segmentation": [[1.0, 1.0, 20.0, 1.0, 20.0, 20.0]]}
+  data["annotations"].append(dict(good, **annotation))
+  path.write_text(json.dumps(data))
+  (tmp_path / "coco_20k_filenames.txt").write_text("9\n25\n")
+  return coco.COCO20k(tmp_path)
+
+
+def test_coco_category_300_fails_that_record_with_the_reason(tmp_path):
+  """A category id past the uint8 class map's 1..254 (255 = ignore) would wrap; the record
+  is refused naming the annotation (evaluate_dsm skips it, as the 10¹² case above)."""
+  ds = _coco_with(tmp_path, category_id=300)
+  with pytest.raises(ValueError, match="COCO 25 annotation 950: 'category_id' must be an "
+                                       "integer in 1..254; got 300"):
+    ds.read("25")
+  assert ds.read("9").labels.tolist()   # the other record reads
+
+
+def test_coco_nan_polygon_fails_that_record_with_the_reason(tmp_path):
+  pytest.importorskip("pycocotools")
+  ds = _coco_with(tmp_path, segmentation=[[1.0, float("nan"), 20.0, 1.0, 20.0, 20.0]])
+  with pytest.raises(ValueError, match=r"COCO 25 annotation 950: a 'segmentation' polygon must "
+                                       r"be a list of finite numbers; got \[1.0, nan"):
+    ds.read("25")
+  assert ds.read("9").instance_masks.any()

@@ -2,9 +2,12 @@
 back with builder.as_data_source() and through grain gives exactly the file reader's records."""
 
 import dataclasses
+import hashlib
+import json
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -194,3 +197,109 @@ def test_encode_decode_round_trip_and_refuses_fields_the_builder_does_not_store(
   assert_same_records([back], [rec])
   with pytest.raises(ValueError, match=r"has \['class_mask', 'instance_mask', 'boxes'\]"):
     builders.encode(rec, builders.SPECS["ecssd"])
+
+
+def test_prepare_writes_every_shards_record_count_size_and_checksum(tfds_dir):
+  folder = tfds_dir / "voc07" / "trainval" / builders.VERSION
+  meta = json.loads((folder / "metadata.json").read_text())
+  shards = sorted(folder.glob("*.array_record-*"))
+  assert [s["file"] for s in meta["shards"]] == [p.name for p in shards] and shards
+  for entry, path in zip(meta["shards"], shards):
+    data = path.read_bytes()
+    assert entry["bytes"] == len(data)
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+  assert sum(s["records"] for s in meta["shards"]) == len(VOC_IDS) == len(meta["ids"])
+
+
+def _shard(folder):
+  return next(folder.glob("*.array_record-*"))
+
+
+def _flip(path, where):
+  data = bytearray(path.read_bytes())
+  data[where(len(data))] ^= 0x10
+  path.write_bytes(bytes(data))
+
+
+def _relist(path):   # dataset_info.json counting 2 records in the shard instead of 3
+  info = json.loads(path.read_text())
+  info["splits"][0]["shardLengths"] = ["2"]
+  path.write_text(json.dumps(info))
+
+
+# How a prepared ecssd copy (3 records, one shard) is damaged, and what the error must name.
+TAMPERED = [
+    pytest.param(lambda f: _shard(f).write_bytes(_shard(f).read_bytes()[:150_000]),
+                 r"ecssd-test\.array_record-00000-of-00001' has 150000 bytes, not the \d+ "
+                 r"written at prepare time \(truncated or replaced\)", id="shard-truncated"),
+    pytest.param(lambda f: _flip(_shard(f), lambda n: n // 2),
+                 r"ecssd-test\.array_record-00000-of-00001' does not match its sha256 checksum",
+                 id="shard-bit-flipped"),
+    # a flip near the end that Riegeli itself does not notice: the records read back silently
+    pytest.param(lambda f: _flip(_shard(f), lambda n: n - 100),
+                 r"ecssd-test\.array_record-00000-of-00001' does not match its sha256 checksum",
+                 id="shard-bit-flipped-unnoticed-by-riegeli"),
+    pytest.param(lambda f: _shard(f).unlink(),
+                 r"ecssd-test\.array_record-00000-of-00001' is missing", id="shard-deleted"),
+    pytest.param(lambda f: _relist(f / "dataset_info.json"),
+                 r"dataset_info.json counts 2 records in .*, not the 3 written at prepare time",
+                 id="record-count-changed"),
+    pytest.param(lambda f: (f / "dataset_info.json").unlink(),
+                 r"dataset_info.json' is missing", id="dataset-info-deleted"),
+    pytest.param(lambda f: (f / "dataset_info.json").write_text('{"name": "ecs'),
+                 r"dataset_info.json' cannot be read \(ParseError", id="dataset-info-truncated"),
+    pytest.param(lambda f: (f / "metadata.json").write_text('{"dataset": "ecs'),
+                 r"metadata.json' cannot be read \(JSONDecodeError", id="metadata-truncated"),
+]
+
+
+@pytest.mark.parametrize("damage, message", TAMPERED)
+def test_a_damaged_prepared_copy_is_one_error_naming_the_file(tfds_dir, tmp_path, damage,
+                                                              message):
+  """Before use (load) and when prepared again, a damaged copy is refused with the file and
+  what to do; nothing there is deleted or rewritten."""
+  out = tmp_path / "tfds"
+  shutil.copytree(tfds_dir / "ecssd", out / "ecssd")
+  folder = out / "ecssd" / "test" / builders.VERSION
+  damage(folder)
+  before = {p.name: p.read_bytes() for p in folder.iterdir()}
+  redo = (rf"; delete '{folder}' and prepare it again with `python -m "
+          rf"experiments.prepare_dataset --dataset=ecssd --split=test --data_dir=DIR "
+          rf"--tfds_dir={out}`$")
+  for attempt in (lambda: datasets.load("ecssd", tfds_dir=out),
+                  lambda: datasets.prepare("ecssd", "/archives/not/needed", tfds_dir=out,
+                                           progress=False)):
+    with pytest.raises(datasets.MissingDataError) as error:
+      attempt()
+    text = str(error.value)
+    assert "\n" not in text and text.startswith(f"the prepared copy '{folder}' is damaged: ")
+    assert re.search(message, text) and re.search(redo, text), text
+  assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_copy_prepared_without_checksums_is_refused(tfds_dir, tmp_path):
+  out = tmp_path / "tfds"
+  shutil.copytree(tfds_dir / "ecssd", out / "ecssd")
+  meta_path = out / "ecssd" / "test" / builders.VERSION / "metadata.json"
+  meta = json.loads(meta_path.read_text())
+  del meta["shards"]
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(datasets.MissingDataError, match=r"lacks \['shards'\]\); prepare it again"):
+    datasets.load("ecssd", tfds_dir=out)
+
+
+def test_prepare_dataset_over_a_damaged_copy_says_so_and_what_to_do(tfds_dir, tmp_path):
+  """Run again over a bit-flipped copy, the command does not report the images ready: one
+  line naming the shard, exit 1, the copy left as it was."""
+  out = tmp_path / "tfds"
+  shutil.copytree(tfds_dir / "ecssd", out / "ecssd")
+  shard = _shard(out / "ecssd" / "test" / builders.VERSION)
+  _flip(shard, lambda n: n // 2)
+  damaged = shard.read_bytes()
+  done = _command(["--dataset=ecssd", f"--data_dir={tmp_path}", f"--tfds_dir={out}"])
+  assert done.returncode == 1 and "ready" not in done.stdout, (done.stdout, done.stderr)
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+  assert lines[0].startswith("error: the prepared copy ") and (
+      f"'{shard}' does not match its sha256 checksum" in lines[0]), lines[0]
+  assert shard.read_bytes() == damaged

@@ -7,6 +7,7 @@ run for resumption.
 """
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -288,10 +289,59 @@ def test_run_writes_metrics_and_tensorboard(full_run, config):
   assert full.history[-1]["tau"] == pytest.approx(float(tau(19)))
   assert full.history[0]["learning_rate"] == pytest.approx(config.optim.learning_rate)
   assert all(np.isfinite(r["loss"]) for r in full.history)
-  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  if importlib.util.find_spec("tensorboardX") is not None:   # the tensorboard extra
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   saved = ckpt.saved_config(workdir)
   assert ckpt.config_differences(ckpt.config_json(saved),
                                       ckpt.config_json(config)) == []
+
+
+def _tensorboard_scalars(folder: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+  """tag → [(step, value)] of the event files in ``folder`` (TFRecord framing: length, its
+  CRC, an ``Event`` proto, its CRC; read with tensorboardX's own proto classes)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  scalars = {}
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+      length = int.from_bytes(data[at:at + 8], "little")
+      event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_logger_writes_tensorboard_scalars_with_the_extra(tmp_path):
+  pytest.importorskip("tensorboardX", reason="the tensorboard extra is not installed")
+  logger = train_lib._Logger(tmp_path, tensorboard=True, first_step=0, enabled=True)
+  for step, loss in ((1, -0.5), (2, -0.75)):
+    logger.write({"step": step, "loss": loss, "fidelity/angle_max_deg@8": 40.0 + step,
+                  "eig_top4": [1.0, 0.5]})
+  logger.close()
+  scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+  assert scalars["train/loss"] == [(1, -0.5), (2, -0.75)]
+  # tensorboardX's tag rule turns '@' into '_'
+  assert scalars["train/fidelity/angle_max_deg_8"] == [(1, 41.0), (2, 42.0)]
+  assert "train/eig_top4" not in scalars          # lists stay in metrics.jsonl only
+  assert len(train_lib.read_metrics(tmp_path / "metrics.jsonl")) == 2
+
+
+def test_logger_without_tensorboardx_says_so_once_and_keeps_the_metrics(tmp_path, monkeypatch,
+                                                                        capsys):
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)   # import tensorboardX → ImportError
+  logger = train_lib._Logger(tmp_path, tensorboard=True, first_step=0, enabled=True)
+  for step in (1, 2):
+    logger.write({"step": step, "loss": -0.5})
+  logger.close()
+  err = capsys.readouterr().err.splitlines()
+  notes = [line for line in err if "TensorBoard summaries skipped" in line]
+  assert len(notes) == 1 and train_lib.TENSORBOARD_INSTALL in notes[0]
+  assert not (tmp_path / "tensorboard").exists()
+  assert [r["step"] for r in train_lib.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
+  # log.tensorboard=False asks for none: no note
+  train_lib._Logger(tmp_path / "off", tensorboard=False, first_step=0, enabled=True).close()
+  assert "TensorBoard" not in capsys.readouterr().err
 
 
 def test_checkpoint_of_another_config_is_rejected(full_run, config, features):

@@ -1,5 +1,6 @@
 """The shared references of spectral_jax.testing against hand-made cases and each other."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -182,3 +183,14 @@ def test_lobpcg_on_closed_form_spectra(x64):
   res = eigensolvers.lobpcg(jnp.asarray(d - w), jnp.asarray(x0[:30, :8]), B=jnp.asarray(d), k=5,
                             tol=1e-10)
   np.testing.assert_allclose(res.eigenvalues, lam[:5], atol=1e-8)
+
+
+def test_benchmark_device_names_the_device_and_refuses_a_missing_gpu():
+  torch_device, name = testing.benchmark_device("cpu", torch_peer=False)
+  assert torch_device == "cpu" and name.startswith("cpu: JAX cpu")
+  with pytest.raises(ValueError, match="device must be one of"):
+    testing.benchmark_device("tpu", torch_peer=False)
+  if jax.default_backend() == "gpu":
+    pytest.skip("this machine has a GPU: the refusal is not testable here")
+  with pytest.raises(RuntimeError, match=r"JAX sees no GPU.*\.\[cuda\]"):
+    testing.benchmark_device("gpu", torch_peer=False)

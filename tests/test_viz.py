@@ -154,3 +154,54 @@ def test_markdown_html_tables_and_paragraphs():
   out = viz.markdown_html(md)
   assert out == ("<p>A &lt;b&gt; line wrapped.</p><table><tr><th>a</th><th>b</th></tr>"
                  "<tr><td>1 &amp; 2</td><td>x</td></tr></table><p>after</p>")
+
+
+def _curve_pixels(img, index=0):
+  """(rows, cols) of the pixels painted in curve ``index``'s colour."""
+  return np.nonzero((img == np.array(viz.SERIES_COLOURS[index], np.uint8)).all(-1))
+
+
+def test_line_plot_puts_larger_values_higher_and_spans_the_x_range():
+  x = np.linspace(0.0, 10.0, 41)
+  img = viz.line_plot({"up": (x, x ** 2), "flat": (x, np.full_like(x, 30.0))}, legend=False)
+  assert img.shape == viz.PLOT_SIZE + (3,) and img.dtype == np.uint8
+  rows, cols = _curve_pixels(img, 0)
+  # a rising curve: the lowest painted pixel of each column climbs from left to right
+  lowest = np.array([rows[cols == c].max() for c in np.unique(cols)])
+  assert (np.diff(lowest) <= 3).all() and lowest[0] - lowest[-1] > 0.8 * img.shape[0] // 2
+  assert np.ptp(cols) > 0.8 * img.shape[1]                        # x spans the axes
+  flat_rows, flat_cols = _curve_pixels(img, 1)
+  assert np.ptp(flat_rows) <= 6 and np.ptp(flat_cols) > 0.8 * img.shape[1]   # one band
+  # 30 lies between y(0) = 0 and y(10) = 100, nearer the bottom: its band is between them
+  mid = np.median(flat_rows)
+  assert lowest[-1] < mid < lowest[0] and mid > (lowest[0] + lowest[-1]) / 2
+
+
+def test_line_plot_breaks_the_line_at_a_non_finite_value():
+  x = np.arange(5.0)
+  whole = viz.line_plot({"c": (x, x)}, legend=False)
+  gap = viz.line_plot({"c": (x, np.array([0, 1, np.nan, 3, 4.0]))}, legend=False)
+  _, cols = _curve_pixels(whole)
+  _, gap_cols = _curve_pixels(gap)
+  centre = (cols.min() + cols.max()) // 2                  # x = 2
+  assert np.sum(np.abs(cols - centre) <= 3) > 0
+  assert np.sum(np.abs(gap_cols - centre) <= 3) == 0        # nothing drawn near x = 2
+  assert gap_cols.min() == cols.min() and gap_cols.max() == cols.max()   # same axes
+
+
+def test_line_plot_legend_and_bad_input():
+  x = np.arange(3.0)
+  with_legend = viz.line_plot({"a": (x, x), "b": (x, -x)}, title="t")
+  without = viz.line_plot({"a": (x, x), "b": (x, -x)}, title="t", legend=False)
+  for i in (0, 1):   # the legend's swatch sits above the axes' top
+    assert _curve_pixels(with_legend, i)[0].min() < _curve_pixels(without, i)[0].min()
+  with pytest.raises(ValueError, match="no finite point"):
+    viz.line_plot({})
+  with pytest.raises(ValueError, match="no finite point"):
+    viz.line_plot({"a": (x, np.full(3, np.nan))})
+  with pytest.raises(ValueError, match="3 x values and 2 y values"):
+    viz.line_plot({"a": (x, x[:2])})
+  with pytest.raises(ValueError, match="non-finite x"):
+    viz.line_plot({"a": (np.array([0, np.inf, 2]), x)})
+  with pytest.raises(ValueError, match="no room"):
+    viz.line_plot({"a": (x, x)}, size=(40, 60))

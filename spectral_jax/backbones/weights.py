@@ -421,7 +421,11 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config,
   state = _strip_prefix(dict(state), naming)
   used = set()
 
-  def get(key):
+  w, m, p = int(config.width), int(config.mlp_dim), int(config.patch_size)
+
+  def get(key, shape=None):
+    """The tensor ``key`` as float32; ``shape``: the one it must have (None elsewhere: the
+    size W for the class token, a last axis W for the positions, which are resampled)."""
     if key not in state:
       raise ValueError(f"Checkpoint ({naming} naming) lacks '{key}': is it a {config.name} "
                        f"with depth {config.depth}?")
@@ -430,32 +434,43 @@ def state_dict_to_params(state: Mapping[str, np.ndarray], config,
     if not (np.issubdtype(value.dtype, np.floating) or value.dtype == ml_dtypes.bfloat16):
       raise ValueError(f"Checkpoint tensor '{key}' is {value.dtype}, not floating point "
                        "(quantised or corrupt weights are not read); save float weights.")
+    fits = (value.shape == shape if shape is not None else
+            value.size == w if key == names["cls"] else value.ndim >= 2 and value.shape[-1] == w)
+    if not fits:
+      want = shape if shape is not None else (f"{w} values" if key == names["cls"]
+                                              else f"(..., {w})")
+      raise ValueError(f"Checkpoint tensor '{key}' has shape {value.shape}, but a "
+                       f"{config.name} (width {w}, mlp_dim {m}, patch {p}) needs {want}: the "
+                       "weights are for another backbone, or the file is damaged.")
     return value.astype(np.float32)
 
-  linear = lambda key: {"kernel": get(key + ".weight").T, "bias": get(key + ".bias")}
-  norm = lambda key: {"scale": get(key + ".weight"), "bias": get(key + ".bias")}
+  linear = lambda key, out, inp: {"kernel": get(key + ".weight", (out, inp)).T,
+                                  "bias": get(key + ".bias", (out,))}
+  norm = lambda key: {"scale": get(key + ".weight", (w,)), "bias": get(key + ".bias", (w,))}
   params = {
       "cls_token": get(names["cls"]).reshape(1, 1, -1),
       "pos_embed": get(names["pos"]),
-      "patch_embed": {"kernel": get(names["patch"] + ".weight").transpose(2, 3, 1, 0),
-                      "bias": get(names["patch"] + ".bias")},
+      "patch_embed": {"kernel": get(names["patch"] + ".weight",
+                                    (w, 3, p, p)).transpose(2, 3, 1, 0),
+                      "bias": get(names["patch"] + ".bias", (w,))},
       "norm": norm(names["norm"]),
   }
   blocks = []
   for i in range(config.depth):
     pre = names["block"].format(i=i)
-    qkv = [linear(pre + key) for key in names["qkv"]]
+    fused = 3 * w // len(names["qkv"])   # one [q | k | v] matrix, or three
+    qkv = [linear(pre + key, fused, w) for key in names["qkv"]]
     block = {
         "norm1": norm(pre + names["norm1"]), "norm2": norm(pre + names["norm2"]),
         "attn": {"qkv": {"kernel": np.concatenate([p["kernel"] for p in qkv], axis=1),
                          "bias": np.concatenate([p["bias"] for p in qkv])},
-                 "proj": linear(pre + names["proj"])},
-        "mlp": {"fc1": linear(pre + names["fc1"]), "fc2": linear(pre + names["fc2"])},
+                 "proj": linear(pre + names["proj"], w, w)},
+        "mlp": {"fc1": linear(pre + names["fc1"], m, w), "fc2": linear(pre + names["fc2"], w, m)},
     }
     if config.layer_scale:
       if not names["ls1"]:
         raise ValueError(f"{naming} checkpoints have no layer scale; {config.name} needs one.")
-      block["ls1"], block["ls2"] = get(pre + names["ls1"]), get(pre + names["ls2"])
+      block["ls1"], block["ls2"] = get(pre + names["ls1"], (w,)), get(pre + names["ls2"], (w,))
     blocks.append(block)
   params["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *blocks)
   extra = sorted(k for k in set(state) - used if not _UNUSED.match(k))

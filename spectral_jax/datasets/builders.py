@@ -23,7 +23,12 @@ reductions), so preparing and reading stay TensorFlow-free (measured with tfds 4
 
 Each split is a builder config: ``TFDS_DIR/<name>/<split>/<version>/``. tfds writes into an
 ``incomplete.*`` folder and renames it when done, so an interrupted preparation is never read
-as complete; preparing again after completion is a no-op. Reading uses
+as complete; preparing again after completion is a no-op. Every shard's record count, size
+and SHA-256 are written into the folder's ``metadata.json`` while it is prepared (inside the
+``incomplete.*`` folder, so they are renamed into place with the shards); a prepared copy is
+verified against them before it is read or reported ready (:func:`verify_prepared`), so a
+truncated, altered or missing shard is one error naming the file, never a Riegeli traceback or
+records read silently from changed bytes. Reading uses
 ``builder.as_data_source()`` (not ``tfds.data_source``, which does not find local data,
 tfds issue #5665).
 """
@@ -32,12 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import pathlib
 import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 from PIL import Image
 
 from spectral_jax import datasets
@@ -48,6 +55,10 @@ from spectral_jax.datasets import coco, core, saliency, semantic, voc
 VERSION = "1.0.0"
 RELEASE_NOTES = {"1.0.0": "First release: encoded image bytes, ground truth of the file reader."}
 MASK_FIELDS = ("class_mask", "instance_mask", "mask")
+# The digest written for every shard at prepare time and checked before a prepared copy is used.
+CHECKSUM = "sha256"
+# What check_prepared requires in a prepared folder's metadata.json ("shards": the checksums).
+REQUIRED_METADATA = ("dataset", "split", "ids", "paths", "root", "name", "shards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +253,16 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         class_names=list(getattr(source, "class_names", None) or []))
     return {split: self._generate_examples(source)}
 
+  def _download_and_prepare(self, dl_manager, download_config):
+    """tfds writes the shards (into its ``incomplete.*`` folder, ``self.data_dir`` here); then
+    each shard's record count, size and checksum go into the metadata, which tfds writes
+    next, before it renames the folder into place."""
+    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    info = self.info.splits[self.builder_config.name]
+    folder = pathlib.Path(self.data_dir)
+    self.info.metadata["shards"] = [shard_entry(folder / f, n)
+                                    for f, n in zip(info.filenames, info.shard_lengths)]
+
   def _generate_examples(self, source):
     for index in progress_lib.progress(range(len(source)),
                                        desc=f"prepare {self.name} {source.split}", unit="img",
@@ -307,11 +328,37 @@ def _tfds_warnings_off():
 
 
 def _builder(name, tfds_dir, split, **kwargs):
-  """(builder of ``name``'s ``split`` config over ``tfds_dir``, whether it is prepared)."""
+  """(builder of ``name``'s ``split`` config over ``tfds_dir``, whether it is prepared).
+
+  Raises:
+    core.MissingDataError: the folder's dataset_info.json cannot be read (damaged).
+  """
   with _tfds_warnings_off():
-    builder = builder_class(name)(data_dir=str(tfds_dir),
-                                  config=tfds.core.BuilderConfig(name=split), **kwargs)
+    try:
+      builder = builder_class(name)(data_dir=str(tfds_dir),
+                                    config=tfds.core.BuilderConfig(name=split), **kwargs)
+    except (ValueError, OSError, json_format.Error) as e:
+      folder = pathlib.Path(tfds_dir) / name / split / VERSION
+      raise core.MissingDataError(
+          f"the prepared copy {str(folder)!r} is damaged: "
+          f"{str(folder / 'dataset_info.json')!r} cannot be read ({_one_line(e)}); "
+          f"{_redo(name, split, tfds_dir, folder)}") from e
     return builder, builder.is_prepared()
+
+
+def _one_line(error: BaseException) -> str:
+  return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _prepare_command(name: str, split: str, tfds_dir) -> str:
+  return (f"`python -m experiments.prepare_dataset --dataset={name} --split={split} "
+          f"--data_dir=DIR --tfds_dir={tfds_dir}`")
+
+
+def _redo(name: str, split: str, tfds_dir, folder) -> str:
+  """What to do about a damaged prepared folder, as the end of a sentence."""
+  return (f"delete {str(folder)!r} and prepare it again with "
+          f"{_prepare_command(name, split, tfds_dir)}")
 
 
 def _quiet_tfds_bars():
@@ -329,7 +376,9 @@ def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir,
   (``tfds_dir/name/split/VERSION``).
 
   Raises:
-    ValueError: unknown dataset. core.MissingDataError: the layout is not under ``data_dir``.
+    ValueError: unknown dataset. core.MissingDataError: the layout is not under ``data_dir``,
+      or the prepared copy already there is damaged (:func:`verify_prepared`; nothing is
+      deleted: the message says what to do).
     OSError / ValueError: an image or annotation of the split cannot be read (names it).
   """
   split = canonical_split(name, split)
@@ -337,9 +386,12 @@ def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir,
   if tfds_dir.exists() and not tfds_dir.is_dir():
     raise core.MissingDataError(f"tfds_dir {str(tfds_dir)!r} is a file, not a folder")
   builder, prepared = _builder(name, tfds_dir, split)
-  if prepared:
+  if prepared:   # the copy there must be whole before it is reported ready
     check_prepared(builder, name, split)
+    verify_prepared(builder, split, tfds_dir)
     return pathlib.Path(builder.data_dir)
+  if pathlib.Path(builder.data_dir).exists():   # tfds would reuse it as it is: damaged
+    raise core.MissingDataError(_not_prepared(name, split, tfds_dir))
   source = datasets.load(name, data_dir, split)
   builder, _ = _builder(name, tfds_dir, split, source=source, progress=progress)
   restore = _quiet_tfds_bars()
@@ -354,9 +406,17 @@ def prepare(name: str, data_dir, *, split: str | None = None, tfds_dir,
 
 
 def check_prepared(builder, name: str, split: str) -> None:
-  """Raises core.MissingDataError if a prepared folder's metadata is not ``name``'s ``split``."""
-  meta = builder.info.metadata or {}
-  missing = sorted({"dataset", "split", "ids", "paths", "root", "name"} - set(meta))
+  """Raises core.MissingDataError if a prepared folder's metadata is not ``name``'s ``split``
+  (or cannot be read, or lacks the checksums this version writes)."""
+  folder = pathlib.Path(builder.data_dir)
+  try:
+    meta = dict(builder.info.metadata or {})
+  except (ValueError, OSError) as e:
+    raise core.MissingDataError(
+        f"the prepared copy {str(folder)!r} is damaged: {str(folder / 'metadata.json')!r} "
+        f"cannot be read ({_one_line(e)}); "
+        f"{_redo(name, split, folder.parents[2], folder)}") from e
+  missing = sorted(set(REQUIRED_METADATA) - set(meta))
   if meta.get("dataset") != name or meta.get("split") != split or missing:
     raise core.MissingDataError(
         f"{builder.data_dir!r} was not prepared for {name} {split} by this spectral_jax (its "
@@ -365,10 +425,60 @@ def check_prepared(builder, name: str, split: str) -> None:
         "tfds_dir")
 
 
+def shard_entry(path: pathlib.Path, records: int) -> dict:
+  """What is written about one shard at prepare time: its name, record count, size and
+  checksum."""
+  with open(path, "rb") as f:
+    digest = hashlib.file_digest(f, CHECKSUM).hexdigest()
+  return {"file": path.name, "records": int(records), "bytes": path.stat().st_size,
+          CHECKSUM: digest}
+
+
+def verify_prepared(builder, split: str, tfds_dir) -> None:
+  """Checks a prepared folder's shards against the record counts, sizes and checksums written
+  when it was prepared (``metadata.json``'s ``shards``) and against tfds's own shard list.
+  Reads every shard once (SHA-256: about 1.7 GB/s on this CPU).
+
+  Raises:
+    core.MissingDataError: a shard is missing, has another size or other bytes, or the record
+      counts disagree; the message names the file and says how to prepare the copy again.
+  """
+  folder = pathlib.Path(builder.data_dir)
+  meta = builder.info.metadata
+  name = meta["dataset"]
+
+  def damaged(what: str):
+    return core.MissingDataError(f"the prepared copy {str(folder)!r} is damaged: {what}; "
+                                 f"{_redo(name, split, tfds_dir, folder)}")
+
+  info = builder.info.splits[split]
+  listed = dict(zip(info.filenames, info.shard_lengths))
+  shards = list(meta["shards"])
+  if sorted(s["file"] for s in shards) != sorted(listed):
+    raise damaged(f"its dataset_info.json lists the shards {sorted(listed)}, but "
+                  f"{sorted(s['file'] for s in shards)} were written")
+  for entry in shards:
+    path = folder / entry["file"]
+    if not path.is_file():
+      raise damaged(f"{str(path)!r} is missing")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+      raise damaged(f"{str(path)!r} has {size} bytes, not the {entry['bytes']} written at "
+                    "prepare time (truncated or replaced)")
+    if listed[entry["file"]] != entry["records"]:
+      raise damaged(f"its dataset_info.json counts {listed[entry['file']]} records in "
+                    f"{str(path)!r}, not the {entry['records']} written at prepare time")
+    if shard_entry(path, entry["records"])[CHECKSUM] != entry[CHECKSUM]:
+      raise damaged(f"{str(path)!r} does not match its {CHECKSUM} checksum written at prepare "
+                    "time (its bytes changed)")
+  if sum(s["records"] for s in shards) != len(meta["ids"]):
+    raise damaged(f"its shards hold {sum(s['records'] for s in shards)} records, but "
+                  f"{len(meta['ids'])} ids were written")
+
+
 def _not_prepared(name: str, split: str, tfds_dir: pathlib.Path) -> str:
   """Why ``tfds_dir`` holds no complete ``name``/``split``/VERSION, as one sentence."""
-  how = (f"prepare it with `python -m experiments.prepare_dataset --dataset={name} "
-         f"--split={split} --data_dir=DIR --tfds_dir={tfds_dir}`")
+  how = f"prepare it with {_prepare_command(name, split, tfds_dir)}"
   if not tfds_dir.is_dir():
     return f"tfds_dir {str(tfds_dir)!r} does not exist; {how}"
   if not (tfds_dir / name).is_dir():
@@ -383,6 +493,11 @@ def _not_prepared(name: str, split: str, tfds_dir: pathlib.Path) -> str:
             f"{', '.join(have) or 'none'}); {how}")
   versions = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
   done = [v for v in versions if not v.startswith("incomplete")]
+  if VERSION in done:   # the folder is there, but tfds does not see it as prepared
+    folder = split_dir / VERSION
+    return (f"the prepared copy {str(folder)!r} is damaged: "
+            f"{str(folder / 'dataset_info.json')!r} is missing; "
+            f"{_redo(name, split, tfds_dir, folder)}")
   if done:
     return (f"{str(split_dir)!r} holds {name} {split} version {', '.join(done)}, but this "
             f"spectral_jax reads version {VERSION}; {how}")
@@ -398,18 +513,24 @@ class PreparedSource(core.DataSource):
     name: a dataset of ``datasets.DATASETS``.
     tfds_dir: the folder given to :func:`prepare`.
     split: the split (default: the benchmark's evaluation split).
+    verify: check every shard against the counts and checksums written at prepare time
+      (:func:`verify_prepared`; a copy unpickled in a worker process was verified by its
+      parent and is not read again).
   Raises:
-    core.MissingDataError: the split is not prepared there (with this version), or the folder
-      was prepared for another dataset; the message says which and how to prepare it.
+    core.MissingDataError: the split is not prepared there (with this version), the folder
+      was prepared for another dataset, or it is damaged; the message says which and how to
+      prepare it.
   """
 
-  def __init__(self, name: str, tfds_dir, split: str | None = None):
+  def __init__(self, name: str, tfds_dir, split: str | None = None, verify: bool = True):
     split = canonical_split(name, split)
     tfds_dir = pathlib.Path(tfds_dir).expanduser()
     builder, prepared = _builder(name, tfds_dir, split)
     if not prepared:
       raise core.MissingDataError(_not_prepared(name, split, tfds_dir))
     check_prepared(builder, name, split)
+    if verify:
+      verify_prepared(builder, split, tfds_dir)
     self.spec, self.dataset, self.tfds_dir = SPECS[name], name, tfds_dir
     meta = builder.info.metadata
     self.name, self.split = meta["name"], split   # the reader's name (voc12_semantic's is "voc12")
@@ -427,8 +548,9 @@ class PreparedSource(core.DataSource):
                                   f"records but lists {len(self.ids)} ids: prepare it again")
 
   def __reduce__(self):
-    # Pickles as its arguments (grain's worker processes open the files again).
-    return PreparedSource, (self.dataset, str(self.tfds_dir), self.split)
+    # Pickles as its arguments (grain's worker processes open the files again, unverified:
+    # this copy was verified when it was opened).
+    return PreparedSource, (self.dataset, str(self.tfds_dir), self.split, False)
 
   def image_path(self, image_id: str) -> pathlib.Path:
     return self.root / self._paths[image_id]
@@ -438,5 +560,6 @@ class PreparedSource(core.DataSource):
                   str(self.image_path(image_id)))
 
 
-__all__ = ["BUILDERS", "SPECS", "VERSION", "PreparedSource", "Spec", "builder_class", "canonical_split",
-           "decode", "encode", "features", "prepare"]
+__all__ = ["BUILDERS", "CHECKSUM", "SPECS", "VERSION", "PreparedSource", "Spec", "builder_class",
+           "canonical_split", "decode", "encode", "features", "prepare", "shard_entry",
+           "verify_prepared"]

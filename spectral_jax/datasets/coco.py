@@ -208,12 +208,19 @@ def annotation_mask(ann: dict, hw, where: str = "COCO annotation") -> np.ndarray
   """(H, W) bool mask of one COCO annotation's ``segmentation`` (see the module docstring).
 
   Raises:
-    ValueError: no segmentation, or one in neither the polygon nor the RLE format.
+    ValueError: no segmentation, one in neither the polygon nor the RLE format, or a polygon
+      whose coordinates are not finite numbers (NaN would rasterise to an arbitrary mask).
   """
   mask_api = _mask_api()
   h, w = int(hw[0]), int(hw[1])
   segm = ann.get("segmentation")
   if isinstance(segm, list):
+    for poly in segm:
+      if not isinstance(poly, list) or not all(
+          isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          for v in poly):
+        raise ValueError(f"{where}: a 'segmentation' polygon must be a list of finite "
+                         f"numbers; got {str(poly)[:80]}")
     polygons = [[float(v) for v in poly] for poly in segm if len(poly) >= 6]
     if not polygons:
       return np.zeros((h, w), bool)

@@ -9,6 +9,14 @@ any pixel is decoded (`ImageReadError`, naming its size), so a compression bomb 
 declaring 20000×20000) or a huge scan is a per-photo skip with its reason, not an
 out-of-memory kill. PIL's own bomb guard (its DecompressionBombWarning/Error, 89 and 179 MP)
 is met only above this budget and is answered the same way.
+
+Reduced-size decoding: a caller that will shrink the image anyway passes ``min_side`` (the
+longer side it needs, e.g. ``--image_size``). A file over the budget is then decoded at an
+integer fraction of its size instead of refused: the smallest factor k whose result fits the
+budget with its longer side still ≥ ``min_side``. A JPEG is decoded directly at 1/2, 1/4 or
+1/8 scale (libjpeg's DCT scaling, ``Image.draft``: the full image never exists in memory);
+other formats (PNG, TIFF, ...), which PIL decodes only whole, up to ``MAX_FULL_DECODE_PIXELS``,
+then box-reduced (``Image.reduce``). Files within the budget are decoded exactly as before.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import io
 import os
 import pathlib
 import re
+import stat
 import sys
 import warnings
 from collections.abc import Callable
@@ -29,6 +38,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # camera photo passes; a 12000×9000 scan (108 MP) is refused (decoding it, converting it and
 # keeping the original for the outputs peaked at 10.9 GB). Downscale such files first.
 MAX_PIXELS = 64 * 2**20
+# Pixels a non-JPEG file over MAX_PIXELS may declare and still be decoded whole to be reduced
+# (``min_side``): 128 MP, 384 MB as RGB (a 12000×9000 scan is 108 MP). Above it, refused.
+MAX_FULL_DECODE_PIXELS = 128 * 2**20
 # Every image above PIL's bomb-warning threshold is above MAX_PIXELS too and refused here with
 # its reason, so PIL's warning (printed apart from that reason) adds nothing: silenced.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -72,33 +84,42 @@ def to_rgb_uint8(img: Image.Image) -> np.ndarray:
   return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS,
+               min_side: int = 0) -> np.ndarray:
   """Reads an image file as (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+  ``min_side`` > 0: a file over ``max_pixels`` is decoded at reduced size (the module
+  docstring), its longer side still ≥ ``min_side``; 0 refuses it.
 
   Raises:
     FileNotFoundError: the path does not exist.
     ImageReadError: the file is not a readable image (corrupt, truncated or another format),
-      or its header declares more than ``max_pixels`` pixels (refused before decoding).
+      or its header declares more than ``max_pixels`` pixels and no reduction fits (refused
+      before decoding).
   """
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no image file at {display_path(path)!r}")
-  return _decode(path, display_path(path), max_pixels)
+  return _decode(path, display_path(path), max_pixels, min_side)
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS,
+                 min_side: int = 0) -> np.ndarray:
   """An encoded image file's bytes (JPEG, PNG, ...) as (H, W, 3) uint8 RGB, exactly as
   :func:`read_image` decodes that file (same conversions). ``name`` is used in errors.
 
   Raises:
-    ImageReadError: the bytes are not a readable image, or declare more than ``max_pixels``.
+    ImageReadError: the bytes are not a readable image, or declare more than ``max_pixels``
+      (and no reduction to ``min_side`` fits).
   """
-  return _decode(io.BytesIO(data), name, max_pixels)
+  return _decode(io.BytesIO(data), name, max_pixels, min_side)
 
 
-def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-  """(H, W) of an image file as :func:`read_image` would return it (EXIF rotation applied),
-  from its header only: no pixel is decoded, so budgets can be checked before any allocation.
+def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS,
+               min_side: int = 0) -> tuple[int, int]:
+  """(H, W) of an image file as :func:`read_image` (same ``max_pixels``, ``min_side``) would
+  return it (reduction and EXIF rotation applied), from its header only: no pixel is decoded,
+  so budgets can be checked before any allocation.
 
   Raises:
     FileNotFoundError / ImageReadError: as :func:`read_image` (the pixel budget included).
@@ -107,8 +128,9 @@ def image_size(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[i
   if not path.is_file():
     raise FileNotFoundError(f"no image file at {display_path(path)!r}")
   try:
-    with _open(path, display_path(path), max_pixels) as img:
-      w, h = img.size
+    with _open(path, display_path(path), max_pixels, min_side) as img:
+      k = _plan_reduction(img, display_path(path), max_pixels, min_side)
+      w, h = (-(-side // k) for side in img.size)
       rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation: a transpose
   except ImageReadError:
     raise
@@ -132,7 +154,7 @@ def _over_budget(name: str, declared: str, max_pixels: int) -> ImageReadError:
                         "huge scan): downscale it first")
 
 
-def _open(file, name: str, max_pixels: int) -> Image.Image:
+def _open(file, name: str, max_pixels: int, min_side: int = 0) -> Image.Image:
   """``Image.open`` with the decode budget checked on the header (nothing decoded yet)."""
   try:
     img = Image.open(file)
@@ -141,18 +163,70 @@ def _open(file, name: str, max_pixels: int) -> Image.Image:
     declared = f"{found[1]} pixels" if found else "too many pixels"
     raise _over_budget(name, declared, max_pixels) from e
   w, h = img.size
-  if w * h > max_pixels:
+  if w * h > max_pixels and _factor(w, h, max_pixels, min_side) is None:
     img.close()
     raise _over_budget(name, f"{w}×{h} px ({w * h / 1e6:.0f} MP)", max_pixels)
   return img
 
 
-def _decode(file, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def _factor(w: int, h: int, max_pixels: int, min_side: int) -> int | None:
+  """The smallest integer k ≥ 1 with ⌈w/k⌉·⌈h/k⌉ ≤ ``max_pixels`` and the longer reduced side
+  ≥ ``min_side`` (None: there is none, or ``min_side`` is 0 and k would be > 1)."""
+  k = 1
+  while -(-w // k) * -(-h // k) > max_pixels:
+    k += 1
+  if k > 1 and (min_side <= 0 or max(-(-w // k), -(-h // k)) < min_side):
+    return None
+  return k
+
+
+def _plan_reduction(img: Image.Image, name: str, max_pixels: int, min_side: int) -> int:
+  """Sets ``img`` up to decode within ``max_pixels`` (`_open` checked that a reduction fits):
+  a JPEG's DCT scale (``draft``: ``img.size`` becomes the scaled size); returns the box factor
+  left to apply after decoding (1: none)."""
+  w, h = img.size
+  k = _factor(w, h, max_pixels, min_side)
+  if k == 1:
+    return 1
+  if img.format == "JPEG":
+    img.draft(img.mode, (-(-w // k), -(-h // k)))   # scale 1/2, 1/4 or 1/8, size ≥ asked
+    return _factor(*img.size, max_pixels, min_side) or 1
+  if w * h > MAX_FULL_DECODE_PIXELS:
+    raise _over_budget(name, f"{w}×{h} px ({w * h / 1e6:.0f} MP), more than the "
+                       f"{MAX_FULL_DECODE_PIXELS / 1e6:.0f} MP a {img.format} may be decoded "
+                       "whole to be reduced,", max_pixels)
+  return k
+
+
+# EXIF orientation → the transpose that undoes it (as ImageOps.exif_transpose).
+_ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                8: Image.Transpose.ROTATE_90}
+
+
+def _reduced_rgb(img: Image.Image, k: int) -> np.ndarray:
+  """``img`` (decoded) box-reduced by ``k``, oriented by its EXIF and converted to RGB; the
+  reduction comes first where PIL can reduce the mode, so only the small image is converted."""
+  orientation = img.getexif().get(0x0112, 1)
+  if img.mode in ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK"):
+    small = img.reduce(k)
+  else:   # palette, 1-bit, 16-bit: converted whole first
+    small = Image.fromarray(to_rgb_uint8(img)).reduce(k)
+  if orientation in _ORIENTATION:
+    small = small.transpose(_ORIENTATION[orientation])
+  return to_rgb_uint8(small)
+
+
+def _decode(file, name: str, max_pixels: int = MAX_PIXELS, min_side: int = 0) -> np.ndarray:
   try:
-    with _open(file, name, max_pixels) as img:
+    with _open(file, name, max_pixels, min_side) as img:
+      k = _plan_reduction(img, name, max_pixels, min_side)
       img.load()
-      img = ImageOps.exif_transpose(img)
-      rgb = to_rgb_uint8(img)
+      if k > 1:
+        rgb = _reduced_rgb(img, k)
+      else:
+        rgb = to_rgb_uint8(ImageOps.exif_transpose(img))
   except ImageReadError:
     raise
   except _READ_ERRORS as e:
@@ -209,7 +283,9 @@ def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
       ``folder``).
   Returns:
     ``(paths, names, skipped)``: sorted image paths, `output_names` of them, and
-    ``{file: reason}`` for the files with other suffixes (dot files ignored).
+    ``{file: reason}`` for the files with other suffixes and for entries that are no regular
+    file (a FIFO, a device such as a link to /dev/zero, a socket, a broken link: never opened,
+    so a FIFO cannot block the run) (dot files ignored).
   Raises:
     FileNotFoundError: ``folder`` is not a directory.
   """
@@ -218,11 +294,26 @@ def collect_images(folder: str | os.PathLike, *, recursive: bool = False,
   keep = lambda p: out is None or not p.resolve().is_relative_to(out)
   paths = [p for p in list_images(root, recursive=recursive) if keep(p)]
   pattern = "**/*" if recursive else "*"
-  skipped = {display_path(p): f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
-             for p in sorted(root.glob(pattern))
-             if p.is_file() and p.suffix.lower() not in IMAGE_SUFFIXES
-             and not p.name.startswith(".") and keep(p)}
+  skipped = {}
+  for p in sorted(root.glob(pattern)):
+    if p.name.startswith(".") or p.is_dir() or not keep(p):
+      continue
+    if not p.is_file():
+      skipped[display_path(p)] = f"not a regular file ({_special_kind(p)}); not read"
+    elif p.suffix.lower() not in IMAGE_SUFFIXES:
+      skipped[display_path(p)] = f"not an image file (suffix not in {', '.join(IMAGE_SUFFIXES)})"
   return paths, output_names(paths, root), skipped
+
+
+def _special_kind(path: pathlib.Path) -> str:
+  """What a directory entry that is no regular file or folder is (from stat: never opened)."""
+  try:
+    mode = path.stat().st_mode
+  except OSError:
+    return "a broken link" if path.is_symlink() else "unreadable"
+  kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+  return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def read_folder(folder: str | os.PathLike, *, recursive: bool = False,

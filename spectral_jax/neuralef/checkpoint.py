@@ -10,7 +10,9 @@ with the current one outside `RUNTIME_FIELDS` and refuses a different one
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -30,6 +32,63 @@ ITEMS = ("state", "config", "data")
 
 class ConfigMismatchError(ValueError):
   """A checkpoint was written by a run with a different configuration."""
+
+
+class OutOfSpaceError(OSError):
+  """A training output (a checkpoint, metrics.jsonl) could not be written for lack of space:
+  the message names what, the last intact checkpoint and what to do; no partial checkpoint is
+  left behind."""
+
+
+# errno values that mean "no room to write": a full disk, a quota, a file-size limit.
+OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# How orbax's tmp folder of a step being written is named (``<step>.orbax-checkpoint-tmp``...).
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
+def out_of_space_errno(error: BaseException | None) -> int | None:
+  """The `OUT_OF_SPACE_ERRNOS` value behind ``error`` or an exception it was raised from or
+  during (orbax re-raises tensorstore's failures as ValueError text: ``[os_error_code='28']``);
+  None for any other error."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if getattr(error, "errno", None) in OUT_OF_SPACE_ERRNOS:
+      return error.errno
+    text = str(error)
+    for code in OUT_OF_SPACE_ERRNOS:
+      if f"os_error_code='{code}'" in text or os.strerror(code) in text:
+        return code
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def out_of_space(directory: str | pathlib.Path, error: BaseException, what: str = "") -> \
+    OutOfSpaceError:
+  """The `OutOfSpaceError` for ``error`` (which `out_of_space_errno` recognised) while the run
+  wrote into checkpoint folder ``directory``: the partial step folders orbax left are removed
+  (process 0), and the message names the step that failed, the last intact one and what to do.
+  ``what``: the file that failed, when it is not a checkpoint."""
+  directory = pathlib.Path(directory)
+  code = out_of_space_errno(error)
+  partial = sorted(directory.glob(f"*{TMP_MARK}*")) if directory.is_dir() else []
+  if jax.process_index() == 0:
+    for folder in partial:
+      shutil.rmtree(folder, ignore_errors=True)
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+      if directory.is_dir() else []
+  failed = sorted({p.name.split(".", 1)[0] for p in partial})
+  target = what or (f"the checkpoint of step {', '.join(failed)}" if failed else "a checkpoint")
+  kept = (f"the last intact checkpoint is step {steps[-1]}" if steps else
+          "no checkpoint was saved")
+  # (tensorstore may still finish a write into it: the manager removes it on resume)
+  unfinished = " (unfinished: not a checkpoint, and removed)" if partial else ""
+  error = OutOfSpaceError(
+      f"cannot write {target}{unfinished} in {str(directory.parent)!r}: {os.strerror(code)} "
+      f"[errno {code}: the disk is full, or a quota or file-size limit was reached]; "
+      f"{kept}: free some space, then rerun the same command to resume")
+  error.errno = code
+  return error
 
 
 # ----------------------------------------------------------------------------- config as data
@@ -63,8 +122,11 @@ def checkpoint_manager(directory: str | pathlib.Path, config: ml_collections.Con
   ``checkpoint.keep``; items ``state`` (StandardSave) and ``config`` (JSON)."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
+  # cleanup_tmp_directories: the unfinished step folders a failed save left (a full disk)
+  # are removed when the run resumes.
   options = ocp.CheckpointManagerOptions(save_interval_steps=int(config.checkpoint.every),
-                                         max_to_keep=int(config.checkpoint.keep), create=True)
+                                         max_to_keep=int(config.checkpoint.keep), create=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(pathlib.Path(directory).absolute(), options=options,
                                item_names=ITEMS)
 
@@ -316,9 +378,9 @@ def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.
 
 
 __all__ = [
-    "ConfigMismatchError", "DivergedError", "check_finite", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
+    "ConfigMismatchError", "DivergedError", "ITEMS", "OUT_OF_SPACE_ERRNOS", "OutOfSpaceError",
+    "RUNTIME_FIELDS", "check_checkpoint_config", "check_finite",
     "checkpoint_manager", "config_differences", "config_json", "gather_process_json",
     "resolve_step", "restore_checkpoint", "restore_data_state", "restore_latest_intact",
-    "save_checkpoint",
-    "saved_config", "training_fields",
+    "out_of_space", "out_of_space_errno", "save_checkpoint", "saved_config", "training_fields",
 ]

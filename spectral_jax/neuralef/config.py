@@ -118,6 +118,13 @@ def backbone_overrides(config: ml_collections.ConfigDict) -> dict[str, Any] | No
   return overrides
 
 
+def _non_negative(value) -> bool:
+  try:
+    return math.isfinite(float(value)) and float(value) >= 0
+  except (TypeError, ValueError):
+    return False
+
+
 def _positive(value) -> bool:
   try:
     return math.isfinite(float(value)) and float(value) > 0
@@ -144,6 +151,11 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
       raise ValueError(f"{field} must be {rule}; got {value!r}")
 
   t, o, g, lc = config.train, config.optim, config.graph, config.loss
+  need(isinstance(config.seed, int) and config.seed >= 0, "seed", "an integer ≥ 0",
+       config.seed)
+  need(isinstance(config.eval.image_size, int) and config.eval.image_size >= 1,
+       "eval.image_size", "an integer ≥ 1 (the evaluation images' short side, px)",
+       config.eval.image_size)
   need(int(t.batch_size) >= 1, "train.batch_size", "≥ 1 (images per global batch)",
        t.batch_size)
   need(int(t.num_steps) >= 1, "train.num_steps", "≥ 1", t.num_steps)
@@ -159,6 +171,10 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
        g.alpha)
   need(g.block_size is None or int(g.block_size) >= 1, "graph.block_size", "None or ≥ 1",
        g.block_size)
+  weights = g.distance_weights
+  need(isinstance(weights, (tuple, list)) and len(weights) >= 1
+       and all(_non_negative(w) for w in weights), "graph.distance_weights",
+       "a tuple of finite numbers ≥ 0 (one per graph.n_neighbors)", weights)
   need(len(g.n_neighbors) == len(g.distance_weights) and all(int(n) >= 1 for n in g.n_neighbors),
        "graph.n_neighbors", "≥ 1 each, as many as graph.distance_weights", g.n_neighbors)
   for name in ("k", "num_blocks", "num_heads", "head_dim", "mlp_dim"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -103,8 +104,14 @@ def read_metrics(path: str | pathlib.Path,
   return records
 
 
+# The extra that brings TensorBoard summaries (tensorboardX writes them, tensorboard views them).
+TENSORBOARD_INSTALL = 'pip install -e ".[tensorboard]"'
+
+
 class _Logger:
-  """Metrics to ``metrics.jsonl`` and, if tensorboardX is installed, TensorBoard summaries."""
+  """Metrics to ``metrics.jsonl`` and, with ``log.tensorboard`` and the ``tensorboard`` extra
+  (tensorboardX) installed, TensorBoard summaries; without the extra, one line on stderr says
+  the summaries are skipped and how to get them."""
 
   def __init__(self, workdir: pathlib.Path, tensorboard: bool, first_step: int, enabled: bool):
     self.enabled = enabled
@@ -116,25 +123,50 @@ class _Logger:
       keep = [r for r in read_metrics(self.path) if r["step"] <= first_step]
       self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
     if tensorboard:
-      try:
+      try:  # an optional dependency (the tensorboard extra): imported only when asked for
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=first_step + 1)
       except ImportError:
-        self.writer = None
+        print(f"note: TensorBoard summaries skipped: tensorboardX is not installed "
+              f"({TENSORBOARD_INSTALL}); the metrics are in {self.path}", file=sys.stderr,
+              flush=True)
+      else:
+        self.writer = SummaryWriter(str(workdir / "tensorboard"), purge_step=first_step + 1)
 
   def write(self, record: dict[str, Any]) -> None:
+    """Appends ``record`` as one line. Raises ckpt.OutOfSpaceError (the file back at its
+    previous length: no torn line) when the disk is full."""
     if not self.enabled:
       return
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    size = self.path.stat().st_size if self.path.exists() else 0
+    try:
+      with self.path.open("ab") as f:
+        f.write((json.dumps(record) + "\n").encode())
+    except OSError as e:
+      if ckpt.out_of_space_errno(e) is None:
+        raise
+      os.truncate(self.path, size)   # shrinking needs no space
+      raise ckpt.out_of_space(self.path.parent / "checkpoints", e,
+                              what=f"step {record['step']}'s metrics to {self.path.name}") from e
     if self.writer is not None:
       for name, value in record.items():
         if name != "step" and isinstance(value, float):
           self.writer.add_scalar(f"train/{name}", value, record["step"])
 
   def close(self) -> None:
-    if self.writer is not None:
-      self.writer.close()
+    """Closes the TensorBoard writer. When its last events do not fit on the disk, that is a
+    ckpt.OutOfSpaceError, unless an error is already on its way out (the first is reported)."""
+    writer, self.writer = self.writer, None
+    if writer is None:
+      return
+    failing = sys.exc_info()[1]
+    try:
+      writer.close()
+    except OSError as e:
+      if ckpt.out_of_space_errno(e) is None:
+        raise
+      if failing is None:
+        raise ckpt.out_of_space(self.path.parent / "checkpoints", e,
+                                what="the TensorBoard events") from e
 
 
 def _record(step: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -300,6 +332,8 @@ def train(config: ml_collections.ConfigDict | config_lib.Checked, workdir: str |
   Raises:
     ConfigMismatchError: ``workdir`` holds a checkpoint of another config.
     _cli.UsageError: another run holds ``workdir`` (its PID is named).
+    ckpt.OutOfSpaceError: a checkpoint or metrics.jsonl could not be written for lack of space
+      (names the step and the last intact checkpoint; no partial checkpoint is left).
     ValueError: a batch that does not fit the data or the devices.
   """
   if (features is None) == (source is None) or (source is not None and backbone is None):
@@ -325,6 +359,13 @@ def train(config: ml_collections.ConfigDict | config_lib.Checked, workdir: str |
               else ImageFeeder(checked, source, backbone, mesh))
     try:
       return _loop(config, workdir, feeder, mesh, stop_at, callback)
+    except Exception as e:  # pylint: disable=broad-except
+      # A full disk (orbax saves asynchronously: it surfaces at a later save or at the final
+      # wait): one error naming the step and the last intact checkpoint, partial folders
+      # removed. Any other error propagates as it is.
+      if isinstance(e, ckpt.OutOfSpaceError) or ckpt.out_of_space_errno(e) is None:
+        raise
+      raise ckpt.out_of_space(workdir / "checkpoints", e) from e
     finally:
       feeder.close()
 
@@ -392,11 +433,13 @@ def _loop(config, workdir, feeder, mesh, stop_at, callback) -> TrainResult:
     interrupted = True
     ckpt.save_checkpoint(manager, state, config, force=True, data_state=data_state)
   finally:
-    manager.wait_until_finished()
-    manager.close()
-    logger.close()
-    if bar is not None:
-      bar.close()
+    try:
+      manager.wait_until_finished()
+    finally:
+      manager.close()
+      logger.close()
+      if bar is not None:
+        bar.close()
   return TrainResult(state=state, history=history, interrupted=interrupted,
                      resumed_from=resumed_from, fidelity=hook.summary)
 
@@ -411,5 +454,5 @@ def load_trained(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
     manager.close()
 
 
-__all__ = ["FeatureFeeder", "ImageFeeder", "TrainResult", "batch_indices", "load_trained",
+__all__ = ["FeatureFeeder", "ImageFeeder", "TENSORBOARD_INSTALL", "TrainResult", "batch_indices", "load_trained",
            "read_metrics", "steps_per_epoch", "train"]
