@@ -81,6 +81,8 @@ VARIANTS = {
     "tokencut_q0.5_bs": ({"discovery": "tokencut", "tau_quantile": 0.5,
                           "bilateral.enabled": True},
                          "TokenCut, τ = q0.5, with its bilateral solver"),
+    "multi_region_qr": ({"discovery": "multi_region", "segment_assign": "cluster_qr"},
+                        "multi_region with its segments by cluster_qr (no K-means)"),
     "default": ({"discovery": "tokencut+maskcut", "tau_quantile": 0.5},
                 "the default: TokenCut's box and mask, MaskCut's boxes (N = 3), τ = q0.5"),
 }
