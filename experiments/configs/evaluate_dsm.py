@@ -10,8 +10,8 @@ The backbone, DSM and batching fields are the segment command's (experiments/con
 segment.py, same defaults: DINOv2 ViT-S/14 offline weights, K = 20, λ = 0, 448 px), except
 the discovery method: the reference DSM recipe (``dsm.discovery = "dsm"``), the method the
 printed paper figures are for; ``--config.dsm.discovery=tokencut+maskcut`` evaluates segment's
-default (also tokencut, maskcut, multi_region). Box datasets report CorLoc of the best box and the recall and
-AP50 of every discovered object's box.
+default (also tokencut, maskcut, multi_region). Box datasets report CorLoc of the best box
+and the recall and AP50 of every discovered object's box.
 
 Presets: ``default``; ``test`` (a 1-block random ViT, 112-px images, K = 6: plumbing tests).
 """

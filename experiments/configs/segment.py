@@ -5,9 +5,9 @@ upsampling of the patch mask, no CRF), except the object discovery method, "toke
 the best box and the mask from TokenCut, the multi-object boxes from MaskCut (N = 3 cuts), both
 with τ the median of each photo's key similarities, chosen by the protocol BUILD_NOTES fixed
 before the labelled-photo comparison. ``--config.dsm.discovery=dsm`` is the reference recipe;
-``tokencut``, ``maskcut`` and ``multi_region`` give each method alone. The DSM fields and their defaults are
-``spectral_jax.dsm.PipelineConfig``'s and ``RenderSettings``' (the library's defaults are the
-command's: one set); the others are documented below.
+``tokencut``, ``maskcut`` and ``multi_region`` give each method alone. The DSM fields and
+their defaults are ``spectral_jax.dsm.PipelineConfig``'s and ``RenderSettings``' (the
+library's defaults are the command's: one set); the others are documented below.
 
   python -m experiments.segment                                   # the bundled photos
   python -m experiments.segment --images=DIR --out=DIR
@@ -53,7 +53,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   # of spectral_jax.dsm.PipelineConfig (documented there), with its defaults — the one set of
   # DSM defaults (the discovery method "tokencut+maskcut": TokenCut's best box and mask,
   # MaskCut's boxes, BUILD_NOTES "The protocol that chooses the DSM default";
-  # --config.dsm.discovery=dsm is the reference). The semantic pass's fields sit in the "semantic" section below.
+  # --config.dsm.discovery=dsm is the reference). The semantic pass's fields sit in the
+  # "semantic" section below.
   for section in ("dsm", "semantic", "crf", "viz"):
     c[section] = ml_collections.ConfigDict()
   pipeline_defaults = dsm.PipelineConfig()

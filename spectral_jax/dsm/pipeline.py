@@ -189,7 +189,8 @@ class PipelineConfig:
     (``cut="maskcut"``) for these settings (τ, ε, the quantile, the eigensolver and its
     tolerance, the component's connectivity and the foreground rule); ``cut=None``: the one
     ``discovery`` names ("maskcut" for "maskcut", else "tokencut"). Only the fixed τ differs
-    between the two (the published 0.2 / 0.15, used when ``tau < 0`` and ``tau_quantile`` is 0)."""
+    between the two (the published 0.2 / 0.15, used when ``tau < 0`` and ``tau_quantile``
+    is 0)."""
     if cut is None:
       cut = "maskcut" if self.discovery == "maskcut" else "tokencut"
     if cut not in ("tokencut", "maskcut"):
