@@ -290,7 +290,8 @@ td, th {{ border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; }}
            border: 1px solid #555; margin-right: 0.3em; }}
 .photo {{ border-top: 2px solid #ccc; margin-top: 1em; padding-top: 0.5em; }}
 .photo .row {{ display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 1em; }}
-.photo .thumbs {{ display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 0.5em; }}
+.photo .thumbs {{ display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 0.5em;
+                 align-items: start; }}
 .photo figure {{ margin: 0; min-width: 0; }}
 .photo figcaption {{ font-size: 0.85em; color: #555; }}
 .meta {{ font-size: 0.9em; margin-bottom: 0.5em; }}
