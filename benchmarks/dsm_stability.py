@@ -2,12 +2,12 @@
 (issue 21 item 2).
 
 A stage whose output flips when the eigenvectors move by the solver's own tolerance is not a
-default. For each discovery method (``dsm.DISCOVERY_METHODS``, and "dsm" with the border
-rule) this runs the segment command's library path (``dsm.PhotoSegmenter`` with a
-``dsm.PipelineConfig``, 448 px, nearest upsampling, seed 0, the command's buckets) on the six
-bundled photos with the offline DINOv2 ViT-S/14, once unperturbed (the command's settings:
-"auto" is LOBPCG at these sizes, tolerance ``eigensolvers.default_tol``) and once per
-perturbation of the eigensolver:
+default. For each discovery method (``dsm.DISCOVERY_METHODS``, "dsm" with the border rule,
+and multi_region with ``segment_assign="cluster_qr"``) this runs the segment command's
+library path (``dsm.PhotoSegmenter`` with a ``dsm.PipelineConfig``, 448 px, nearest
+upsampling, seed 0, the command's buckets) on the six bundled photos with the offline
+DINOv2 ViT-S/14, once unperturbed (the command's settings: "auto" is LOBPCG at these sizes,
+tolerance ``eigensolvers.default_tol``) and once per perturbation of the eigensolver:
 
   eigh     method="eigh" (dense float32, the other solver)
   tol/2    LOBPCG with the tolerance halved (``PipelineConfig.solver_tol``)
@@ -56,6 +56,9 @@ def methods() -> dict[str, dsm.PipelineConfig]:
   tau_quantile), and reference DSM with the border rule."""
   out = {m: dsm.PipelineConfig(discovery=m) for m in dsm.DISCOVERY_METHODS}
   out["dsm_border"] = dsm.PipelineConfig(discovery="dsm", foreground="border")
+  # multi_region with the deterministic discretisation (clustering.cluster_qr) for its segments
+  out["multi_region_qr"] = dsm.PipelineConfig(discovery="multi_region",
+                                              segment_assign="cluster_qr")
   return out
 
 

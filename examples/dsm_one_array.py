@@ -33,7 +33,8 @@ def main() -> None:
   agree = (reference.mask == result.mask).mean()
   print(f"reference DSM: best box {reference.box.tolist()}, mask "
         f"{100 * reference.mask.mean():.0f}%; the two masks agree on {100 * agree:.0f}% of pixels")
-  picture = viz.overlay(rgb, result.mask, result.segments, result.boxes)   # as the command's
+  # as the command draws it: "box" in yellow, the other boxes of "boxes" in blue
+  picture = viz.overlay(rgb, result.mask, result.segments, result.overlay_boxes())
   out = pathlib.Path(os.environ.get("EXAMPLE_OUT", ".")) / "dsm_one_array.png"
   Image.fromarray(picture).save(out)
   print(f"wrote {out}")

@@ -42,6 +42,9 @@ from spectral_jax.dsm import batching, outputs
 DEFAULT_OUT = "segment_output"
 PHOTOS = "photos"  # OUT/photos/... holds the per-photo files; run-level files sit beside it
 OWNED = (PHOTOS, "summary.json", "index.html")   # what an overwrite replaces
+# The recorded comparison of every discovery method on every labelled photo (issue 21),
+# written by benchmarks/discovery_quality.py --labelled; shown in the report page's legend.
+COMPARISON_FILE = pathlib.Path(__file__).with_name("discovery_comparison.md")
 OVERWRITE_HINT = "--overwrite"
 # The largest --image_size: at P = 14 its longer side alone is 585 patches. Each photo is
 # also checked against the memory budget from its header, before it is decoded or resized.
@@ -146,10 +149,12 @@ def _config_text(cfg, backbone) -> str:
   size = cfg.image_size or "native"
   if d.discovery == "dsm":
     method = f"object side {d.foreground}"
-  elif d.discovery in ("tokencut", "maskcut"):
+  elif d.discovery in ("tokencut", "maskcut", "tokencut+maskcut"):
     tau = (f"τ = q{d.tau_quantile:g} of the similarities" if d.tau_quantile
            else f"τ={'published' if d.tau < 0 else d.tau}")
-    cuts = f", {d.max_objects} cuts" if d.discovery == "maskcut" else ""
+    cuts = {"maskcut": f", {d.max_objects} cuts",
+            "tokencut+maskcut": f"; best box and mask: TokenCut, boxes: MaskCut's "
+                                f"{d.max_objects} cuts"}.get(d.discovery, "")
     method = f"{tau}{cuts}"
   else:
     method = f"≤ {d.max_objects} boxes"
@@ -204,8 +209,9 @@ def write_index(records: list[dict], summary: dict, out: pathlib.Path, cfg) -> N
     if cfg.semantic.enabled:
       files["semantic"] = f"{PHOTOS}/{r['name']}.semantic.png"
     entries.append({"name": r["name"], "files": files, "meta": meta})
-  columns = [("overlay", "mask, boxes and segments"), ("eigenvectors", "eigenvectors"),
-             ("mask", "mask"), ("segments", "segments"), ("instances", "objects")]
+  columns = [("overlay", "overlay: mask and boxes (left), segments (right)"),
+             ("eigenvectors", "eigenvectors y₁, y₂, …"), ("mask", "mask"),
+             ("segments", "segments"), ("instances", "objects (one id per box of \"boxes\")")]
   if cfg.semantic.enabled:
     columns.append(("semantic", "semantic"))
   intro = (f"<p>{html.escape(summary['settings'])}</p><p><small>"
@@ -221,7 +227,53 @@ def write_index(records: list[dict], summary: dict, out: pathlib.Path, cfg) -> N
               "benchmarks/discovery_quality.py (BUILD_NOTES.md).</p>")
   viz.write_index_html(out / "index.html", entries, columns=columns,
                        title="Deep Spectral Methods: localisation and segmentation", intro=intro,
-                       failures=summary["failures"])
+                       failures=summary["failures"], legend=legend_html(cfg))
+
+
+def _swatch(rgb) -> str:
+  return f'<span class="swatch" style="background: rgb{tuple(int(v) for v in rgb)}"></span>'
+
+
+def legend_html(cfg) -> str:
+  """The report page's legend: the overlay's colours, the figures, and the recorded table of
+  every discovery method on every labelled photo (``COMPARISON_FILE``)."""
+  d = cfg.dsm.discovery
+  sources = {"tokencut+maskcut": ("TokenCut's object", "MaskCut's cuts"),
+             "multi_region": ("the best-placed segment's object", "one per DSM segment"),
+             "maskcut": ("MaskCut's first cut", "MaskCut's cuts"),
+             "tokencut": ("TokenCut's object", "TokenCut's object only"),
+             "dsm": ("y₁'s largest component", "that box only")}
+  best, several = sources.get(d, ("the best object", "every object"))
+  items = [
+      ("best box", f"{_swatch(viz.BOX_COLOUR)}the best object's box, <code>\"box\"</code> "
+                   f"({html.escape(best)}); CorLoc scores it"),
+      ("other boxes", f"{_swatch(viz.OTHER_BOX_COLOUR)}thinner: the other discovered objects "
+                      f"of <code>\"boxes\"</code> ({html.escape(several)}); recall scores all "
+                      "of <code>\"boxes\"</code>"),
+      ("mask", f"{_swatch(viz.MASK_COLOUR)}tint and outline on the overlay's left panel: the "
+               "object mask (<code>NAME.mask.png</code>); foreground IoU scores it"),
+      ("segments", "the overlay's right panel and <code>NAME.segments.png</code>: the K-means "
+                   "segments of the eigenvectors, one colour each, background (the border's "
+                   "majority) untinted"),
+      ("eigenvectors", "y₁, y₂, … as heat maps: blue &lt; 0 &lt; red; y₁'s sign splits the "
+                       "graph in two"),
+      ("λ₁", "the second smallest eigenvalue of the key graph's normalised Laplacian: near 0 a "
+             "clean two-way split, near 1 nearly uniform affinities"),
+      ("foreground", "the mask's share of the photo's pixels"),
+      ("IoU, CorLoc, objects found (labelled photos)",
+       "foreground IoU of the mask with the union of the labelled objects; CorLoc hit: the best "
+       "box has IoU ≥ 0.5 with some labelled object; objects found (recall@0.5): labelled "
+       "objects matched one-to-one, at IoU ≥ 0.5, by the boxes; each next to the centred box "
+       "with half the photo's sides (baseline)"),
+  ]
+  parts = ['<div class="legend"><h2>Legend</h2><dl>']
+  parts += [f"<dt>{html.escape(k)}</dt><dd>{v}</dd>" for k, v in items]
+  parts.append("</dl>")
+  if COMPARISON_FILE.exists():
+    parts.append("<h3>Every discovery method on every labelled photo (recorded)</h3>"
+                 + viz.markdown_html(COMPARISON_FILE.read_text(encoding="utf-8")))
+  parts.append("</div>")
+  return "".join(parts)
 
 
 # ----------------------------------------------------------------------------- run

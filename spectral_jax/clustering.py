@@ -7,6 +7,9 @@
   points farthest from their centre, a final assignment after the loop), so inertias agree
   with scikit-learn's up to the luck of the seeding.
 * :func:`kmeans_predict` — nearest-centroid labels for new points.
+* :func:`cluster_qr` — the deterministic discretisation of k eigenvectors into k clusters by
+  column-pivoted QR (Damle, Minden & Ying, "Simple, direct and efficient multi-way spectral
+  clustering", 2019; scikit-learn's ``assign_labels="cluster_qr"``): no seed, no restarts.
 * :func:`hungarian_match`, :func:`majority_vote_match` — a cluster → class lookup array from a
   pooled confusion matrix (rows: ground-truth classes, columns: clusters), as the DSM and
   NeuralEF evaluations compute it.
@@ -327,6 +330,40 @@ def kmeans_predict(x: jax.Array, centroids: jax.Array) -> jax.Array:
 # Cluster → class matching on pooled confusion matrices (host NumPy: evaluation edge).
 
 
+def cluster_qr(vectors: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+  """Labels from k eigenvectors by column-pivoted QR (Damle, Minden & Ying 2019).
+
+  As scikit-learn's ``cluster_qr``: the k pivots of the QR factorisation with column pivoting
+  of ``Vᵀ`` pick k representative points; the polar factor ``U Wᵀ`` of ``V[pivots]ᵀ``
+  (``V[pivots]ᵀ = U Σ Wᵀ``) rotates every row of V, and a point's label is the column of the
+  largest ``|V U Wᵀ|`` entry. Deterministic: the same vectors give the same labels, with no
+  key. Batched over leading dimensions.
+
+  Args:
+    vectors: (..., n, k) the first k eigenvectors (the trivial one included, as scikit-learn's
+      spectral embedding), k ≤ n.
+    valid: optional (..., n) bool real points: the others are zeroed first (so they are never
+      pivots while the real rows span k dimensions) and labelled 0.
+  Returns:
+    (..., n) int32 in [0, k).
+  """
+  v = jnp.asarray(vectors, jnp.float32)
+  if v.ndim < 2 or v.shape[-1] > v.shape[-2]:
+    raise ValueError(f"vectors must be (..., n, k) with k ≤ n; got {v.shape}")
+  if valid is not None:
+    v = jnp.where(valid[..., None], v, 0.0)
+
+  def one(x):
+    k = x.shape[-1]
+    _, _, piv = jax.scipy.linalg.qr(x.T, mode="economic", pivoting=True)
+    u, _, wt = jnp.linalg.svd(x[piv[:k]].T)
+    return jnp.argmax(jnp.abs(x @ (u @ wt)), axis=-1).astype(jnp.int32)
+
+  flat = v.reshape((-1,) + v.shape[-2:])
+  labels = jax.vmap(one)(flat).reshape(v.shape[:-1])
+  return labels if valid is None else jnp.where(valid, labels, 0)
+
+
 def _check_confusion(confusion) -> np.ndarray:
   c = np.asarray(confusion, dtype=np.float64)
   if c.ndim != 2:
@@ -431,6 +468,7 @@ def num_segments_from_eigengap(eigenvalues: jax.Array, min_segments: int = 2) ->
 
 
 __all__ = [
-    "KMeansResult", "kmeans", "kmeans_plusplus", "kmeans_predict", "squared_distances",
+    "KMeansResult", "cluster_qr", "kmeans", "kmeans_plusplus", "kmeans_predict",
+    "squared_distances",
     "iou_matrix", "hungarian_match", "majority_vote_match", "num_segments_from_eigengap",
 ]

@@ -273,25 +273,37 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- HTML report
 
+PAGE_MAX_WIDTH = 1360   # px: the page's content fits a 1400-px window with its margins
 _PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>
 <style>
-body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
-table.results {{ border-collapse: collapse; }}
-table.results td, table.results th {{ border: 1px solid #ccc; padding: 6px; vertical-align: top; }}
-td img {{ max-width: min(640px, 19vw); max-height: 220px; display: block; }}
-.scroll {{ overflow-x: auto; max-width: 100%; }}
-td.meta {{ font-size: 0.85em; white-space: nowrap; }}
-pre {{ background: #f4f4f4; padding: 0.6em; }}
+*, *::before, *::after {{ box-sizing: border-box; }}
+body {{ font-family: sans-serif; margin: 0 auto; padding: 1em; max-width: {max_width}px;
+        color: #222; overflow-wrap: anywhere; }}
+img {{ max-width: 100%; height: auto; display: block; }}
+table {{ border-collapse: collapse; max-width: 100%; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; }}
+.legend {{ border: 1px solid #ccc; padding: 0.4em 1em; background: #fafafa; }}
+.legend dt {{ font-weight: bold; margin-top: 0.3em; }}
+.swatch {{ display: inline-block; width: 1.6em; height: 0.9em; vertical-align: middle;
+           border: 1px solid #555; margin-right: 0.3em; }}
+.photo {{ border-top: 2px solid #ccc; margin-top: 1em; padding-top: 0.5em; }}
+.photo .row {{ display: grid; grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 1em; }}
+.photo .thumbs {{ display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 0.5em;
+                 align-items: start; }}
+.photo figure {{ margin: 0; min-width: 0; }}
+.photo figcaption {{ font-size: 0.85em; color: #555; }}
+.meta {{ font-size: 0.9em; margin-bottom: 0.5em; }}
+@media (max-width: 800px) {{ .photo .row {{ grid-template-columns: minmax(0, 1fr); }} }}
+pre {{ background: #f4f4f4; padding: 0.6em; white-space: pre-wrap; }}
 .broken {{ outline: 4px solid red; }}
 </style></head>
 <body data-images-loaded="pending">
 <h1>{title}</h1>
 {intro}
-<div class="scroll"><table class="results">
-<tr><th>image</th>{headers}</tr>
+{legend}
 {rows}
-</table></div>
 {failures}
 <script>
 window.addEventListener("load", function () {{
@@ -299,7 +311,10 @@ window.addEventListener("load", function () {{
   imgs.forEach(function (im) {{
     if (im.complete && im.naturalWidth > 0) {{ ok += 1; }}
     else {{ im.classList.add("broken"); im.setAttribute("data-broken", "1"); }}
+    im.setAttribute("data-shown-width", Math.round(im.getBoundingClientRect().width));
   }});
+  document.body.setAttribute("data-page-width", document.documentElement.scrollWidth + "/" +
+                             window.innerWidth);
   document.body.setAttribute("data-images-loaded", ok + "/" + imgs.length);
 }});
 </script>
@@ -311,37 +326,51 @@ def _link(name: str) -> str:
   return html.escape(urllib.parse.quote(name), quote=True)
 
 
+def _figure(f: str | None, heading: str, cls: str = "") -> str:
+  if not f:
+    return ""
+  return (f'<figure class="{cls}" data-column="{html.escape(heading)}"><a href="{_link(f)}">'
+          f'<img src="{_link(f)}" alt="{html.escape(f)}" loading="eager"></a>'
+          f"<figcaption>{html.escape(heading)}</figcaption></figure>")
+
+
 def write_index_html(path: str | os.PathLike, entries: Sequence[Mapping], *,
                      columns: Sequence[tuple[str, str]], title: str = "DSM results",
-                     intro: str = "", failures: Mapping[str, str] | None = None) -> None:
-  """Writes a static page with one row per image and one column per output picture.
+                     intro: str = "", failures: Mapping[str, str] | None = None,
+                     legend: str = "") -> None:
+  """Writes a static page with a section per image: its first column's picture largest (3/5
+  of the width), the others as a two-column grid beside it, its figures above them. The page
+  is at most ``PAGE_MAX_WIDTH`` px wide and every picture scales to its box (no horizontal
+  scrolling at a 1400-px window; one column below 800 px).
 
   Args:
     path: the page (its folder holds the pictures; links are relative file names).
     entries: per image a mapping with "name", "files" ({column key: file name in the folder})
       and "meta" ({label: value} shown next to the pictures).
-    columns: (column key, heading) pairs, in display order.
+    columns: (column key, heading) pairs, in display order; the first is the main picture.
     title: page title.
     intro: HTML shown under the title (escaped by the caller).
     failures: {file: reason} of inputs that were skipped.
+    legend: HTML explaining the pictures' colours and the figures (escaped by the caller),
+      shown before the photos.
   """
-  headers = "".join(f"<th>{html.escape(h)}</th>" for _, h in columns)
+  (main_key, main_heading), others = columns[0], columns[1:]
   rows = []
   for e in entries:
     meta = "<br>".join(f"{html.escape(str(k))}: {html.escape(str(v))}"
                        for k, v in e.get("meta", {}).items())
-    cells = [f'<td class="meta"><b>{html.escape(e["name"])}</b><br>{meta}</td>']
-    for key, _ in columns:
-      f = e["files"].get(key)
-      cells.append(f'<td><a href="{_link(f)}"><img src="{_link(f)}" alt="{html.escape(f)}" '
-                   'loading="eager"></a></td>' if f else "<td></td>")
-    rows.append("<tr>" + "".join(cells) + "</tr>")
+    files = e["files"]
+    thumbs = "".join(_figure(files.get(k), h) for k, h in others)
+    rows.append(f'<section class="photo"><h2>{html.escape(e["name"])}</h2><div class="row">'
+                f'{_figure(files.get(main_key), main_heading, "main")}'
+                f'<div><div class="meta">{meta}</div><div class="thumbs">{thumbs}</div></div>'
+                "</div></section>")
   fail = ""
   if failures:
     items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in failures.items())
     fail = f"<h2>Skipped inputs</h2><ul>{items}</ul>"
-  page = _PAGE.format(title=html.escape(title), intro=intro, headers=headers,
-                      rows="\n".join(rows), failures=fail)
+  page = _PAGE.format(title=html.escape(title), intro=intro, rows="\n".join(rows),
+                      failures=fail, legend=legend, max_width=PAGE_MAX_WIDTH)
   pathlib.Path(path).write_text(page, encoding="utf-8")
 
 
@@ -359,6 +388,22 @@ def find_chromium() -> str | None:
   return None
 
 
+def _dump_dom(page, chromium, timeout: float, *flags: str) -> str:
+  """The DOM of ``page`` after its load event, from headless Chromium."""
+  chromium = chromium or find_chromium()
+  if not chromium:
+    raise FileNotFoundError("no chromium executable found; install chromium or pass chromium=")
+  url = pathlib.Path(page).resolve().as_uri()
+  with tempfile.TemporaryDirectory() as profile:
+    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags,
+           "--virtual-time-budget=10000", "--dump-dom", url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+  if done.returncode != 0:
+    raise RuntimeError(f"chromium did not render {url} (exit {done.returncode}): "
+                       f"{done.stderr[-2000:]}")
+  return done.stdout
+
+
 def images_loaded_in_browser(page: str | os.PathLike, chromium: str | None = None,
                              timeout: float = 120.0) -> tuple[int, int]:
   """Opens a page written by :func:`write_index_html` in headless Chromium.
@@ -372,22 +417,69 @@ def images_loaded_in_browser(page: str | os.PathLike, chromium: str | None = Non
     FileNotFoundError: no Chromium found (pass ``chromium=``).
     RuntimeError: Chromium failed or the page did not report a count.
   """
-  chromium = chromium or find_chromium()
-  if not chromium:
-    raise FileNotFoundError("no chromium executable found; install chromium or pass chromium=")
-  url = pathlib.Path(page).resolve().as_uri()
-  with tempfile.TemporaryDirectory() as profile:
-    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-           "--virtual-time-budget=10000", "--dump-dom", url]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-  found = re.search(r'data-images-loaded="(\d+)/(\d+)"', done.stdout)
-  if done.returncode != 0 or not found:
-    raise RuntimeError(f"chromium did not render {url} (exit {done.returncode}): "
-                       f"{done.stderr[-2000:]}")
+  dom = _dump_dom(page, chromium, timeout)
+  found = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+  if not found:
+    raise RuntimeError(f"chromium did not render {page}: the page reported no count")
   return int(found.group(1)), int(found.group(2))
 
 
+def markdown_html(text: str) -> str:
+  """A small subset of Markdown as HTML, everything escaped: pipe tables (the ``|---|`` row
+  dropped, the first row as headings) and paragraphs (blank-line separated)."""
+  out, para, rows = [], [], []
+
+  def flush():
+    if para:
+      out.append(f"<p>{html.escape(' '.join(para))}</p>")
+      para.clear()
+    if rows:
+      body = "".join("<tr>" + "".join(f"<{t}>{html.escape(c)}</{t}>" for c in cells) + "</tr>"
+                     for t, cells in rows)
+      out.append(f"<table>{body}</table>")
+      rows.clear()
+
+  for line in text.splitlines():
+    line = line.strip()
+    if line.startswith("|"):
+      if para:
+        flush()
+      if not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line):
+        rows.append(("th" if not rows else "td",
+                     [c.strip() for c in line.strip("|").split("|")]))
+    elif line:
+      if rows:
+        flush()
+      para.append(line)
+    else:
+      flush()
+  flush()
+  return "".join(out)
+
+
+def page_layout_in_browser(page: str | os.PathLike, chromium: str | None = None,
+                           window_width: int = 1400, timeout: float = 120.0) -> dict:
+  """Opens a page written by :func:`write_index_html` in headless Chromium at a
+  ``window_width``-px window and reads back its layout.
+
+  Returns:
+    {"page_width": the document's scroll width (px), "window_width": the window's inner width,
+    "images": [(column heading, shown width px), ...] in page order}.
+  Raises:
+    FileNotFoundError: no Chromium found. RuntimeError: Chromium failed.
+  """
+  dom = _dump_dom(page, chromium, timeout, f"--window-size={window_width},1000")
+  found = re.search(r'data-page-width="(\d+)/(\d+)"', dom)
+  if not found:
+    raise RuntimeError(f"the page {page} did not report its width")
+  shown = re.findall(r'<figure class="[^"]*" data-column="([^"]*)">\s*<a [^>]*>\s*<img [^>]*?'
+                     r'data-shown-width="(\d+)"', dom)
+  return {"page_width": int(found.group(1)), "window_width": int(found.group(2)),
+          "images": [(html.unescape(h), int(w)) for h, w in shown]}
+
+
 __all__ = [
-    "PLOT_SIZE", "SERIES_COLOURS", "caption", "draw_box", "eigenvector_panel", "find_chromium", "heatmap", "images_loaded_in_browser",
-    "label_png", "line_plot", "overlay", "read_label_png", "write_index_html",
+    "PAGE_MAX_WIDTH", "PLOT_SIZE", "SERIES_COLOURS", "caption", "draw_box", "eigenvector_panel",
+    "find_chromium", "heatmap", "images_loaded_in_browser", "label_png", "line_plot",
+    "markdown_html", "overlay", "page_layout_in_browser", "read_label_png", "write_index_html",
 ]

@@ -175,3 +175,25 @@ def test_eigengap_batched():
   got = np.asarray(clustering.num_segments_from_eigengap(jnp.asarray(lam)))
   want = [int(np.argmax(np.diff(row)[1:]) + 2) for row in lam]
   np.testing.assert_array_equal(got, want)
+
+
+def test_cluster_qr_matches_sklearn_batched_and_padded():
+  """clustering.cluster_qr equals scikit-learn's cluster_qr (Damle, Minden & Ying 2019) label
+  for label: on blob-like embeddings and random vectors, batched, and with padded rows."""
+  from sklearn.cluster._spectral import cluster_qr as reference  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  _, y = _blobs(1.0, 0)
+  blobs = np.eye(K, dtype=np.float32)[y] + rng.normal(0, 0.1, (N, K)).astype(np.float32)
+  vectors = np.stack([blobs, rng.standard_normal((N, K)).astype(np.float32)])
+  labels = np.asarray(clustering.cluster_qr(vectors))
+  assert labels.shape == (2, N) and labels.dtype == np.int32
+  for v, got in zip(vectors, labels):
+    np.testing.assert_array_equal(got, reference(v.astype(np.float64)))
+  assert sklearn.metrics.adjusted_rand_score(y, labels[0]) > 0.99   # the blobs, recovered
+  valid = np.arange(N) < N - 40
+  padded = np.where(valid[:, None], vectors[1], 7.0)    # padding rows hold anything
+  got = np.asarray(clustering.cluster_qr(padded, valid))
+  np.testing.assert_array_equal(got[valid], reference(vectors[1][valid].astype(np.float64)))
+  assert not got[~valid].any()
+  with pytest.raises(ValueError, match="k ≤ n"):
+    clustering.cluster_qr(np.zeros((3, 4)))

@@ -348,3 +348,26 @@ def test_semantic_map_keeps_background_distinct_from_cluster_zero():
   assert (sem[seg == 3] == dsm.BACKGROUND).all()  # invalid segment → background
   batched = dsm.semantic_map(jnp.stack([seg, seg]), jnp.stack([clusters, clusters + 1]))
   assert (np.asarray(batched[1])[seg == 1] == 2).all()
+
+
+def test_multi_region_cluster_qr_is_sklearns_and_needs_no_key():
+  """assign="cluster_qr": scikit-learn's cluster_qr on y₀..y_{S−1}, the border's segment
+  relabelled 0; the key plays no part; the adaptive count is refused."""
+  from sklearn.cluster._spectral import cluster_qr as reference  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(2)
+  region, y = _three_region_eigenvectors(rng)
+  seg = [np.asarray(dsm.multi_region_segments(jax.random.key(s), jnp.asarray(y), GRID, 3,
+                                              assign="cluster_qr")) for s in (0, 1)]
+  np.testing.assert_array_equal(seg[0], seg[1])
+  labels = reference(y[:, :3].astype(np.float64)).reshape(GRID)
+  border = np.bincount(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]),
+                       minlength=3).argmax()
+  for lab in range(3):   # the same partition, the border's cluster as 0
+    ids = np.unique(seg[0][labels == lab])
+    assert len(ids) == 1 and (ids[0] == dsm.BACKGROUND) == (lab == border)
+  assert (seg[0][region == 0] == dsm.BACKGROUND).all()
+  with pytest.raises(ValueError, match="num_active"):
+    dsm.multi_region_segments(jax.random.key(0), jnp.asarray(y), GRID, 3, assign="cluster_qr",
+                              num_active=jnp.int32(2))
+  with pytest.raises(ValueError, match="assign"):
+    dsm.multi_region_segments(jax.random.key(0), jnp.asarray(y), GRID, 3, assign="qr")

@@ -46,7 +46,13 @@ def _run(folder, out, method: str, batch_size: int):
           for name in COPIES}
 
 
-@pytest.mark.parametrize("method", dsm.DISCOVERY_METHODS)
+# ~30 s per method on the 2-core CPU: "tokencut" and "maskcut" alone run under `-m slow`, since
+# the default ("tokencut+maskcut") runs both of their cuts and writes their box, mask and boxes.
+_SLOW = ("tokencut", "maskcut")
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in _SLOW else m
+                                    for m in dsm.DISCOVERY_METHODS])
 def test_same_pixels_same_bytes(folder, tmp_path, method):
   runs = [_run(folder, tmp_path / f"b{b}", method, b) for b in (1, 4)]
   reference_files, reference_json = runs[0][COPIES[0]]

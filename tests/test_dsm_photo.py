@@ -70,7 +70,7 @@ def test_pipeline_config_defaults_are_the_commands():
   cfg = segment_config.get_config("default")
   assert dsm.PipelineConfig.from_config(cfg) == dsm.PipelineConfig()
   assert dsm.RenderSettings.from_config(cfg) == dsm.RenderSettings()
-  assert dsm.PipelineConfig().discovery == cfg.dsm.discovery == "multi_region"
+  assert dsm.PipelineConfig().discovery == cfg.dsm.discovery == "tokencut+maskcut"
   # Every dsm.* field of the command is a pipeline or a render setting.
   keys = (set(dsm.PipelineConfig.config_keys().values())
           | set(dsm.RenderSettings.config_keys().values()))
@@ -151,6 +151,12 @@ def test_segment_input_kinds_and_errors(command_run):
   np.testing.assert_array_equal(as_float.mask, as_uint8.mask)
   np.testing.assert_array_equal(as_float.segments, as_uint8.segments)
   assert as_uint8.source == "array"
+  # The overlay's boxes: "box" first (yellow), then the other boxes of "boxes", each once.
+  r = dataclasses.replace(as_uint8, box=np.array([1, 2, 3, 4]),
+                          boxes=np.array([[5, 6, 7, 8], [1, 2, 3, 4]]))
+  assert r.overlay_boxes().tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+  r = dataclasses.replace(r, boxes=np.zeros((0, 4), np.int64))
+  assert r.overlay_boxes().tolist() == [[1, 2, 3, 4]]
   with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
     run(rgb[..., 0])
   with pytest.raises(ValueError, match=r"\[0, 1\]"):

@@ -43,9 +43,10 @@ def _padded_batch(photos):
   return images, valid
 
 
-CONFIGS = {  # "eigh": the default discovery (multi_region); the reference's below
+CONFIGS = {  # "eigh": multi_region (K-means, semantic pass); "default": the default discovery
     "eigh": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh", semantic=True,
-                               semantic_num_segments=3, crop_size=28),
+                               semantic_num_segments=3, crop_size=28, discovery="multi_region"),
+    "default": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3),
     "lobpcg_border_adaptive": dsm.PipelineConfig(num_eigenvectors=6, method="lobpcg",
                                                  foreground="border", adaptive_segments=True,
                                                  connectivity=8, discovery="dsm"),
@@ -57,7 +58,7 @@ CONFIGS = {  # "eigh": the default discovery (multi_region); the reference's bel
 
 
 # The LOBPCG and discovery variants take 30–70 s each on the 2-core CPU: `pytest -m slow`.
-_SLOW_CONFIGS = ("lobpcg_border_adaptive", "maskcut_lobpcg", "tokencut")
+_SLOW_CONFIGS = ("lobpcg_border_adaptive", "maskcut_lobpcg", "tokencut", "default")
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_CONFIGS
@@ -159,10 +160,18 @@ def test_bad_images_are_refused_or_flagged(backbone, photos):
     ("max_objects", 0, "max_objects must be"),
     ("region_border_share", 1.5, "region_border_share must"),
     ("solver_tol", -1e-5, "solver_tol must"),
+    ("segment_assign", "spectral", "segment_assign must be one of"),
 ])
 def test_bad_config_names_the_field(backbone, field, value, fragment):
   with pytest.raises(ValueError, match=fragment):
     dsm.make_pipeline(backbone, dsm.PipelineConfig(**{field: value}))
+
+
+@pytest.mark.parametrize("fields", [{"adaptive_segments": True}, {"segment_eigenvectors": 3},
+                                    {"num_segments": 21}])
+def test_cluster_qr_refuses_what_it_cannot_do(backbone, fields):
+  with pytest.raises(ValueError, match="segment_assign='cluster_qr' uses"):
+    dsm.make_pipeline(backbone, dsm.PipelineConfig(segment_assign="cluster_qr", **fields))
 
 
 def test_buckets_pad_the_shorter_side_only_up_to_the_longer():
@@ -191,8 +200,17 @@ def test_boxes_and_instances_agree_with_the_objects(backbone, photos, discovery)
       np.testing.assert_array_equal(boxes[m], testing.box_np(inst == m + 1, P))
     else:
       assert not (inst == m + 1).any() and not boxes[m].any()
-  np.testing.assert_array_equal(res.box[0], boxes[0])
-  np.testing.assert_array_equal(res.component[0], inst == 1)
+  if discovery == "tokencut+maskcut":  # best box and mask: TokenCut's; boxes: MaskCut's
+    for name, fields in (("tokencut", ("fiedler", "foreground", "component", "box")),
+                         ("maskcut", ("boxes", "box_valid", "instances"))):
+      alone = dsm.make_pipeline(backbone, dataclasses.replace(config, discovery=name))
+      alone = jax.device_get(alone(photos[0][None])).patches
+      for field in fields:
+        np.testing.assert_array_equal(getattr(res, field), getattr(alone, field), err_msg=field)
+  else:
+    np.testing.assert_array_equal(res.box[0], boxes[0])
+    np.testing.assert_array_equal(res.component[0], inst == 1)
+  np.testing.assert_array_equal(res.box[0], testing.box_np(res.component[0], P))
   if discovery != "dsm":
     np.testing.assert_array_equal(res.fiedler[0] > 0, res.foreground[0])
   if discovery == "multi_region":  # each object: its segment's largest component, ordered by

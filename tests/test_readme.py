@@ -28,7 +28,11 @@ def test_readme_library_example_runs():
   result = scope["result"]   # DSM on one photo: the coffee photo's own size
   assert result.mask.shape == result.segments.shape == result.instances.shape == (400, 600)
   assert result.mask.dtype == bool and result.boxes.shape[1:] == (4,)
-  assert result.box.tolist() == result.boxes[0].tolist()
+  # the best box (TokenCut's) spans the mask, one connected object, to within a patch
+  ys, xs = np.nonzero(result.mask)
+  step = 14 * 600 / 448
+  assert np.all(np.abs(np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+                       - result.box) <= step + 1)
   assert scope["feats"].keys.shape == (1, 1024, 384)
   assert tuple(scope["feats"].grid) == (32, 32)
   lam, y = np.asarray(scope["lam"]), np.asarray(scope["Y"])

@@ -9,6 +9,7 @@ ViT (the config's "test" preset).
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -23,22 +24,24 @@ from spectral_jax.datasets import samples
 
 ROOT = pathlib.Path(__file__).absolute().parents[1]
 LABELLED = samples.LABELLED_SAMPLES
+BUNDLED = tuple(samples.LABELLED_SAMPLES + samples.SKIMAGE_PHOTOS)
 OUTPUTS = ("mask", "segments", "eigenvectors", "overlay", "instances")
 PHOTOS = segment.PHOTOS
 
 # Pinned quality on the labelled photos (K = 20, λ = 0, 448 px, nearest upsampling, no CRF,
 # 4-connectivity), measured with this repository's pipeline on the 2-core CPU development
-# machine (float32). The default (discovery "multi_region", a box per segment, the mask the
-# segments with ≤ 10% of their patches on the border): IoU 0.581, CorLoc 0.5 (1/2), recall
-# 4/27, since its K-means is keyed by the photo's pixels (issue 21). Keyed by the file name it
-# measured IoU 0.482, CorLoc 2/2 on these names and other figures under other names: that
-# CorLoc was a property of the names, not of the method. Reference DSM
+# machine (float32). The default (discovery "tokencut+maskcut": TokenCut's best box and mask,
+# MaskCut's boxes, τ = q0.5; chosen by the protocol BUILD_NOTES fixed before these figures):
+# IoU 0.2566 (voc 0.513, arc2017 0.000), CorLoc 0/2, recall 1/27 — identical with jax 0.10.2
+# and 0.12.1 (2026-12-07, `python -m experiments.segment`), below the centred box, which is
+# what the protocol's table reports, not a reason to re-tune. Reference DSM
 # (--config.dsm.discovery=dsm): voc IoU 0.332 / best box IoU 0.745 (hit), arc2017 IoU 0.785 /
 # box IoU 0.484 (miss). The margin allows for float32 / XLA differences across machines and
 # library versions; the centred-box baseline measures 0.337 IoU, CorLoc 0.5, recall 1/27.
 IOU_MARGIN = 0.03
 # (fg IoU, CorLoc) on voc + arc2017.
-PINNED = {"default": (0.581, 0.5), "reference": (0.558, 0.5)}
+PINNED = {"default": (0.257, 0.0), "reference": (0.558, 0.5)}
+README = ROOT / "README.md"
 
 
 def _run_command(args, timeout=600):
@@ -57,8 +60,12 @@ def _labelled_run(tmp_path_factory, name, *extra):
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-  """The command with its defaults on the labelled bundled photos (real pretrained backbone)."""
-  return _labelled_run(tmp_path_factory, "segment_default")
+  """The README's command, ``python -m experiments.segment`` with its defaults, on the six
+  bundled photos (real pretrained backbone); the labelled two are scored in its summary."""
+  out = tmp_path_factory.mktemp("segment_default")
+  done = _run_command([f"--out={out}", "--config.compilation_cache="])
+  assert done.returncode == 0, done.stderr[-3000:]
+  return out, json.loads((out / "summary.json").read_text()), done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +76,7 @@ def reference_run(tmp_path_factory):
 
 def test_writes_every_output_at_the_photo_size(default_run):
   out, summary, _ = default_run
-  assert summary["num_ok"] == len(LABELLED) and not summary["failures"]
+  assert summary["num_ok"] == len(BUNDLED) and not summary["failures"]
   for name in LABELLED:
     rgb = samples.labelled_photo(name).rgb
     h, w = rgb.shape[:2]
@@ -135,19 +142,45 @@ def test_quality_on_labelled_photos_is_pinned(request, which):
   iou, corloc = PINNED[which]
   assert g["foreground_iou"] >= iou - IOU_MARGIN
   assert g["corloc"] >= corloc
-  assert g["foreground_iou"] > g["baseline"]["foreground_iou"] + 0.1   # well above the box
-  if which == "default":   # multi_region's boxes: more objects found than the centred box
-    assert g["object_recall"] > g["baseline"]["object_recall"]
+  if which == "reference":   # DSM's y₁ mask: well above the box
+    assert g["foreground_iou"] > g["baseline"]["foreground_iou"] + 0.1
+
+
+def _printed_rows(text: str) -> dict[str, str]:
+  """photo → its printed row without the s/img column (which varies from run to run)."""
+  rows = re.findall(r"^(\w+ +\d+×\d+ +\[[\d, ]+\] +\d+% +[\d.]+) +[\d.]+$", text, flags=re.M)
+  return {row.split()[0]: " ".join(row.split()) for row in rows}
+
+
+def test_readme_example_output_is_the_default_run(default_run):
+  """The README's printed default run is what the command prints: the method line, every
+  photo's box, foreground % and λ₁, and the ground-truth line (IoU, CorLoc, recall)."""
+  _, summary, stdout = default_run
+  text = README.read_text()
+  example = text[text.index("What the default run prints"):]
+  example = example[example.index("```\n") + 4:]
+  example = example[:example.index("```")]
+  printed, ran = _printed_rows(example), _printed_rows(stdout)
+  assert sorted(printed) == sorted(summary["images"]) and len(printed) == 6, printed
+  assert printed == ran
+  method = stdout.splitlines()[1]
+  assert method.startswith(dsm.PipelineConfig().discovery) and method in example
+  truth = next(line for line in stdout.splitlines() if line.startswith("Ground truth"))
+  assert truth in example
+  for name, rec in summary["images"].items():   # the rows are the summary's figures
+    assert f"{rec['box']}" in printed[name]
+    assert f" {round(100 * rec['foreground_fraction'])}% " in printed[name]
 
 
 def test_boxes_and_instances_written_for_every_photo(default_run):
-  """"boxes" best first with "box" the first; instances.png holds one id per box, each id's
-  pixels inside its box and spanning it to within one patch."""
+  """"boxes" (MaskCut's, best first) and instances.png hold one id per box, each id's pixels
+  inside its box and spanning it to within one patch; "box" (TokenCut's) spans the mask (one
+  connected object)."""
   out, summary, _ = default_run
-  for name in LABELLED:
+  for name in BUNDLED:
     rec = json.loads((out / PHOTOS / f"{name}.json").read_text())
     boxes = np.array(rec["boxes"])
-    assert len(boxes) >= 1 and rec["box"] == rec["boxes"][0]
+    assert len(boxes) >= 1
     assert summary["images"][name]["boxes"] == rec["boxes"]
     inst = viz.read_label_png(out / PHOTOS / f"{name}.instances.png")
     assert inst.shape == (rec["height"], rec["width"])
@@ -158,6 +191,9 @@ def test_boxes_and_instances_written_for_every_photo(default_run):
       ys, xs = np.nonzero(inst == i)
       tight = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
       assert np.all(np.abs(tight - box) <= step + 1), (name, i, tight, box)
+    ys, xs = np.nonzero(np.asarray(Image.open(out / PHOTOS / f"{name}.mask.png")) > 0)
+    tight = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    assert np.all(np.abs(tight - rec["box"]) <= step + 1), (name, tight, rec["box"])
 
 
 # The command's outputs before the pipeline became one library function (e2ae0a6, same
@@ -185,8 +221,30 @@ def test_index_html_renders_every_picture(default_run):
     print("chromium not installed: skipping the browser check")
     pytest.skip("chromium not installed")
   loaded, total = viz.images_loaded_in_browser(out / "index.html", chromium)
-  assert total == len(OUTPUTS) * len(LABELLED)
+  assert total == len(OUTPUTS) * len(BUNDLED)
   assert loaded == total
+  layout = viz.page_layout_in_browser(out / "index.html", chromium, window_width=1400)
+  assert layout["page_width"] <= layout["window_width"] == 1400   # no horizontal scrolling
+  overlay = [w for h, w in layout["images"] if h.startswith("overlay")]
+  others = [w for h, w in layout["images"] if not h.startswith("overlay")]
+  assert len(overlay) == len(BUNDLED) and min(overlay) > max(others)   # the largest picture
+
+
+def test_index_html_legend_explains_colours_and_figures(default_run):
+  """The legend names the overlay's colours (as drawn: viz's constants) and figures, and shows
+  the recorded table of every method on every labelled photo."""
+  out, _, _ = default_run
+  text = (out / "index.html").read_text()
+  legend = text[text.index('<div class="legend">'):]
+  legend = legend[:legend.index('<section class="photo">')]
+  for colour in (viz.BOX_COLOUR, viz.OTHER_BOX_COLOUR, viz.MASK_COLOUR):
+    assert f"background: rgb{tuple(colour)}" in legend
+  for term in ("best box", "other boxes", "mask", "segments", "λ₁", "foreground",
+               "CorLoc", "recall@0.5", "TokenCut", "MaskCut"):
+    assert term in legend, term
+  table = segment.COMPARISON_FILE.read_text()
+  assert "centred box" in table and table.count("\n|") >= 7   # six methods and the baseline
+  assert viz.markdown_html(table) in legend
 
 
 # ----------------------------------------------------------------------------- plumbing

@@ -1,5 +1,7 @@
 """Pictures and the HTML report: colours, palette PNGs, overlays, and the page in Chromium."""
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -98,6 +100,60 @@ def test_overlay_draws_every_box_best_on_top(photo):
   np.testing.assert_array_equal(left[29, 30], viz.BOX_COLOUR)        # best box
   np.testing.assert_array_equal(left[37, 6], viz.OTHER_BOX_COLOUR)   # the second one
   np.testing.assert_array_equal(left[35, 50], photo[35, 50])         # outside both
+
+
+def _wide_page(tmp_path):
+  """Three photos with pictures far wider than a window (3000 px): a main one and four more."""
+  rng = np.random.default_rng(1)
+  image_io.write_png(tmp_path / "main.png", rng.integers(0, 256, (600, 3000, 3), dtype=np.uint8))
+  image_io.write_png(tmp_path / "side.png", rng.integers(0, 256, (400, 2400, 3), dtype=np.uint8))
+  files = {"m": "main.png", "a": "side.png", "b": "side.png", "c": "side.png", "d": "side.png"}
+  entries = [{"name": f"photo{i}", "files": files,
+              "meta": {"boxes": "; ".join(["[100, 200, 3000, 4000]"] * 12)}} for i in range(3)]
+  viz.write_index_html(tmp_path / "index.html", entries,
+                       columns=[("m", "overlay"), ("a", "A"), ("b", "B"), ("c", "C"), ("d", "D")],
+                       legend="<div class='legend'>LEGEND</div>")
+  return tmp_path / "index.html"
+
+
+def test_index_html_fits_a_1400_px_window_by_its_css(tmp_path):
+  """No fixed width above 1400 px, the content capped below it, every picture scaled to its
+  box, the first column the main picture, the legend before the photos."""
+  text = _wide_page(tmp_path).read_text()
+  style = text[text.index("<style>"):text.index("</style>")]
+  widths = [int(w) for w in re.findall(r"(?<![-\w])(?:max-|min-)?width:\s*(\d+)px", style)]
+  assert widths and max(widths) <= 1400
+  assert re.search(rf"body \{{[^}}]*max-width: {viz.PAGE_MAX_WIDTH}px", style)
+  assert viz.PAGE_MAX_WIDTH <= 1400 - 2 * 16   # with the page's 1em padding either side
+  assert re.search(r"img \{[^}]*max-width: 100%", style)
+  assert "<table" not in text.split("</h1>")[1].split("LEGEND")[0]   # no wide results table
+  assert text.index("LEGEND") < text.index("photo0")
+  for section in text.split('<section class="photo">')[1:]:
+    assert section.index('class="main"') < section.index('class="thumbs"')
+    assert 'src="main.png"' in section.split('class="thumbs"')[0]
+
+
+def test_index_html_fits_a_1400_px_window_in_chromium(tmp_path):
+  chromium = viz.find_chromium()
+  if chromium is None:
+    print("chromium not installed: skipping the browser check")
+    pytest.skip("chromium not installed")
+  layout = viz.page_layout_in_browser(_wide_page(tmp_path), chromium, window_width=1400)
+  assert layout["window_width"] == 1400
+  assert layout["page_width"] <= layout["window_width"]    # no horizontal scrolling
+  shown = layout["images"]
+  assert len(shown) == 3 * 5
+  main = [w for h, w in shown if h == "overlay"]
+  others = [w for h, w in shown if h != "overlay"]
+  assert len(main) == 3 and min(main) > 1.5 * max(others)  # the overlay is the largest
+  assert max(main) <= viz.PAGE_MAX_WIDTH
+
+
+def test_markdown_html_tables_and_paragraphs():
+  md = "A <b> line\nwrapped.\n\n| a | b |\n|---|---|\n| 1 & 2 | x |\nafter"
+  out = viz.markdown_html(md)
+  assert out == ("<p>A &lt;b&gt; line wrapped.</p><table><tr><th>a</th><th>b</th></tr>"
+                 "<tr><td>1 &amp; 2</td><td>x</td></tr></table><p>after</p>")
 
 
 def _curve_pixels(img, index=0):

@@ -9,9 +9,9 @@
 The backbone, DSM and batching fields are the segment command's (experiments/configs/
 segment.py, same defaults: DINOv2 ViT-S/14 offline weights, K = 20, λ = 0, 448 px), except
 the discovery method: the reference DSM recipe (``dsm.discovery = "dsm"``), the method the
-printed paper figures are for; ``--config.dsm.discovery=multi_region`` evaluates segment's
-default (also tokencut, maskcut). Box datasets report CorLoc of the best box and the recall and
-AP50 of every discovered object's box.
+printed paper figures are for; ``--config.dsm.discovery=tokencut+maskcut`` evaluates segment's
+default (also tokencut, maskcut, multi_region). Box datasets report CorLoc of the best box
+and the recall and AP50 of every discovered object's box.
 
 Presets: ``default``; ``test`` (a 1-block random ViT, 112-px images, K = 6: plumbing tests).
 """
@@ -40,7 +40,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
   for field in ("image_size", "batch_size", "bucket_step", "prefetch", "seed",
                 "compilation_cache", "backbone", "dsm", "semantic", "bilateral"):
     c[field] = base[field]
-  c.dsm.discovery = "dsm"     # the paper's method (segment's default is multi_region)
+  c.dsm.discovery = "dsm"     # the paper's method (segment's default is tokencut+maskcut)
   c.semantic.enabled = False  # the command turns it on for the semantic datasets
   c.semantic.matching = "hungarian"   # DSM's one-to-one matching; "majority" (NeuralEF's)
   c.semantic.absent = "zero"          # classes in neither gt nor prediction: IoU 0 (DSM), "skip"

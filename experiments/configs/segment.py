@@ -1,11 +1,13 @@
 """DSM object localisation and segmentation of a folder of photos: configuration (SPEC §2–4).
 
 Reference values are the defaults (λ = 0, K = 20, 4-connected largest component, nearest
-upsampling of the patch mask, no CRF), except the object discovery method: "multi_region" (a
-box per DSM segment, best first) was measured better than reference DSM on the bundled photos;
-``--config.dsm.discovery=dsm`` is the reference recipe. The DSM fields and their defaults are
-``spectral_jax.dsm.PipelineConfig``'s and ``RenderSettings``' (the library's defaults are the
-command's: one set); the others are documented below.
+upsampling of the patch mask, no CRF), except the object discovery method, "tokencut+maskcut":
+the best box and the mask from TokenCut, the multi-object boxes from MaskCut (N = 3 cuts), both
+with τ the median of each photo's key similarities, chosen by the protocol BUILD_NOTES fixed
+before the labelled-photo comparison. ``--config.dsm.discovery=dsm`` is the reference recipe;
+``tokencut``, ``maskcut`` and ``multi_region`` give each method alone. The DSM fields and
+their defaults are ``spectral_jax.dsm.PipelineConfig``'s and ``RenderSettings``' (the
+library's defaults are the command's: one set); the others are documented below.
 
   python -m experiments.segment                                   # the bundled photos
   python -m experiments.segment --images=DIR --out=DIR
@@ -49,9 +51,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
   # Graph, eigenvectors, localisation, multi-region segments and object discovery: the fields
   # of spectral_jax.dsm.PipelineConfig (documented there), with its defaults — the one set of
-  # DSM defaults (the discovery method "multi_region", a box per segment, measured the best on
-  # the bundled photos, BUILD_NOTES "Object discovery"; --config.dsm.discovery=dsm is the
-  # reference). The semantic pass's fields sit in the "semantic" section below.
+  # DSM defaults (the discovery method "tokencut+maskcut": TokenCut's best box and mask,
+  # MaskCut's boxes, BUILD_NOTES "The protocol that chooses the DSM default";
+  # --config.dsm.discovery=dsm is the reference). The semantic pass's fields sit in the
+  # "semantic" section below.
   for section in ("dsm", "semantic", "crf", "viz"):
     c[section] = ml_collections.ConfigDict()
   pipeline_defaults = dsm.PipelineConfig()

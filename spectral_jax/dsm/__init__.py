@@ -12,7 +12,8 @@ One module per stage of the method:
   count.
 * ``semantic`` (§3.4): a box per segment, crops, dataset-level clustering, semantic maps.
 * ``tokencut``: TokenCut's and MaskCut's normalised cuts of the binarised key graph (SPEC §7).
-* ``objects``: the discovery method's objects: boxes best first, instance maps.
+* ``objects``: the discovery method's objects: boxes best first, instance maps; the default
+  method ``DEFAULT_DISCOVERY`` = "tokencut+maskcut" (TokenCut's box and mask, MaskCut's boxes).
 * ``pipeline``: all of it as one jitted program per batch shape —
   ``segmenter = dsm.make_pipeline(backbone, dsm.PipelineConfig()); segmenter(images, valid)``;
   ``PipelineConfig()`` holds the one set of DSM defaults (the segment command's).
@@ -44,6 +45,7 @@ from spectral_jax.dsm.multi_region import BACKGROUND
 from spectral_jax.dsm.multi_region import NUM_SEGMENTS
 from spectral_jax.dsm.multi_region import adaptive_num_segments
 from spectral_jax.dsm.multi_region import multi_region_segments
+from spectral_jax.dsm.objects import DEFAULT_DISCOVERY
 from spectral_jax.dsm.objects import DISCOVERY_METHODS
 from spectral_jax.dsm.objects import MAX_BORDER_SHARE
 from spectral_jax.dsm.objects import MAX_OBJECTS
@@ -73,7 +75,8 @@ from spectral_jax.dsm.spectral import check_num_eigenvectors
 from spectral_jax.dsm.spectral import spectral_decomposition
 
 __all__ = [
-    "BACKGROUND", "CONNECTIVITY", "CROP_SIZE", "DISCOVERY_METHODS", "FOREGROUND_RULES",
+    "BACKGROUND", "CONNECTIVITY", "CROP_SIZE", "DEFAULT_DISCOVERY", "DISCOVERY_METHODS",
+    "FOREGROUND_RULES",
     "GRAPH_FEATURES", "MAX_BORDER_SHARE", "MAX_OBJECTS", "NUM_DILATE", "NUM_EIGENVECTORS",
     "NUM_ERODE", "NUM_SEGMENTS", "SEMANTIC_NUM_SEGMENTS", "UPSAMPLE_METHODS", "DSMResult",
     "Evaluation", "PatchResult", "PhotoResult", "PhotoSegmenter", "PipelineConfig",

@@ -124,9 +124,11 @@ class PhotoResult:
     source: where it came from (a path, "bundled:<name>", "array").
     size: (H, W) of the photo.
     mask: (H, W) bool object mask (upsampled, refined when the settings say so).
-    box: (4,) int [x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive: the best object.
+    box: (4,) int [x0, y0, x1, y1] pixels of the photo, x1/y1 exclusive: the best object
+      (CorLoc's box; the default discovery: TokenCut's object).
     boxes: (P, 4) int every discovered object's box, best first (P ≤ ``max_objects``; may be
-      empty, then ``box`` is the whole answer).
+      empty, then ``box`` is the whole answer; recall's boxes; the default: MaskCut's, whose
+      first need not be ``box``).
     segments: (H, W) int32 multi-region labels, 0 = background.
     instances: (H, W) int32 object ids, id m + 1 = ``boxes[m]``, 0 = background.
     eigenvalues: (k,) ascending, λ₀ ≈ 0.
@@ -158,6 +160,12 @@ class PhotoResult:
   input_hw: tuple[int, int]
   grid: tuple[int, int]
   patch_size: int
+
+  def overlay_boxes(self) -> np.ndarray:
+    """(Q, 4) the boxes the overlay draws: ``box`` first (the best-box colour), then the
+    boxes of ``boxes`` other than it."""
+    others = [b for b in np.asarray(self.boxes).reshape(-1, 4) if not np.array_equal(b, self.box)]
+    return np.asarray([np.asarray(self.box)] + others)
 
 
 def ground_truth_scores(gt, mask: np.ndarray, box, fraction: float = 0.5,
@@ -329,7 +337,7 @@ def write_photo(result: PhotoResult, rgb: np.ndarray, *, stem: pathlib.Path, rel
   image_io.write_png(f"{stem}.mask.png", np.where(r.mask, 255, 0).astype(np.uint8))
   viz.label_png(f"{stem}.segments.png", r.segments)
   viz.label_png(f"{stem}.instances.png", r.instances)
-  shown_boxes = r.boxes if len(r.boxes) else r.box[None]
+  shown_boxes = r.overlay_boxes()   # the default's "box" (TokenCut) need not be in "boxes"
   image_io.write_png(f"{stem}.overlay.png", image_ops.limit_side(
       viz.overlay(rgb, r.mask, r.segments, shown_boxes), settings.overlay_max_side))
   shown = image_ops.resize_to_height(rgb, settings.panel_height)

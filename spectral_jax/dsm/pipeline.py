@@ -46,16 +46,19 @@ class PatchResult(NamedTuple):
     eigenvectors: (B, n, k) columns y₀..y_{k−1} (``Yᵀ D Y = I``, SPEC §3 sign rule).
     fiedler: (B, h, w) the object map, positive exactly on the object mask: for "dsm" y₁
       oriented so that its positive side is the foreground (SPEC §4); for the other discovery
-      methods ``dsm.objects.object_map`` of their cut vector (TokenCut, MaskCut's first cut)
-      or of y₁ (multi_region).
+      methods ``dsm.objects.object_map`` of their cut vector (TokenCut — also for
+      "tokencut+maskcut" —, MaskCut's first cut) or of y₁ (multi_region).
     foreground: (B, h, w) bool object mask: "dsm" ``fiedler > 0`` (all real patches when
-      nothing is positive); "tokencut" the seed component; "maskcut" the union of the objects;
-      "multi_region" the segments barely touching the border (``objects.region_mask``).
+      nothing is positive); "tokencut" and "tokencut+maskcut" TokenCut's seed component;
+      "maskcut" the union of the objects; "multi_region" the segments barely touching the
+      border (``objects.region_mask``).
     component: (B, h, w) bool, the best object: "dsm" the largest connected component of
-      ``foreground``.
+      ``foreground``; "tokencut+maskcut" TokenCut's component; else ``boxes``' first object.
     box: (B, 4) int32 box of ``component`` in the backbone's input frame (pixels).
-    boxes: (B, M, 4) int32 a box per object, best first (``boxes[:, 0] = box`` when present),
-      0 in empty slots.
+    boxes: (B, M, 4) int32 a box per object, best first, 0 in empty slots
+      (``boxes[:, 0] = box`` when present, except for "tokencut+maskcut", whose ``boxes`` are
+      MaskCut's and ``box`` TokenCut's: MaskCut's first cut differs from TokenCut's object
+      only where its corner prior reverses the cut).
     box_valid: (B, M) bool the slots holding an object.
     instances: (B, h, w) int32 id m + 1 on the patches of object m (``boxes[:, m]``), 0 else.
     segments: (B, h, w) int32 multi-region labels, ``BACKGROUND`` = border majority.
@@ -116,9 +119,14 @@ class PipelineConfig:
 
   ``PipelineConfig()`` is what ``python -m experiments.segment`` runs (its config takes its
   ``dsm.*`` and ``semantic.*`` defaults from these fields, :meth:`config_keys`). The defaults
-  are the reference's (SPEC §2–4) except the discovery method: "multi_region" (a box per DSM
-  segment) measured better than reference DSM on the bundled photos; ``discovery="dsm"`` is the
-  reference recipe. Each value has one meaning, here and in :func:`analyse`.
+  are the reference's (SPEC §2–4) except the discovery method, "tokencut+maskcut": the best
+  box and the object mask are TokenCut's (τ = the 0.5 quantile of each image's key
+  similarities), the multi-object ``boxes``/``instances`` MaskCut's (N = ``max_objects`` = 3
+  cuts, same τ rule), chosen by the protocol BUILD_NOTES fixed before the labelled-photo
+  comparison (determinism and stability gates, then published CorLoc). Every other method is
+  one field away: ``discovery="dsm"`` is the reference recipe, "tokencut", "maskcut" and
+  "multi_region" give each method's box, mask and boxes alone. Each value has one meaning,
+  here and in :func:`analyse`.
   """
 
   num_eigenvectors: int = spectral.NUM_EIGENVECTORS  # K = 20
@@ -134,19 +142,25 @@ class PipelineConfig:
   num_segments: int = multi_region.NUM_SEGMENTS  # multi-region segments per image
   adaptive_segments: bool = False   # per-image count from the largest eigengap
   segment_eigenvectors: int = 0     # m eigenvectors for K-means; 0 = all K − 1
+  # how the eigenvectors become the multi-region segments: "kmeans" (DSM, keyed by the
+  # photo's pixels) or "cluster_qr" (deterministic column-pivoted QR on y₀..y_{S−1}, Damle,
+  # Minden & Ying 2019; no key; not with adaptive_segments)
+  segment_assign: str = "kmeans"
   semantic: bool = False            # crops + CLS embeddings for dataset-level clustering
   semantic_num_segments: int = semantic_lib.SEMANTIC_NUM_SEGMENTS
   crop_size: int = semantic_lib.CROP_SIZE
   num_erode: int = semantic_lib.NUM_ERODE
   num_dilate: int = semantic_lib.NUM_DILATE
-  # Object discovery (dsm.objects): "dsm" (reference: one box from y₁), "tokencut", "maskcut"
-  # (max_objects cuts) or "multi_region" (a box per segment; the best of them on the bundled
-  # photos, BUILD_NOTES "Object discovery").
-  discovery: str = "multi_region"
+  # Object discovery (dsm.objects): "tokencut+maskcut" (the default: best box and mask from
+  # TokenCut, boxes from MaskCut's max_objects cuts; chosen by the protocol fixed before the
+  # labelled-photo table, BUILD_NOTES), "dsm" (reference: one box from y₁), "tokencut",
+  # "maskcut" or "multi_region" (a box per segment).
+  discovery: str = objects_lib.DEFAULT_DISCOVERY
   tau: float = -1.0                 # TokenCut/MaskCut's fixed τ; < 0: the published value
   # (tokencut.TAU = 0.2, MASKCUT_TAU = 0.15), used when tau_quantile is 0;
-  # τ as this quantile of each image's similarities (measured: q0.5 is TokenCut's best on the
-  # bundled photos, BUILD_NOTES; the published fixed τ makes DINOv2's key graph complete)
+  # τ as this quantile of each image's similarities: the median, half the edges on, the
+  # scale-free choice fixed by the default's protocol (BUILD_NOTES; the published fixed τ
+  # makes DINOv2's key graph complete)
   tau_quantile: float = 0.5
   graph_eps: float = tokencut_lib.EPS  # ε, the binarised graph's non-edge weight
   max_objects: int = objects_lib.MAX_OBJECTS  # box slots; MaskCut's number of cuts N
@@ -170,11 +184,18 @@ class PipelineConfig:
       values[name] = float(value) if types[name] is float else value
     return cls(**values)
 
-  def cut_settings(self) -> dict:
-    """Keyword arguments of ``tokencut.tokencut`` / ``maskcut`` for these settings (τ, ε, the
-    quantile, the eigensolver and its tolerance, the component's connectivity and the foreground rule)."""
-    published = (tokencut_lib.MASKCUT_TAU if self.discovery == "maskcut"
-                 else tokencut_lib.TAU)
+  def cut_settings(self, cut: str | None = None) -> dict:
+    """Keyword arguments of ``tokencut.tokencut`` (``cut="tokencut"``) or ``maskcut``
+    (``cut="maskcut"``) for these settings (τ, ε, the quantile, the eigensolver and its
+    tolerance, the component's connectivity and the foreground rule); ``cut=None``: the one
+    ``discovery`` names ("maskcut" for "maskcut", else "tokencut"). Only the fixed τ differs
+    between the two (the published 0.2 / 0.15, used when ``tau < 0`` and ``tau_quantile``
+    is 0)."""
+    if cut is None:
+      cut = "maskcut" if self.discovery == "maskcut" else "tokencut"
+    if cut not in ("tokencut", "maskcut"):
+      raise ValueError(f"cut must be 'tokencut' or 'maskcut'; got {cut!r}")
+    published = tokencut_lib.MASKCUT_TAU if cut == "maskcut" else tokencut_lib.TAU
     return dict(tau=published if self.tau < 0 else self.tau, eps=self.graph_eps,
                 tau_quantile=self.tau_quantile or None, method=self.method,
                 tol=self.solver_tol or None,
@@ -212,6 +233,14 @@ class PipelineConfig:
          f"{self.num_eigenvectors - 1}] (0 = all); got {self.segment_eigenvectors}")
     need(not self.adaptive_segments or self.num_eigenvectors >= 3,
          "adaptive_segments needs num_eigenvectors ≥ 3")
+    need(self.segment_assign in multi_region.ASSIGN_METHODS,
+         f"segment_assign must be one of {multi_region.ASSIGN_METHODS}; got "
+         f"{self.segment_assign!r}")
+    need(self.segment_assign == "kmeans" or (
+        not self.adaptive_segments and self.segment_eigenvectors == 0
+        and self.num_segments <= self.num_eigenvectors),
+         "segment_assign='cluster_qr' uses y₀..y_{S−1}: it needs num_segments ≤ "
+         "num_eigenvectors, adaptive_segments off and segment_eigenvectors 0")
     need(self.crop_size >= 1 and self.num_erode >= 0 and self.num_dilate >= 0,
          "crop_size must be ≥ 1 and num_erode, num_dilate ≥ 0")
     need(self.discovery in objects_lib.DISCOVERY_METHODS,
@@ -287,9 +316,10 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
     counts = jnp.full((b,), num_segments, jnp.int32)
 
   def segment(key, vectors, mask, active):
-    return multi_region.multi_region_segments(key, vectors, grid, num_segments,
-                                              num_eigenvectors=c.segment_eigenvectors or None,
-                                              valid=mask, num_active=active)
+    return multi_region.multi_region_segments(
+        key, vectors, grid, num_segments, num_eigenvectors=c.segment_eigenvectors or None,
+        valid=mask, num_active=None if c.segment_assign == "cluster_qr" else active,
+        assign=c.segment_assign)
 
   segments = jax.vmap(segment)(rngs, y, valid, counts)
   converged = jnp.all(info.converged, axis=-1)
@@ -298,22 +328,32 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
   if discovery not in objects_lib.DISCOVERY_METHODS:
     raise ValueError(f"discovery must be one of {objects_lib.DISCOVERY_METHODS}; got "
                      f"{discovery!r}")
-  cut = c.cut_settings()
+  def single(cut):       # TokenCut: one object, its component and oriented cut vector
+    oriented, comp, ok = jax.vmap(lambda f, v: tokencut_lib.tokencut(f, v, **cut))(features,
+                                                                                   mask)
+    return objects_lib.object_map(oriented, comp, mask), comp, ok
+
+  def several(cut):      # MaskCut: N cuts, best first
+    oriented, cuts, ok = jax.vmap(lambda f, v: tokencut_lib.maskcut(
+        f, v, num_cuts=max_objects, **cut))(features, mask)
+    found = jax.vmap(objects_lib.best_first)(cuts)
+    union = jnp.any(found, axis=1)
+    return objects_lib.object_map(oriented[:, 0], union, mask), found, union, ok
+
   if discovery == "dsm":
     objects = jax.vmap(objects_lib.pad_objects, in_axes=(0, None))(component[:, None],
                                                                    max_objects)
   elif discovery == "tokencut":
-    oriented, comp, ok = jax.vmap(lambda f, v: tokencut_lib.tokencut(f, v, **cut))(features,
-                                                                                   mask)
+    fiedler, comp, ok = single(c.cut_settings("tokencut"))
     objects = jax.vmap(objects_lib.pad_objects, in_axes=(0, None))(comp[:, None], max_objects)
     foreground, converged = comp, converged & ok
-    fiedler = objects_lib.object_map(oriented, comp, mask)
   elif discovery == "maskcut":
-    oriented, cuts, ok = jax.vmap(lambda f, v: tokencut_lib.maskcut(
-        f, v, num_cuts=max_objects, **cut))(features, mask)
-    objects = jax.vmap(objects_lib.best_first)(cuts)
-    foreground, converged = jnp.any(objects, axis=1), converged & ok
-    fiedler = objects_lib.object_map(oriented[:, 0], foreground, mask)
+    fiedler, objects, foreground, ok = several(c.cut_settings("maskcut"))
+    converged = converged & ok
+  elif discovery == "tokencut+maskcut":  # the best object and mask: TokenCut; boxes: MaskCut
+    fiedler, comp, ok_single = single(c.cut_settings("tokencut"))
+    _, objects, _, ok_several = several(c.cut_settings("maskcut"))
+    foreground, converged = comp, converged & ok_single & ok_several
   else:  # multi_region
     objects = jax.vmap(lambda sg, v: objects_lib.region_objects(
         sg, num_segments, max_objects, c.connectivity, v))(segments, mask)
@@ -323,7 +363,7 @@ def analyse(features: jax.Array, grid: tuple[int, int], *, patch_size: int, rngs
   boxes, present = objects_lib.boxes_of(objects, patch_size=patch_size,
                                         image_size=None if input_hw is None else tuple(input_hw))
   if discovery != "dsm":
-    component = objects[:, 0]
+    component = foreground if discovery == "tokencut+maskcut" else objects[:, 0]
     box = regions.mask_to_box(component, patch_size=patch_size,
                               image_size=None if input_hw is None else tuple(input_hw))
   return PatchResult(lam, y, fiedler, foreground, component, box, segments, converged, counts,
