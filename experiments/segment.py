@@ -164,7 +164,7 @@ def _config_text(cfg, backbone) -> str:
           f"λ={d.image_weight}, connectivity {d.connectivity}, upsample {d.upsample}, CRF "
           f"{'on' if cfg.crf.enabled else 'off'}, bilateral solver "
           f"{'on' if cfg.bilateral.enabled else 'off'}, segments "
-          f"{'eigengap' if d.adaptive_segments else d.num_segments}")
+          f"{'eigengap' if d.adaptive_segments else d.num_segments} ({d.segment_assign})")
 
 
 def print_report(records: list[dict], summary: dict, out: pathlib.Path) -> None:

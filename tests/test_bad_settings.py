@@ -29,7 +29,7 @@ SEGMENT = [
     ({"dsm.method": "arpack"}, "method must be 'auto', 'eigh' or 'lobpcg'; got 'arpack'"),
     ({"dsm.segment_assign": "spectral"}, "segment_assign must be one of"),
     ({"dsm.segment_assign": "cluster_qr", "dsm.adaptive_segments": True},
-     "segment_assign='cluster_qr' uses"),
+     "segment_assign='cluster_qr' (the default) uses"),
     ({"dsm.discovery": "tokencut+lost"}, "discovery must be one of"),
     ({"dsm.solver_tol": 1.0}, "solver_tol must lie in [0, 1)"),
     ({"dsm.solver_tol": -0.1}, "solver_tol must lie in [0, 1)"),

@@ -34,10 +34,11 @@ def folder(tmp_path_factory):
   return root
 
 
-def _run(folder, out, method: str, batch_size: int):
+def _run(folder, out, method: str, assign: str, batch_size: int):
   cfg = segment_config.get_config("test")
   for field, value in (("images", str(folder)), ("recursive", True), ("out", str(out)),
-                       ("batch_size", batch_size), ("dsm.discovery", method)):
+                       ("batch_size", batch_size), ("dsm.discovery", method),
+                       ("dsm.segment_assign", assign)):
     _cli.set_field(cfg, field, value)
   segment.run(cfg)
   photos = out / segment.PHOTOS
@@ -46,15 +47,18 @@ def _run(folder, out, method: str, batch_size: int):
           for name in COPIES}
 
 
-# ~30 s per method on the 2-core CPU: "tokencut" and "maskcut" alone run under `-m slow`, since
-# the default ("tokencut+maskcut") runs both of their cuts and writes their box, mask and boxes.
-_SLOW = ("tokencut", "maskcut")
+# ~30 s per case on the 2-core CPU: "tokencut" and "maskcut" alone run under `-m slow`, since
+# the default ("tokencut+maskcut") runs both of their cuts and writes their box, mask and boxes;
+# so does multi_region with cluster_qr segments (no key at all), while multi_region with the
+# pixel-keyed K-means segments, the case a name-keyed key failed, runs by default.
+_SLOW = (("tokencut", "cluster_qr"), ("maskcut", "cluster_qr"), ("multi_region", "cluster_qr"))
+_CASES = [(m, "cluster_qr") for m in dsm.DISCOVERY_METHODS] + [("multi_region", "kmeans")]
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in _SLOW else m
-                                    for m in dsm.DISCOVERY_METHODS])
-def test_same_pixels_same_bytes(folder, tmp_path, method):
-  runs = [_run(folder, tmp_path / f"b{b}", method, b) for b in (1, 4)]
+@pytest.mark.parametrize("method, assign", [
+    pytest.param(*case, marks=pytest.mark.slow) if case in _SLOW else case for case in _CASES])
+def test_same_pixels_same_bytes(folder, tmp_path, method, assign):
+  runs = [_run(folder, tmp_path / f"b{b}", method, assign, b) for b in (1, 4)]
   reference_files, reference_json = runs[0][COPIES[0]]
   assert np.any(np.asarray(Image.open(folder / "coffee.png")))   # a real photo, not blank
   for batch_size, run in zip((1, 4), runs):

@@ -45,11 +45,13 @@ def _padded_batch(photos):
 
 CONFIGS = {  # "eigh": multi_region (K-means, semantic pass); "default": the default discovery
     "eigh": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh", semantic=True,
-                               semantic_num_segments=3, crop_size=28, discovery="multi_region"),
+                               semantic_num_segments=3, crop_size=28, discovery="multi_region",
+                               segment_assign="kmeans"),
     "default": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3),
     "lobpcg_border_adaptive": dsm.PipelineConfig(num_eigenvectors=6, method="lobpcg",
                                                  foreground="border", adaptive_segments=True,
-                                                 connectivity=8, discovery="dsm"),
+                                                 connectivity=8, discovery="dsm",
+                                                 segment_assign="kmeans"),
     "tokencut": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="eigh",
                                    discovery="tokencut", tau_quantile=0.5),
     "maskcut_lobpcg": dsm.PipelineConfig(num_eigenvectors=6, num_segments=3, method="lobpcg",
@@ -170,7 +172,7 @@ def test_bad_config_names_the_field(backbone, field, value, fragment):
 @pytest.mark.parametrize("fields", [{"adaptive_segments": True}, {"segment_eigenvectors": 3},
                                     {"num_segments": 21}])
 def test_cluster_qr_refuses_what_it_cannot_do(backbone, fields):
-  with pytest.raises(ValueError, match="segment_assign='cluster_qr' uses"):
+  with pytest.raises(ValueError, match=r"segment_assign='cluster_qr' \(the default\) uses"):
     dsm.make_pipeline(backbone, dsm.PipelineConfig(segment_assign="cluster_qr", **fields))
 
 

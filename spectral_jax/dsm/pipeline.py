@@ -142,10 +142,13 @@ class PipelineConfig:
   num_segments: int = multi_region.NUM_SEGMENTS  # multi-region segments per image
   adaptive_segments: bool = False   # per-image count from the largest eigengap
   segment_eigenvectors: int = 0     # m eigenvectors for K-means; 0 = all K − 1
-  # how the eigenvectors become the multi-region segments: "kmeans" (DSM, keyed by the
-  # photo's pixels) or "cluster_qr" (deterministic column-pivoted QR on y₀..y_{S−1}, Damle,
-  # Minden & Ying 2019; no key; not with adaptive_segments)
-  segment_assign: str = "kmeans"
+  # how the eigenvectors become the multi-region segments: "cluster_qr" (the default:
+  # deterministic column-pivoted QR on y₀..y_{S−1}, Damle, Minden & Ying 2019; no key; not with
+  # adaptive_segments) or "kmeans" (DSM's, keyed by the photo's pixels). K-means segments fail
+  # issue 21's stability gate (53% of astronaut's pixels keep their segment under the other
+  # eigensolver), cluster_qr keeps 100% on all six photos (BUILD_NOTES). The semantic pass
+  # keeps the reference's K-means (SPEC §4).
+  segment_assign: str = "cluster_qr"
   semantic: bool = False            # crops + CLS embeddings for dataset-level clustering
   semantic_num_segments: int = semantic_lib.SEMANTIC_NUM_SEGMENTS
   crop_size: int = semantic_lib.CROP_SIZE
@@ -239,8 +242,9 @@ class PipelineConfig:
     need(self.segment_assign == "kmeans" or (
         not self.adaptive_segments and self.segment_eigenvectors == 0
         and self.num_segments <= self.num_eigenvectors),
-         "segment_assign='cluster_qr' uses y₀..y_{S−1}: it needs num_segments ≤ "
-         "num_eigenvectors, adaptive_segments off and segment_eigenvectors 0")
+         "segment_assign='cluster_qr' (the default) uses y₀..y_{S−1}: it needs num_segments ≤ "
+         "num_eigenvectors, adaptive_segments off and segment_eigenvectors 0; for the others "
+         "set segment_assign='kmeans'")
     need(self.crop_size >= 1 and self.num_erode >= 0 and self.num_dilate >= 0,
          "crop_size must be ≥ 1 and num_erode, num_dilate ≥ 0")
     need(self.discovery in objects_lib.DISCOVERY_METHODS,
