@@ -66,15 +66,18 @@ VARIANTS = {
     "maskcut_q0.5_border": ({"discovery": "maskcut", "tau_quantile": 0.5,
                              "foreground": "border"},
                             "MaskCut, τ = q0.5, N = 3, the side touching the border least"),
-    "multi_region": ({"discovery": "multi_region"},
-                     "DSM multi-region: a box per non-background segment, least on the border "
-                     "first; mask: the segments with ≤ 10% of their patches on the border (the "
-                     "default)"),
-    "multi_region_0.2": ({"discovery": "multi_region", "region_border_share": 0.2},
+    "multi_region": ({"discovery": "multi_region", "segment_assign": "kmeans"},
+                     "DSM multi-region: a box per non-background K-means segment, least on the "
+                     "border first; mask: the segments with ≤ 10% of their patches on the border "
+                     "(the previous default)"),
+    "multi_region_0.2": ({"discovery": "multi_region", "segment_assign": "kmeans",
+                          "region_border_share": 0.2},
                          "multi_region, mask: segments with ≤ 20% on the border"),
-    "multi_region_all": ({"discovery": "multi_region", "region_border_share": 1.0},
+    "multi_region_all": ({"discovery": "multi_region", "segment_assign": "kmeans",
+                          "region_border_share": 1.0},
                          "multi_region, mask: every non-background segment (the rule before)"),
-    "multi_region_bs": ({"discovery": "multi_region", "bilateral.enabled": True},
+    "multi_region_bs": ({"discovery": "multi_region", "segment_assign": "kmeans",
+                         "bilateral.enabled": True},
                         "multi_region, mask refined by TokenCut's bilateral solver"),
     "dsm_bs": ({"discovery": "dsm", "foreground": "minority", "bilateral.enabled": True},
                "DSM reference, mask refined by TokenCut's bilateral solver"),
@@ -88,7 +91,8 @@ VARIANTS = {
 }
 # Issue 21's comparison: every method at the constants the protocol fixed (BUILD_NOTES, "The
 # protocol that chooses the DSM default"), plus the centred box.
-COMPARISON = ("default", "dsm", "dsm_border", "tokencut_q0.5", "maskcut_q0.5", "multi_region")
+COMPARISON = ("default", "dsm", "dsm_border", "tokencut_q0.5", "maskcut_q0.5", "multi_region",
+              "multi_region_qr")
 
 
 def score_run(out: pathlib.Path) -> dict:
