@@ -2,17 +2,21 @@
 
 For each mesh size D (fake CPU devices: ``--xla_force_host_platform_device_count=D`` in a
 subprocess per combination, so each has its own device count and a hard time limit), global
-batch B and kernel form, `spectral_jax.neuralef.pod_plan.plan_step` compiles the step with
-abstract inputs (no buffers) and reads XLA's cost and memory analysis and the collectives of
-the compiled HLO. Reference settings otherwise (24×24 patches, K = 256, k = 256, top-k blocks of
-1024 rows, ψ input 1152-d, graph features 384-d). Combinations whose batch is not a multiple of
-D are recorded as such; a compile past ``--timeout`` or failing is recorded with the reason.
-XLA's cost analysis counts the body of a while loop once, so the blockwise top-k similarity
-(a loop over row blocks; 2·m·n·C FLOPs per device for m local and n global tokens) is printed
-beside it in closed form.
+batch B, kernel scope (``graph.scope``: device, group of ``--group_size`` devices, global) and
+kernel form, `spectral_jax.neuralef.pod_plan.plan_step` compiles the step with abstract inputs
+(no buffers) and reads XLA's cost and memory analysis and the collectives of the compiled HLO.
+Reference settings otherwise (24×24 patches, K = 256, k = 256, top-k blocks of 1024 rows, ψ
+input 1152-d, graph features 384-d). Combinations whose batch is not a multiple of D (or whose
+group does not divide D) are recorded as such; ``group`` with g = D is the global program and
+is not compiled twice; a compile past ``--timeout`` or failing is recorded with the reason.
+XLA's cost analysis counts the body of a while loop once, so the blockwise top-k similarity it
+leaves out (``pod_plan.similarity_flops_left_out``: 2·m·n·C per device for m local and n kernel
+tokens, less what XLA counted) is added to its FLOPs. The projected step time
+(``pod_plan.project_step_seconds``) assumes ``--tflops`` sustained per device and ``--link_gbps``
+sent per device in collectives, and gives no overlap / perfect overlap of the two.
 
 Run: PYTHONPATH=. python benchmarks/pod_plan.py [--devices 8,64,256 --batches 16,128,1024
-     --forms dense,knn --timeout 900]
+     --scopes device,group,global --group_size 8 --forms knn --timeout 900]
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ from spectral_jax.neuralef import step as step_lib
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MIB, GIB = 2**20, 2**30
 ROLES = ("feature all-gather", "edge all-gather", "ψ all-gather", "kNN reduce-scatter",
-         "R psum", "degree/norm psum", "gradient reduction")
+         "R psum", "degree/norm psum", "metric mean", "gradient reduction")
 
 
-def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k: int,
-             block_size: int) -> dict:
+def plan_one(devices: int, batch: int, form: str, scope: str, group_size: int, grid: int,
+             psi_k: int, graph_k: int, block_size: int) -> dict:
   """Runs inside the subprocess: compile one combination, return a JSON-able row."""
 
   assert jax.device_count() == devices, (jax.device_count(), devices)
@@ -48,21 +52,30 @@ def plan_one(devices: int, batch: int, form: str, grid: int, psi_k: int, graph_k
   config.data.image_size = grid * 14
   config.psi.k, config.graph.k = psi_k, graph_k
   config.graph.block_size, config.graph.form = block_size, form
+  config.graph.scope, config.graph.group_size = scope, group_size
   config_lib.check(config, patch_size=14, devices=devices, data=False)
   plan = pod_plan.plan_step(config, step_lib.data_mesh())
   roles = pod_plan.summarise_collectives(plan["collectives"], feature_dim=384, k=psi_k)
   return {**{k: v for k, v in plan.items() if k != "collectives"}, "form": form,
-          "collectives": roles, "tokens_per_image": grid * grid, "graph_dim": 384}
+          "collectives": roles, "tokens_per_image": grid * grid, "graph_dim": 384,
+          "block_size": block_size,
+          "kernel_devices": config_lib.kernel_devices(config.graph, devices)}
 
 
-def _run(args, devices: int, batch: int, form: str) -> dict:
-  row = {"devices": devices, "batch": batch, "form": form}
+def _run(args, devices: int, batch: int, form: str, scope: str) -> dict:
+  row = {"devices": devices, "batch": batch, "form": form, "scope": scope,
+         "group_size": args.group_size}
   if batch % devices:
     return {**row, "status": f"not runnable: {batch} images do not split over {devices} devices"}
+  if scope == "group" and devices % args.group_size:
+    return {**row, "status": f"not runnable: groups of {args.group_size} do not divide {devices}"}
+  if scope == "group" and devices == args.group_size:
+    return {**row, "status": "the global program (g = D)"}
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
   cmd = [sys.executable, __file__, "--_one", json.dumps(
-      [devices, batch, form, args.grid, args.K, args.k, args.block_size])]
+      [devices, batch, form, scope, args.group_size, args.grid, args.K, args.k,
+       args.block_size])]
   start = time.perf_counter()
   try:
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
@@ -73,44 +86,69 @@ def _run(args, devices: int, batch: int, form: str) -> dict:
     last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
     return {**row, "status": f"failed (exit {proc.returncode}): {last[:200]}"}
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  return {**out, "status": "ok", "wall_seconds": time.perf_counter() - start}
+  return {**row, **out, "status": "ok", "wall_seconds": time.perf_counter() - start}
 
 
-def format_row(r: dict) -> str:
-  head = f"| {r['devices']} | {r['batch']} | {r['form']} |"
+def scope_label(r: dict) -> str:
+  scope = r.get("scope", "global")
+  return f"group {r.get('group_size')}" if scope == "group" else scope
+
+
+def totals(r: dict, tflops: float, link_gbps: float) -> dict:
+  """A compiled row's per-device GFLOP (XLA's plus the top-k similarity it leaves out) and its
+  projected step time."""
+  m = r["batch"] // r["devices"] * r.get("tokens_per_image", 576)
+  n = m * r.get("kernel_devices", r["devices"])
+  flops = r["flops"] + pod_plan.similarity_flops_left_out(m, n, r.get("graph_dim", 384),
+                                                          r.get("block_size", 1024))
+  return {"flops": flops, **pod_plan.project_step_seconds(
+      flops, r["collective_bytes"], tflops=tflops, link_gbps=link_gbps)}
+
+
+def format_row(r: dict, tflops: float = pod_plan.DEFAULT_TFLOPS,
+               link_gbps: float = pod_plan.DEFAULT_LINK_GBPS) -> str:
+  head = f"| {r['devices']} | {r['batch']} | {scope_label(r)} | {r['form']} |"
   if r["status"] != "ok":
-    return head + f" {r['status']} |" + " |" * 11
-  m, c = r["memory"], r["collectives"]
+    return head + f" {r['status']} |" + " |" * 12
+  mem, c = r["memory"], r["collectives"]
   mib = lambda role: c.get(role, {}).get("moved_bytes", 0.0) / MIB
-  # XLA's cost analysis counts a while loop's body once: the blockwise top-k's similarity
-  # (2·m·n·C per device) is a loop over row blocks, so it is added here in closed form.
-  n = r["batch"] * r.get("tokens_per_image", 576)
-  similarity = 2 * (n // r["devices"]) * n * r.get("graph_dim", 384)
-  return (head + f" {r['batch'] // r['devices']} | {r['flops'] / 1e9:,.0f} | "
-          f"{similarity / 1e9:,.0f} | "
-          f"{m['peak'] / GIB:,.2f} ({m['argument'] / GIB:.2f} / {m['output'] / GIB:.2f} / "
-          f"{m['temp'] / GIB:,.2f}) | {mib('feature all-gather'):,.1f} | "
+  rest = sum(v["moved_bytes"] for role, v in c.items()
+             if role not in ("feature all-gather", "edge all-gather", "ψ all-gather",
+                             "kNN reduce-scatter", "gradient reduction")) / MIB
+  t = totals(r, tflops, link_gbps)
+  images = r["batch"] // r["devices"]
+  return (head + f" {images} | {images * r.get('kernel_devices', r['devices'])} | "
+          f"{t['flops'] / 1e9:,.0f} | "
+          f"{mem['peak'] / GIB:,.2f} ({mem['argument'] / GIB:.2f} / {mem['output'] / GIB:.2f} / "
+          f"{mem['temp'] / GIB:,.2f}) | {mib('feature all-gather'):,.1f} | "
           f"{mib('edge all-gather'):,.1f} | {mib('ψ all-gather'):,.1f} | "
-          f"{mib('kNN reduce-scatter'):,.1f} | {mib('R psum'):,.2f} | "
-          f"{mib('gradient reduction'):,.1f} | {r['collective_bytes'] / MIB:,.1f} | "
+          f"{mib('kNN reduce-scatter'):,.1f} | {mib('gradient reduction'):,.1f} | {rest:,.2f} | "
+          f"{r['collective_bytes'] / GIB:,.3f} | {t['compute_s'] * 1e3:,.1f} / "
+          f"{t['comm_s'] * 1e3:,.1f} / {t['serial_s'] * 1e3:,.1f} | "
           f"{r['compile_seconds']:.0f} |")
 
 
-HEADER = ("| devices | batch | form | images/device | XLA GFLOP/device | + top-k similarity "
-          "GFLOP | peak GiB (arg / out / temp) | feature AG MiB | edge AG MiB | ψ AG MiB "
-          "| kNN RS MiB | R psum MiB | grad MiB | all collectives MiB | compile s |\n|"
-          + "---|" * 15)
+HEADER = ("| D | B | scope | form | images/device | images/kernel | GFLOP/device | peak GiB "
+          "(arg / out / temp) | feature AG MiB | edge AG MiB | ψ AG MiB | kNN RS MiB | grad MiB "
+          "| other MiB | all collectives GiB | step ms: compute / comm / serial | compile s |\n|"
+          + "---|" * 17)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--devices", default="8,64,256")
   parser.add_argument("--batches", default="16,128,1024")
-  parser.add_argument("--forms", default="dense,knn")
+  parser.add_argument("--scopes", default="device,group,global")
+  parser.add_argument("--group_size", type=int, default=config_lib.DEFAULT_GROUP_SIZE)
+  parser.add_argument("--forms", default="knn")
   parser.add_argument("--grid", type=int, default=24, help="patches per side (24: 336 px)")
   parser.add_argument("--K", type=int, default=256)
   parser.add_argument("--k", type=int, default=256)
   parser.add_argument("--block_size", type=int, default=1024)
+  parser.add_argument("--tflops", type=float, default=pod_plan.DEFAULT_TFLOPS,
+                      help="sustained TFLOP/s per device of the projected step time")
+  parser.add_argument("--link_gbps", type=float, default=pod_plan.DEFAULT_LINK_GBPS,
+                      help="GB/s each device sends in collectives, for the projected time")
   parser.add_argument("--timeout", type=int, default=900, help="seconds per compile")
   parser.add_argument("--json", default="", help="also write the rows to this file")
   parser.add_argument("--from_json", default="", help="print the table of a --json file")
@@ -119,24 +157,26 @@ def main():
   if args._one:  # pylint: disable=protected-access
     print(json.dumps(plan_one(*json.loads(args._one))))  # pylint: disable=protected-access
     return
+  fmt = lambda row: format_row(row, args.tflops, args.link_gbps)
   if args.from_json:
     print(HEADER)
     for row in json.loads(pathlib.Path(args.from_json).read_text()):
-      print(format_row(row))
+      print(fmt(row))
     return
   rows = []
   print(f"{args.grid}×{args.grid} patches, K = {args.K}, k = {args.k}, block {args.block_size}; "
-        "bytes moved per device per step (ring model); peak = argument + output + temp",
-        flush=True)
+        "bytes moved per device per step (ring model); peak = argument + output + temp; step "
+        f"time at {args.tflops:g} TFLOP/s and {args.link_gbps:g} GB/s per device", flush=True)
   print(HEADER, flush=True)
   for devices in (int(d) for d in args.devices.split(",")):
     for batch in (int(b) for b in args.batches.split(",")):
-      for form in args.forms.split(","):
-        row = _run(args, devices, batch, form)
-        rows.append(row)
-        print(format_row(row), flush=True)
-        if args.json:
-          pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+      for scope in args.scopes.split(","):
+        for form in args.forms.split(","):
+          row = _run(args, devices, batch, form, scope)
+          rows.append(row)
+          print(fmt(row), flush=True)
+          if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ and a psum of a known matrix) compiled for 4 fake CPU devices in a subprocess, a
 hand-written HLO excerpt.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -74,3 +75,29 @@ def test_collectives_of_a_compiled_shard_map_program():
   found = sorted(json.loads(proc.stdout.strip().splitlines()[-1]))
   assert found == [["all-gather", 240, 60, 4, pytest.approx(180.0)],
                    ["all-reduce", 36, 36, 4, pytest.approx(54.0)]]
+
+
+def test_similarity_flops_left_out_is_the_loop_body_counted_once():
+  """lax.map over 4 full blocks of 1024 rows: XLA counts one block, so 3 blocks' 2·rows·n·C
+  are added; one full block (or none) runs outside any loop and nothing is added."""
+  assert pod_plan.similarity_flops_left_out(4096, 8192, 64, 1024) == 2 * 3 * 1024 * 8192 * 64
+  assert pod_plan.similarity_flops_left_out(4500, 10, 3, 1000) == 2 * 3 * 1000 * 10 * 3
+  assert pod_plan.similarity_flops_left_out(1500, 8192, 64, 1024) == 0
+  assert pod_plan.similarity_flops_left_out(4096, 8192, 64, None) == 0
+
+
+def test_projected_step_time_at_stated_rates():
+  """1 TFLOP at 100 TFLOP/s is 10 ms; 2 GB at 100 GB/s is 20 ms: 30 ms serial, 20 overlapped."""
+  t = pod_plan.project_step_seconds(1e12, 2e9, tflops=100, link_gbps=100)
+  assert t == pytest.approx({"compute_s": 0.01, "comm_s": 0.02, "serial_s": 0.03,
+                             "overlap_s": 0.02})
+
+
+def test_the_scopes_metric_mean_is_named():
+  """The device/group scopes' pmean of the loss (step.py) is not a kernel or loss psum."""
+  c = pod_plan.Collective(op="all-reduce", name="ar", result_bytes=4, operand_bytes=4,
+                          group_size=8, source="step.py:200", op_name="pmean")
+  assert pod_plan.name_collective(c) == "metric mean"
+  assert pod_plan.name_collective(dataclasses.replace(c, source="loss.py:90")) == (
+      "degree/norm psum")
+  assert pod_plan.name_collective(dataclasses.replace(c, source="")) == "gradient reduction"
