@@ -101,3 +101,18 @@ def test_the_scopes_metric_mean_is_named():
   assert pod_plan.name_collective(dataclasses.replace(c, source="loss.py:90")) == (
       "degree/norm psum")
   assert pod_plan.name_collective(dataclasses.replace(c, source="")) == "gradient reduction"
+
+
+def test_replica_groups_of_a_sub_axis_in_either_hlo_form():
+  """A collective over 'member' of a (2, 4) mesh: 4 devices per group, whether XLA prints the
+  groups ({{0,1,2,3},{4,5,6,7}}, jax 0.10) or the mesh form (jax 0.12)."""
+  line = ("  %ag = f32[32,3]{1,0} all-gather(f32[8,3]{1,0} %p), channel_id=1, replica_groups=GROUPS, "
+          "dimensions={0}, use_global_device_ids=true")
+  for groups in ("{{0,1,2,3},{4,5,6,7}}", "mesh['group'=2,'member'=4] {'member'}",
+                 "[2,4]<=[8]"):
+    hlo = "ENTRY %main {\n" + line.replace("GROUPS", groups) + "\n}"
+    (c,) = pod_plan.collectives(hlo, num_devices=8)
+    assert c.group_size == 4, groups
+    assert c.moved_bytes == pytest.approx(3 / 4 * 32 * 3 * 4)
+  both = line.replace("GROUPS", "mesh['group'=2,'member'=4] {'group', 'member'}")
+  assert pod_plan.collectives("ENTRY %main {\n" + both + "\n}", 8)[0].group_size == 8

@@ -115,6 +115,12 @@ def _group_size(attrs: str, default: int) -> int:
   m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)   # iota form [groups, size]<=[…]
   if m:
     return int(m.group(2))
+  # mesh form (newer XLA): replica_groups=mesh['group'=2,'member'=4] {'member'}: the product
+  # of the named axes' sizes
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+  if m:
+    sizes = {name: int(size) for name, size in re.findall(r"'([^']+)'=(\d+)", m.group(1))}
+    return int(np.prod([sizes[name] for name in re.findall(r"'([^']+)'", m.group(2))]))
   m = re.search(r"replica_groups=\{(\{[^}]*\})", attrs)        # explicit {{0,1,…},…}
   if m:
     return len([x for x in m.group(1).strip("{}").split(",") if x.strip()])
