@@ -17,6 +17,7 @@ import textwrap
 import pytest
 
 from experiments.configs import neuralef as configs
+from spectral_jax.neuralef import checkpoint as ckpt
 from spectral_jax.neuralef import config as config_lib
 from spectral_jax.neuralef import step as step_lib
 
@@ -221,3 +222,16 @@ def test_scope_axes_and_the_default():
   assert step_lib.scope_axes("device", None) == (None, None)
   with pytest.raises(ValueError, match="needs axis_name = \\(group axis, member axis\\)"):
     step_lib.scope_axes("group", "data")
+
+
+def test_a_checkpoint_from_before_scopes_resumes_as_global():
+  """A saved config without graph.scope / group_size (written before they existed) equals
+  today's default config, and differs from one that sets another scope."""
+  config = configs.get_config("test")
+  old = ckpt.config_json(config)
+  del old["graph"]["scope"], old["graph"]["group_size"]
+  assert ckpt.config_differences(old, ckpt.config_json(config)) == []
+  assert ckpt.ADDED_FIELDS["graph.group_size"] == config_lib.DEFAULT_GROUP_SIZE
+  config.graph.scope = "device"
+  assert ckpt.config_differences(old, ckpt.config_json(config)) == [
+      'graph.scope: checkpoint "global" vs now "device"']

@@ -26,6 +26,10 @@ from flax import traverse_util
 RUNTIME_FIELDS = ("checkpoint", "log", "eval", "data.cache_dir", "data.extract_batch_size",
                   "data.num_threads", "data.prefetch")
 ITEMS = ("state", "config", "data")
+# Training fields added after checkpoints were written, with the value that reproduces those
+# runs: a saved config without the field is compared as if it held this value.
+# (graph.group_size: neuralef.config.DEFAULT_GROUP_SIZE, read only by graph.scope "group".)
+ADDED_FIELDS = {"graph.scope": "global", "graph.group_size": 8}
 
 
 class ConfigMismatchError(ValueError):
@@ -52,6 +56,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
                        ignore: Sequence[str] = RUNTIME_FIELDS) -> list[str]:
   """Human-readable differences between two JSON configs, ignoring runtime fields."""
   a, b = training_fields(saved, ignore), training_fields(current, ignore)
+  a = {**{name: value for name, value in ADDED_FIELDS.items() if name not in ignore}, **a}
   missing = object()
   show = lambda v: "(absent)" if v is missing else json.dumps(v)
   return [f"{name}: checkpoint {show(a.get(name, missing))} vs now {show(b.get(name, missing))}"
@@ -316,7 +321,7 @@ def check_checkpoint_config(workdir: str | pathlib.Path, config: ml_collections.
 
 
 __all__ = [
-    "ConfigMismatchError", "DivergedError", "check_finite", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
+    "ADDED_FIELDS", "ConfigMismatchError", "DivergedError", "check_finite", "ITEMS", "RUNTIME_FIELDS", "check_checkpoint_config",
     "checkpoint_manager", "config_differences", "config_json", "gather_process_json",
     "resolve_step", "restore_checkpoint", "restore_data_state", "restore_latest_intact",
     "save_checkpoint",
