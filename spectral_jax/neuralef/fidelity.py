@@ -185,8 +185,12 @@ def principal_angles(a: jax.Array, b: jax.Array, *, rcond: float | None = None) 
 
 
 def _normalise_columns(psi: jax.Array) -> jax.Array:
-  norms = jnp.linalg.norm(psi, axis=0)
-  return psi / jnp.maximum(norms, jnp.finfo(psi.dtype).tiny)[None, :]
+  """Unit columns; each is first divided by its largest |entry|, so a column of tiny values
+  (a softmax column at 1e-30, whose squares underflow in float32) is not divided by the
+  clamp and blown up; an all-zero column stays zero."""
+  tiny = jnp.finfo(psi.dtype).tiny
+  psi = psi / jnp.maximum(jnp.max(jnp.abs(psi), axis=0), tiny)[None, :]
+  return psi / jnp.maximum(jnp.linalg.norm(psi, axis=0), tiny)[None, :]
 
 
 def clusters(eigenvalues: jax.Array, cluster_tol: float = DEFAULT_CLUSTER_TOL) -> jax.Array:
