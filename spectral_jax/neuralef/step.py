@@ -55,6 +55,7 @@ from jax.sharding import PartitionSpec as P
 from spectral_jax import backbones
 from spectral_jax import graphs
 from spectral_jax.neuralef import features
+from spectral_jax.neuralef.config import KERNEL_SCOPES
 from spectral_jax.neuralef import loss as loss_lib
 from spectral_jax.neuralef import psi as psi_lib
 from spectral_jax.neuralef.checkpoint import config_json
@@ -195,8 +196,8 @@ def scope_axes(scope: str, axis_name) -> tuple[Any, Any]:
   Raises:
     ValueError: an unknown scope, or ``"group"`` without a 2-axis ``axis_name``.
   """
-  if scope not in ("device", "group", "global"):
-    raise ValueError(f"graph.scope must be one of ('device', 'group', 'global'); got {scope!r}")
+  if scope not in KERNEL_SCOPES:
+    raise ValueError(f"graph.scope must be one of {KERNEL_SCOPES}; got {scope!r}")
   if axis_name is None:
     return None, None
   if scope == "global":
