@@ -60,13 +60,15 @@ def test_exact_eigenvectors_have_cosine_one_and_zero_angles():
 
 def test_columns_of_tiny_values_are_normalised_not_blown_up():
   """A softmax column at ~1e-30 (its squares underflow in float32) is still a unit vector:
-  cosines stay in [0, 1] and Rayleigh quotients at λ; an all-zero column gives zeros."""
+  cosines stay in [0, 1] and Rayleigh quotients at λ; an all-zero column gives zeros, not NaN
+  (under jit, as training's probe runs it)."""
   g, u, lam = known_kernel(TOP)
   ref = fid.kernel_eigenpairs(g, N, K, method="eigh")
   psi = np.array(u[:, :K], np.float64)
   psi[:, 1] *= 1e-30
   psi[:, 2] = 0.0
-  out = fid.fidelity(jnp.asarray(psi, jnp.float32), ref, g)
+  out = jax.jit(fid.fidelity)(jnp.asarray(psi, jnp.float32), ref, g)
+  assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(out))
   np.testing.assert_allclose(np.asarray(out["cos_in_order"])[[0, 1, 3]], 1, atol=1e-5)
   assert float(out["cos_in_order"][2]) == 0.0 and float(out["rayleigh"][2]) == 0.0
   np.testing.assert_allclose(out["rayleigh"][1], lam[1], atol=1e-5)
