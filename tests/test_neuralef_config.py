@@ -67,6 +67,22 @@ def test_check_names_the_bad_field(field, value, match):
     config_lib.check(config)
 
 
+@pytest.mark.parametrize("scope, global_form, refused", [
+    ("device", "ring", True), ("device", "gather", False), ("global", "ring", False),
+    ("group", "ring", False)])
+def test_a_ring_needs_a_kernel_that_spans_devices(scope, global_form, refused):
+  """graph.global_form = "ring" passes blocks between devices: with the device scope there are
+  none to pass, so the pair is refused by name instead of silently ignored."""
+  config = configs.get_config("test")
+  config.graph.scope, config.graph.global_form, config.graph.group_size = scope, global_form, 1
+  if refused:
+    with pytest.raises(ValueError, match="graph.global_form must be 'gather' with graph.scope "
+                       "'device'"):
+      config_lib.check(config)
+  else:
+    config_lib.check(config)
+
+
 def test_the_batch_must_fit_the_tokens_and_devices():
   config = configs.get_config("test")   # batch 8, graph.k 8, psi.k 8
   with pytest.raises(ValueError, match="graph.k = 8 neighbours need more than the 8 tokens"):

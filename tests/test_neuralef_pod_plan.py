@@ -5,6 +5,7 @@ and a psum of a known matrix) compiled for 4 fake CPU devices in a subprocess, a
 hand-written HLO excerpt.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -115,3 +116,44 @@ def test_collectives_in_loops_count_once_per_iteration():
   inner, outer = pod_plan.collectives(LOOP_HLO, num_devices=4)
   assert (inner.op, inner.trips, outer.trips) == ("collective-permute", 6, 1)
   assert inner.moved_bytes == 6 * 8 * 3 * 4 and outer.moved_bytes == 8 * 3 * 4
+
+
+def test_similarity_flops_left_out_is_the_loop_body_counted_once():
+  """lax.map over 4 full blocks of 1024 rows: XLA counts one block, so 3 blocks' 2·rows·n·C
+  are added; one full block (or none) runs outside any loop and nothing is added."""
+  assert pod_plan.similarity_flops_left_out(4096, 8192, 64, 1024) == 2 * 3 * 1024 * 8192 * 64
+  assert pod_plan.similarity_flops_left_out(4500, 10, 3, 1000) == 2 * 3 * 1000 * 10 * 3
+  assert pod_plan.similarity_flops_left_out(1500, 8192, 64, 1024) == 0
+  assert pod_plan.similarity_flops_left_out(4096, 8192, 64, None) == 0
+
+
+def test_projected_step_time_at_stated_rates():
+  """1 TFLOP at 100 TFLOP/s is 10 ms; 2 GB at 100 GB/s is 20 ms: 30 ms serial, 20 overlapped."""
+  t = pod_plan.project_step_seconds(1e12, 2e9, tflops=100, link_gbps=100)
+  assert t == pytest.approx({"compute_s": 0.01, "comm_s": 0.02, "serial_s": 0.03,
+                             "overlap_s": 0.02})
+
+
+def test_the_scopes_metric_mean_is_named():
+  """The device/group scopes' pmean of the loss (step.py) is not a kernel or loss psum."""
+  c = pod_plan.Collective(op="all-reduce", name="ar", result_bytes=4, operand_bytes=4,
+                          group_size=8, source="step.py:200", op_name="pmean")
+  assert pod_plan.name_collective(c) == "metric mean"
+  assert pod_plan.name_collective(dataclasses.replace(c, source="loss.py:90")) == (
+      "degree/norm psum")
+  assert pod_plan.name_collective(dataclasses.replace(c, source="")) == "gradient reduction"
+
+
+def test_replica_groups_of_a_sub_axis_in_either_hlo_form():
+  """A collective over 'member' of a (2, 4) mesh: 4 devices per group, whether XLA prints the
+  groups ({{0,1,2,3},{4,5,6,7}}, jax 0.10) or the mesh form (jax 0.12)."""
+  line = ("  %ag = f32[32,3]{1,0} all-gather(f32[8,3]{1,0} %p), channel_id=1, replica_groups=GROUPS, "
+          "dimensions={0}, use_global_device_ids=true")
+  for groups in ("{{0,1,2,3},{4,5,6,7}}", "mesh['group'=2,'member'=4] {'member'}",
+                 "[2,4]<=[8]"):
+    hlo = "ENTRY %main {\n" + line.replace("GROUPS", groups) + "\n}"
+    (c,) = pod_plan.collectives(hlo, num_devices=8)
+    assert c.group_size == 4, groups
+    assert c.moved_bytes == pytest.approx(3 / 4 * 32 * 3 * 4)
+  both = line.replace("GROUPS", "mesh['group'=2,'member'=4] {'group', 'member'}")
+  assert pod_plan.collectives("ENTRY %main {\n" + both + "\n}", 8)[0].group_size == 8

@@ -18,6 +18,7 @@ Presets (the string after ``:``):
 
 import ml_collections
 
+from spectral_jax.neuralef import config as config_lib
 from spectral_jax.neuralef import psi as psi_lib
 
 
@@ -75,6 +76,12 @@ def get_config(preset: str = "reference") -> ml_collections.ConfigDict:
   c.graph.block_size = 1024     # query rows per top-k block (None: one dense similarity)
   c.graph.form = "dense"        # G's rows per device: "dense" (m × n) or "knn" (m × k lists)
   c.graph.global_form = "gather"  # other devices' tokens: "gather" them or pass a "ring"
+  # Which tokens one kernel couples on D devices (neuralef.config's docstring: what each
+  # estimates and costs): "global" (the whole batch), "device" (each device's own crops, the
+  # reference's per-GPU kernel; only gradients are all-reduced) or "group" (group_size
+  # consecutive devices; group_size must divide D).
+  c.graph.scope = "global"
+  c.graph.group_size = config_lib.DEFAULT_GROUP_SIZE
 
   # Loss and Gumbel temperature (SPEC §5).
   c.loss = ml_collections.ConfigDict()

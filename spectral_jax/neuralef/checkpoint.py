@@ -28,6 +28,12 @@ from flax import traverse_util
 RUNTIME_FIELDS = ("checkpoint", "log", "eval", "data.cache_dir", "data.extract_batch_size",
                   "data.num_threads", "data.prefetch", "psi.remat")
 ITEMS = ("state", "config", "data")
+# Training fields added after checkpoints were written, with the value that reproduces those
+# runs: a saved config without the field is compared as if it held this value.
+# (graph.group_size: neuralef.config.DEFAULT_GROUP_SIZE, read only by graph.scope "group"; a
+# checkpoint from before psi.head existed has the QR head, and so on.)
+ADDED_FIELDS = {"graph.scope": "global", "graph.group_size": 8, "graph.global_form": "gather",
+                "psi.head": "qr", "loss.objective": "segmentor"}
 
 
 class ConfigMismatchError(ValueError):
@@ -99,11 +105,6 @@ def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(json.dumps(config.to_dict(), default=list))
 
 
-# Fields added to the training config after checkpoints were written without them, with the
-# value those runs had: a stored config lacking one was trained with it (`with_added_fields`).
-ADDED_FIELDS = {"psi.head": "qr", "loss.objective": "segmentor", "graph.global_form": "gather"}
-
-
 def with_added_fields(config_data: dict[str, Any]) -> dict[str, Any]:
   """A stored JSON config with each absent `ADDED_FIELDS` entry set to the value its run used
   (a checkpoint from before ``psi.head`` existed has the QR head, and so on)."""
@@ -127,6 +128,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
                        ignore: Sequence[str] = RUNTIME_FIELDS) -> list[str]:
   """Human-readable differences between two JSON configs, ignoring runtime fields."""
   a, b = training_fields(saved, ignore), training_fields(current, ignore)
+  a = {**{name: value for name, value in ADDED_FIELDS.items() if name not in ignore}, **a}
   missing = object()
   show = lambda v: "(absent)" if v is missing else json.dumps(v)
   return [f"{name}: checkpoint {show(a.get(name, missing))} vs now {show(b.get(name, missing))}"

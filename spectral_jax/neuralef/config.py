@@ -13,6 +13,28 @@ that takes the typed values `check` returns (a `Checked`), never the config's se
 * the training sections (`check_training`): batch, optimiser, graph, ψ, loss (its
   ``objective`` one of ``objectives.OBJECTIVES``), checkpoints,
   logging, and the batch's fit to the devices and to the backbone's patch grid.
+* ``graph.scope`` (`KERNEL_SCOPES`) and ``graph.group_size``: which tokens one batch kernel
+  couples when the step runs on D devices (``neuralef.step``), each a different estimator of
+  the same eigenfunctions at a different price:
+
+  - ``"global"`` (default, the behaviour before scopes existed): one kernel over the whole
+    global batch (B·N tokens); the loss's sums (column norms, R = ψᵀGψ) are over it too.
+    Estimates the eigenfunctions of the largest kernel the batch affords; costs an
+    all-gather of the (n, C) graph features and of the (n, K) ψ columns (and the knn form's
+    reduce-scatter) per step, O(global tokens) per device whatever D, and a top-k similarity
+    of 2·m·n·C FLOPs per device that grows with the global batch.
+  - ``"device"``: the reference's semantics (SPEC §9: the kernel over each GPU's own batch):
+    every device builds the kernel of its own B/D crops and computes the loss of that kernel
+    alone; the per-device gradients are averaged (the data-parallel all-reduce, the only
+    collective besides the metrics' mean). Estimates the eigenfunctions of a kernel over B/D
+    crops (a noisier, smaller-graph estimator: its neighbours are found among B/D images);
+    traffic is the gradient all-reduce only, and the per-device compute stays constant when
+    devices are added at a fixed per-device batch.
+  - ``"group"``: the kernel over the crops of ``graph.group_size`` = g consecutive devices (an
+    all-gather within each group: a sub-axis of the mesh), the loss over that kernel, gradients
+    averaged over the D/g groups. g = 1 is ``device``, g = D is ``global``; costs the global
+    scope's collectives at the group's size (e.g. the 8 devices of one host, whose links are
+    the fast ones).
 
 Every failure is a ValueError naming the field, its value and what it must be.
 """
@@ -34,6 +56,12 @@ from spectral_jax.neuralef.objectives import OBJECTIVES
 from spectral_jax.neuralef.psi import HEADS
 
 CACHE_DTYPES = ("float32", "float16")
+# ``graph.scope``: the tokens one batch kernel couples (module docstring; ``neuralef.step``).
+KERNEL_SCOPES = ("device", "group", "global")
+# ``graph.group_size`` default: the devices of one 8-accelerator host (an 8-GPU node's NVLink
+# domain), where a group's all-gather stays on the fast links. Not measured (no pod here);
+# read only when ``graph.scope`` is "group".
+DEFAULT_GROUP_SIZE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +208,13 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
   need(isinstance(weights, (tuple, list)) and len(weights) >= 1
        and all(_non_negative(w) for w in weights), "graph.distance_weights",
        "a tuple of finite numbers ≥ 0 (one per graph.n_neighbors)", weights)
+  need(g.get("scope", "global") in KERNEL_SCOPES, "graph.scope", f"one of {KERNEL_SCOPES}",
+       g.get("scope"))
+  need(isinstance(g.get("group_size", 1), int) and int(g.get("group_size", 1)) >= 1,
+       "graph.group_size", "an integer ≥ 1 (devices per group)", g.get("group_size"))
+  need(g.get("scope", "global") != "device" or g.get("global_form", "gather") == "gather",
+       "graph.global_form", "'gather' with graph.scope 'device' (its kernel never leaves the "
+       "device, so there is no ring to pass blocks around)", g.get("global_form"))
   need(len(g.n_neighbors) == len(g.distance_weights) and all(int(n) >= 1 for n in g.n_neighbors),
        "graph.n_neighbors", "≥ 1 each, as many as graph.distance_weights", g.n_neighbors)
   for name in ("k", "num_blocks", "num_heads", "head_dim", "mlp_dim"):
@@ -203,18 +238,32 @@ def check_training(config: ml_collections.ConfigDict, *, patch_size: int | None 
   if devices is not None and int(t.batch_size) % devices:
     raise ValueError(f"train.batch_size = {t.batch_size} must be a multiple of the {devices} "
                      "devices (each device holds the same number of crops)")
+  if devices is not None and g.get("scope", "global") == "group" and devices % int(g.group_size):
+    raise ValueError(f"graph.group_size = {g.group_size} must divide the {devices} devices "
+                     "(graph.scope = 'group' splits them into groups of consecutive devices)")
   if patch_size is not None:
     side = int(config.data.image_size) // int(patch_size)
     need(side >= 1, "data.image_size", f"≥ the backbone's {patch_size}-px patch",
          config.data.image_size)
     tokens = int(t.batch_size) * side * side
   if tokens is not None:
+    where = "a batch"
+    if devices is not None and g.get("scope", "global") != "global":
+      tokens = tokens // devices * kernel_devices(g, devices)
+      where = f"a {g.scope}-scope kernel ({kernel_devices(g, devices)} of {devices} devices)"
     if g.k > tokens - 1:
-      raise ValueError(f"graph.k = {g.k} neighbours need more than the {tokens} tokens of a "
-                       "batch; lower graph.k or raise train.batch_size / data.image_size")
+      raise ValueError(f"graph.k = {g.k} neighbours need more than the {tokens} tokens of "
+                       f"{where}; lower graph.k or raise train.batch_size / data.image_size")
     if config.psi.k > tokens:
-      raise ValueError(f"psi.k = {config.psi.k} eigenfunctions exceed the {tokens} tokens of a "
-                       "batch; lower psi.k or raise train.batch_size / data.image_size")
+      raise ValueError(f"psi.k = {config.psi.k} eigenfunctions exceed the {tokens} tokens of "
+                       f"{where}; lower psi.k or raise train.batch_size / data.image_size")
+
+
+def kernel_devices(graph: ml_collections.ConfigDict, devices: int) -> int:
+  """How many of ``devices`` one batch kernel spans under ``graph.scope`` (1, g or all)."""
+  scope = graph.get("scope", "global")
+  return {"device": 1, "group": int(graph.get("group_size", DEFAULT_GROUP_SIZE)),
+          "global": int(devices)}[scope]
 
 
 def check(config: ml_collections.ConfigDict, *, patch_size: int | None = None,
@@ -238,5 +287,6 @@ def check(config: ml_collections.ConfigDict, *, patch_size: int | None = None,
   return Checked(config=config, augment=augment, overrides=overrides)
 
 
-__all__ = ["CACHE_DTYPES", "Checked", "backbone_overrides", "check", "check_data",
-           "check_training", "fixed_views", "pipeline_settings", "train_augment"]
+__all__ = ["CACHE_DTYPES", "DEFAULT_GROUP_SIZE", "KERNEL_SCOPES", "Checked", "backbone_overrides",
+           "check", "check_data", "check_training", "fixed_views", "kernel_devices",
+           "pipeline_settings", "train_augment"]

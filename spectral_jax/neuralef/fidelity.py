@@ -185,13 +185,15 @@ def principal_angles(a: jax.Array, b: jax.Array, *, rcond: float | None = None) 
 
 
 def _normalise_columns(psi: jax.Array) -> jax.Array:
-  """Unit columns (zero columns stay zero). Scaled by their largest entry first: the squares of
-  a softmax column the argmax never picks (~1e-25) underflow, and a norm of 0 or a subnormal
-  would turn its cosines into 1e16 (seen in a training log, issue 22)."""
+  """Unit columns; each is first divided by its largest |entry|, so a column of tiny values
+  (a softmax column at 1e-30, whose squares underflow in float32) is not blown up by a
+  clamped norm. A column whose largest |entry| is below the smallest normal float (all zero,
+  or denormals, which the CPU flushes to zero) becomes zero: dividing by a clamp there gives
+  NaN under jit on the CPU (0 · 1/tiny)."""
   scale = jnp.max(jnp.abs(psi), axis=0)
-  psi = psi / jnp.where(scale > 0, scale, 1.0)[None, :]
-  norms = jnp.linalg.norm(psi, axis=0)
-  return psi / jnp.where(norms > 0, norms, 1.0)[None, :]
+  live = scale >= jnp.finfo(psi.dtype).tiny
+  psi = jnp.where(live[None, :], psi / jnp.where(live, scale, 1.0)[None, :], 0.0)
+  return psi / jnp.where(live, jnp.linalg.norm(psi, axis=0), 1.0)[None, :]
 
 
 def clusters(eigenvalues: jax.Array, cluster_tol: float = DEFAULT_CLUSTER_TOL) -> jax.Array:

@@ -21,6 +21,13 @@ reduce-scatter ``(D−1)/D · operand``, all-reduce ``2(D−1)/D · operand``, a
 bodies, e.g. the ring form's ``ppermute``s) counts once per iteration: its ``trips`` are the
 product of the enclosing loops' known trip counts (`loop_trips`; 1 where XLA states none).
 
+Every kernel scope (``graph.scope``: device / group / global, ``neuralef.config``) plans the
+same way: the step builds its own mesh for the scope (``step.scope_mesh``), the batch stays
+sharded over the 1-D mesh given here. `similarity_flops_left_out` adds back the blockwise
+top-k similarity that XLA's cost analysis counts once per loop, and `project_step_seconds`
+turns FLOPs and bytes into a step time under stated rates (`DEFAULT_TFLOPS`,
+`DEFAULT_LINK_GBPS`).
+
 The step is built by a ``step_builder(config, mesh)`` returning the step as a callable
 ``(state, batch) -> (state, metrics)`` (default ``neuralef.step.make_train_step``); any builder
 with that signature (e.g. one with the backbone inside the step, taking images) plugs in, with
@@ -51,6 +58,12 @@ _SHAPE = re.compile(r"\b(pred|bf16|[subfc]\d+)\[([0-9,]*)\]")
 # "%name = SHAPE opcode(OPERANDS), attributes"; SHAPE may be a tuple "(f32[2]{0}, f32[3]{0})".
 _OPERAND = re.compile(r"((?:pred|bf16|[subfc]\d+)\[[0-9,]*\](?:\{[^}]*\})?)?\s*%([\w.\-]+)")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
+# Projection assumptions of `project_step_seconds` (stated, not measured: no pod here): a
+# device's sustained FLOP rate (an H100's dense bf16 is ~1000 TFLOP/s peak, float32 ~60; ~100 is
+# a mixed-precision step's sustained rate) and the bytes per second each device sends in a
+# collective (~100 GB/s: an inter-node GPU link or a TPU ICI link; NVLink within a node is ~4×).
+DEFAULT_TFLOPS = 100.0
+DEFAULT_LINK_GBPS = 100.0
 @dataclasses.dataclass(frozen=True)
 class Collective:
   """One collective of a compiled HLO module (per device).
@@ -107,6 +120,12 @@ def _group_size(attrs: str, default: int) -> int:
   m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)   # iota form [groups, size]<=[…]
   if m:
     return int(m.group(2))
+  # mesh form (newer XLA): replica_groups=mesh['group'=2,'member'=4] {'member'}: the product
+  # of the named axes' sizes
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", attrs)
+  if m:
+    sizes = {name: int(size) for name, size in re.findall(r"'([^']+)'=(\d+)", m.group(1))}
+    return int(np.prod([sizes[name] for name in re.findall(r"'([^']+)'", m.group(2))]))
   m = re.search(r"replica_groups=\{(\{[^}]*\})", attrs)        # explicit {{0,1,…},…}
   if m:
     return len([x for x in m.group(1).strip("{}").split(",") if x.strip()])
@@ -327,6 +346,45 @@ def plan_step(config, mesh, *, step_builder: Callable | None = None,
           "collectives": found, "collective_bytes": float(sum(c.moved_bytes for c in found))}
 
 
+def similarity_flops_left_out(rows: int, keys: int, dim: int, block_size: int | None) -> float:
+  """FLOPs of the blockwise top-k similarity that XLA's cost analysis leaves out.
+
+  ``topk_cosine_rows`` forms ``rows`` × ``keys`` cosine similarities of ``dim`` features
+  (2·rows·keys·dim FLOPs) ``block_size`` rows at a time: ``lax.map`` runs ``rows // block``
+  full blocks in a loop, whose body XLA counts once, and the remainder outside it. So
+  ``(rows // block − 1)·block`` rows are missing from its count when the loop runs at all.
+
+  Args:
+    rows: this device's query tokens m.
+    keys: the kernel's tokens n (the scope's: m, g·m or the global batch).
+    dim: graph feature size C.
+    block_size: query rows per block (None: one block, nothing left out).
+  Returns:
+    The FLOPs to add to ``cost_analysis()``'s.
+  """
+  if block_size is None or rows // int(block_size) < 2:
+    return 0.0
+  return 2.0 * (rows // int(block_size) - 1) * int(block_size) * keys * dim
+
+
+def project_step_seconds(flops: float, moved_bytes: float, *, tflops: float = DEFAULT_TFLOPS,
+                         link_gbps: float = DEFAULT_LINK_GBPS) -> dict[str, float]:
+  """A step's time per device from its FLOPs and the bytes it sends, at stated rates.
+
+  Args:
+    flops: FLOPs per device per step.
+    moved_bytes: bytes each device sends per step (ring model, `Collective.moved_bytes`).
+    tflops: sustained FLOP rate, 10¹² FLOP/s (`DEFAULT_TFLOPS`).
+    link_gbps: bytes per second a device sends in a collective, 10⁹ B/s (`DEFAULT_LINK_GBPS`).
+  Returns:
+    ``compute_s``, ``comm_s``, ``serial_s`` (no overlap: their sum) and ``overlap_s`` (perfect
+    overlap: their maximum); the true time lies between the last two.
+  """
+  compute, comm = flops / (tflops * 1e12), moved_bytes / (link_gbps * 1e9)
+  return {"compute_s": compute, "comm_s": comm, "serial_s": compute + comm,
+          "overlap_s": max(compute, comm)}
+
+
 def name_collective(c: Collective, *, feature_dim: int = 384, k: int = 256) -> str:
   """A readable role for a collective of the NeuralEF step, from its source line and shapes.
 
@@ -334,8 +392,9 @@ def name_collective(c: Collective, *, feature_dim: int = 384, k: int = 256) -> s
   (the (n, k) top-k values/indices the dense kernel rows are built from), "ψ all-gather" (the
   loss's (n, K) columns), "kNN reduce-scatter" (the knn form's Aᵀq), "R psum" (an all-reduce
   holding the (K, K) R; XLA may combine it with others), "degree/norm psum" (kernel degrees,
-  ψ's column norms), "gradient reduction" (all-reduces emitted outside the step's own files:
-  the parameters' gradients that shard_map sums), "feature ring" (the ring form's
+  ψ's column norms), "metric mean" (the device and group scopes' ``pmean`` of the loss and
+  eigenvalues, in step.py), "gradient reduction" (all-reduces emitted outside the step's own
+  files: the parameters' gradients that shard_map sums), "feature ring" (the ring form's
   ``ppermute`` of (m, C) feature blocks for the top-k), "kernel ring" (its other ``ppermute``s:
   ψ blocks, partial sums of Aᵀq, the dense form's neighbour lists), or "other".
   """
@@ -353,7 +412,9 @@ def name_collective(c: Collective, *, feature_dim: int = 384, k: int = 256) -> s
   if c.op == "all-reduce":
     if (k, k) in c.result_shapes:
       return "R psum"
-    if any(f in src for f in ("loss.py", "step.py", "knn.py", "kernel.py", "affinity.py")):
+    if "step.py" in src:
+      return "metric mean"
+    if any(f in src for f in ("loss.py", "knn.py", "kernel.py", "affinity.py")):
       return "degree/norm psum"
     return "gradient reduction"
   return "other"
@@ -372,7 +433,7 @@ def summarise_collectives(found: Sequence[Collective], **names) -> dict[str, dic
 
 
 __all__ = [
-    "COLLECTIVE_OPS", "Collective", "collectives", "loop_trips", "name_collective", "plan_step",
-    "shape_bytes",
-    "summarise_collectives", "train_batch_shapes",
+    "COLLECTIVE_OPS", "DEFAULT_LINK_GBPS", "DEFAULT_TFLOPS", "Collective", "collectives",
+    "loop_trips", "name_collective", "plan_step", "project_step_seconds", "shape_bytes",
+    "similarity_flops_left_out", "summarise_collectives", "train_batch_shapes",
 ]

@@ -19,6 +19,17 @@ around the device ring (``batch_kernel_matmul(ring=True)``), same step to float 
 shard_map already sums the gradients of the replicated parameters over devices, so
 none is ``pmean``-ed. `make_loss_and_grad(config, axis_name=...)` is the same computation as a
 plain function, which also composes under ``jax.pmap`` (where the gradients are ``psum``-ed).
+
+Kernel scope (``config.graph.scope``; ``neuralef.config`` says what each estimates and costs):
+the above is ``"global"``. ``"device"``: the kernel, the column norms and R are over this
+device's crops only (no collective in the kernel or the loss), and the loss, its terms and the
+eigenvalues are ``pmean``-ed over ``'data'`` and the gradients (summed by shard_map) divided
+by D: the mean of D independent single-device steps' gradients, the reference's data
+parallelism. ``"group"``: the step runs over a 2-D mesh (`GROUP_AXES`, ``(D/g, g)``, the same
+devices in the same order, `scope_mesh`); the kernel and the loss's sums are over
+``'member'`` (g consecutive devices) and the results averaged over ``'group'`` as for
+``"device"``. The batch stays sharded over the 1-D ``'data'`` mesh (the same rows per device),
+so data loading, resumption and the data order do not depend on the scope.
 `device_batch`, `replicate` and `process_rows` place a batch and the state on the mesh (each
 process feeding only its own rows of the global batch).
 
@@ -46,6 +57,7 @@ from jax.sharding import PartitionSpec as P
 from spectral_jax import backbones
 from spectral_jax import graphs
 from spectral_jax.neuralef import features
+from spectral_jax.neuralef.config import KERNEL_SCOPES
 from spectral_jax.neuralef import loss as loss_lib
 from spectral_jax.neuralef import objectives
 from spectral_jax.neuralef import psi as psi_lib
@@ -54,6 +66,8 @@ from spectral_jax.neuralef.checkpoint import training_fields
 
 
 AXIS = "data"
+# graph.scope = "group": the step's 2-D mesh, (D/g groups) × (g consecutive devices per group).
+GROUP_AXES = ("group", "member")
 BATCH_KEYS = ("psi_inputs", "graph_features", "image_grids")
 IMAGE_KEY = "images"  # the batch entry of `make_image_train_step` (crops; the backbone runs inside)
 
@@ -116,14 +130,17 @@ def per_image_gumbel_softmax(key: jax.Array, logits: jax.Array, tau: jax.Array,
   return jax.vmap(lambda kk, x: loss_lib.gumbel_softmax(kk, x, tau))(keys, logits)
 
 
-def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | None = None,
+def make_loss_and_grad(config: ml_collections.ConfigDict, *,
+                       axis_name: str | tuple[str, str] | None = None,
                        sum_grads: bool = False) -> Callable:
   """``fn(state, batch) -> (loss, aux, grads)`` of one training step (no update).
 
   The plain computation of a step on this device's part of the batch (steps 1-3 of the module
   docstring). With ``axis_name`` it must run inside ``shard_map`` or ``pmap`` over that axis; the
-  loss and aux are then those of the global batch. ``sum_grads=True`` ``psum``s the gradients
-  (needed under ``pmap``; under ``shard_map`` they are already summed, see the module docstring).
+  loss and aux are then those of the global batch (``graph.scope`` "global"), or the mean over
+  the kernels of each device / group of the per-kernel losses (`scope_axes`), and the gradients
+  that mean's. ``sum_grads=True`` ``psum``s the gradients (needed under ``pmap``; under
+  ``shard_map`` they are already summed, see the module docstring).
 
   ``loss.objective`` "segmentor" (the reference) is steps 2-3: Gumbel-softmax, L2 batch
   normalisation, ``neuralef_loss`` with the config's β and t; any other name of
@@ -132,7 +149,8 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
   Args:
     config: the training config (``psi``, ``graph``, ``loss``, ``train.num_steps``), checked by
       the caller (``neuralef.config.check``).
-    axis_name: the batch axis, or None for one device.
+    axis_name: the batch axis, or None for one device; for ``graph.scope`` "group" the pair
+      (group axis, member axis) of a 2-D mesh (`GROUP_AXES`, `scope_mesh`).
     sum_grads: ``psum`` the gradients over ``axis_name``.
   Returns:
     A function of (``TrainState``, batch dict with `BATCH_KEYS`; other keys are ignored).
@@ -144,10 +162,11 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
   name = lc.get("objective", "segmentor")
   other_objective = None if name == "segmentor" else objectives.OBJECTIVES[name]
   tau_fn = loss_lib.tau_schedule(int(config.train.num_steps), lc.tau_max, lc.tau_min)
+  kernel_axis, mean_axis = scope_axes(g.get("scope", "global"), axis_name)
   kernel_args = dict(k=int(g.k), alpha=float(g.alpha), n_neighbors=tuple(g.n_neighbors),
                      distance_weights=tuple(g.distance_weights), block_size=g.block_size,
-                     form=g.form, axis_name=axis_name,
-                     ring=g.get("global_form", "gather") == "ring")
+                     form=g.form, axis_name=kernel_axis,
+                     ring=kernel_axis is not None and g.get("global_form", "gather") == "ring")
 
   def loss_and_grad(state: TrainState, batch: dict[str, jax.Array]):
     step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -160,20 +179,69 @@ def make_loss_and_grad(config: ml_collections.ConfigDict, *, axis_name: str | No
       logits, _ = psi.apply({"params": params}, batch["psi_inputs"])
       if other_objective is not None:  # ψ's raw outputs, the objective's own defaults
         return other_objective(logits.reshape(-1, logits.shape[-1]), kernel,
-                               axis_name=axis_name)
+                               axis_name=kernel_axis)
       soft = per_image_gumbel_softmax(step_key, logits, tau, offset)
-      normed = loss_lib.l2_batch_normalize(soft, axis_name=axis_name)
+      normed = loss_lib.l2_batch_normalize(soft, axis_name=kernel_axis)
       return loss_lib.neuralef_loss(normed.reshape(-1, normed.shape[-1]), kernel, beta,
-                                    t=lc.t, axis_name=axis_name)
+                                    t=lc.t, axis_name=kernel_axis)
 
     (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     if sum_grads:
       grads = jax.lax.psum(grads, axis_name)
     aux = {"loss_eig": aux["loss_eig"], "loss_orth": aux["loss_orth"],
-           "eigenvalues": aux["eigenvalues"], "tau": tau}
-    return loss, aux, grads
+           "eigenvalues": aux["eigenvalues"]}
+    if mean_axis is not None:  # one loss per kernel: their mean, and the gradients' mean
+      loss, aux = jax.lax.pmean((loss, aux), mean_axis)
+      grads = jax.tree.map(lambda x: x / jax.lax.axis_size(mean_axis), grads)
+    return loss, {**aux, "tau": tau}, grads
 
   return loss_and_grad
+
+
+def scope_axes(scope: str, axis_name) -> tuple[Any, Any]:
+  """``(kernel axis, mean axis)`` of a kernel scope for a step mapped over ``axis_name``.
+
+  The kernel and the loss's batch sums run over the kernel axis (None: this device alone);
+  losses and gradients are averaged over the mean axis (None: the loss is already one).
+  ``"global"``: (axis_name, None); ``"device"``: (None, axis_name); ``"group"``: axis_name is
+  ``(outer, inner)`` (`GROUP_AXES`), giving (inner, outer). Without an axis: (None, None).
+
+  Raises:
+    ValueError: an unknown scope, or ``"group"`` without a 2-axis ``axis_name``.
+  """
+  if scope not in KERNEL_SCOPES:
+    raise ValueError(f"graph.scope must be one of {KERNEL_SCOPES}; got {scope!r}")
+  if axis_name is None:
+    return None, None
+  if scope == "global":
+    return axis_name, None
+  if scope == "device":
+    return None, axis_name
+  if not (isinstance(axis_name, tuple) and len(axis_name) == 2):
+    raise ValueError(f"graph.scope = 'group' needs axis_name = (group axis, member axis), e.g. "
+                     f"{GROUP_AXES} of step.scope_mesh; got {axis_name!r}")
+  return axis_name[1], axis_name[0]
+
+
+def scope_mesh(config: ml_collections.ConfigDict, mesh: Mesh) -> tuple[Mesh, Any]:
+  """The mesh and batch axis the step of ``config.graph.scope`` is mapped over.
+
+  ``"device"`` and ``"global"``: ``mesh`` itself and `AXIS`. ``"group"``: the same devices, in
+  ``mesh``'s order, as a (D/g, g) mesh with axes `GROUP_AXES` (g = ``graph.group_size``), and
+  the batch axis `GROUP_AXES`: device i holds the same rows of the batch as on ``mesh``.
+
+  Raises:
+    ValueError: ``graph.group_size`` does not divide the mesh's devices.
+  """
+  g = config.graph
+  if g.get("scope", "global") != "group":
+    return mesh, AXIS
+  size, devices = int(g.group_size), np.asarray(mesh.devices).reshape(-1)
+  if size < 1 or devices.size % size:
+    raise ValueError(f"graph.group_size = {g.group_size} must divide the {devices.size} devices")
+  grouped = Mesh(devices.reshape(devices.size // size, size), GROUP_AXES,
+                 axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return grouped, GROUP_AXES
 
 
 def _apply_update(config, tx, state: TrainState, loss, aux, grads):
@@ -224,7 +292,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None = None)
 def _make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Callable:
   config = ml_collections.ConfigDict(config.to_dict())  # a private copy: later edits can't leak
   tx = make_optimizer(config)
-  grad_fn = make_loss_and_grad(config, axis_name=None if mesh is None else AXIS)
+  mesh, axis = (None, None) if mesh is None else scope_mesh(config, mesh)
+  grad_fn = make_loss_and_grad(config, axis_name=axis)
 
   def local_step(state, batch):
     return _apply_update(config, tx, state, *grad_fn(state, batch))
@@ -233,7 +302,7 @@ def _make_train_step(config: ml_collections.ConfigDict, mesh: Mesh | None) -> Ca
     compiled = jax.jit(local_step)
   else:
     compiled = jax.jit(jax.shard_map(local_step, mesh=mesh,
-                                     in_specs=(P(), {key: P(AXIS) for key in BATCH_KEYS}),
+                                     in_specs=(P(), {key: P(axis) for key in BATCH_KEYS}),
                                      out_specs=(P(), P())))
   # Only BATCH_KEYS reach the compiled step: anything else in a batch (labels) is dropped here.
   return lambda state, batch: compiled(state, {key: batch[key] for key in BATCH_KEYS})
@@ -264,7 +333,8 @@ def make_image_train_step(config: ml_collections.ConfigDict, backbone,
   if key not in _STEP_CACHE:
     cfg = ml_collections.ConfigDict(config.to_dict())
     tx = make_optimizer(cfg)
-    grad_fn = make_loss_and_grad(cfg, axis_name=None if mesh is None else AXIS)
+    step_mesh, axis = (None, None) if mesh is None else scope_mesh(cfg, mesh)
+    grad_fn = make_loss_and_grad(cfg, axis_name=axis)
 
     def local_step(state, net, batch):
       feats = features.training_batch(net, batch[IMAGE_KEY])
@@ -275,7 +345,7 @@ def make_image_train_step(config: ml_collections.ConfigDict, backbone,
       _STEP_CACHE[key] = jax.jit(local_step, compiler_options=options)
     else:
       _STEP_CACHE[key] = jax.jit(
-          jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), {IMAGE_KEY: P(AXIS)}),
+          jax.shard_map(local_step, mesh=step_mesh, in_specs=(P(), P(), {IMAGE_KEY: P(axis)}),
                         out_specs=(P(), P())), compiler_options=options)
   compiled = _STEP_CACHE[key]
   net = replicate(backbone, mesh)
@@ -328,7 +398,8 @@ def replicate(tree: Any, mesh: Mesh | None) -> Any:
 
 
 __all__ = [
-    "AXIS", "BATCH_KEYS", "IMAGE_KEY", "TrainState", "data_mesh", "device_batch", "init_state", "learning_rate_schedule",
-    "make_image_train_step", "make_loss_and_grad", "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
-    "replicate",
+    "AXIS", "BATCH_KEYS", "GROUP_AXES", "IMAGE_KEY", "TrainState", "data_mesh", "device_batch",
+    "init_state", "learning_rate_schedule", "make_image_train_step", "make_loss_and_grad",
+    "make_optimizer", "make_train_step", "per_image_gumbel_softmax", "process_rows", "psi_module",
+    "replicate", "scope_axes", "scope_mesh",
 ]
