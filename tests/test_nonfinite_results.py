@@ -50,7 +50,9 @@ def test_nan_features_fail_every_photo_with_the_reason(tmp_path, monkeypatch):
   with pytest.raises(_cli.WorkError, match="no photo could be processed") as error:
     segment.run(_config(tmp_path))
   message = str(error.value)
-  assert message.count("NaN/Inf in the eigenvalues, eigenvectors, object map") == 2, message
+  # the fields named depend on the discovery method (multi_region's object map comes from the
+  # NaN eigenvectors too); every method's photo fails on its non-finite eigenpairs
+  assert message.count("NaN/Inf in the eigenvalues, eigenvectors") == 2, message
   assert "bundled:voc" in message and "bundled:arc2017" in message
   out = tmp_path / "out"
   assert not list((out / segment.PHOTOS).glob("**/*.json"))
