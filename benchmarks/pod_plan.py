@@ -37,6 +37,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from experiments.configs import neuralef as configs
@@ -88,7 +89,7 @@ def plan_one(devices: int, batch: int, form: str, scope: str, group_size: int, g
   if part == "kernel":
     shapes = pod_plan.train_batch_shapes(config)
     shapes = {"graph_features": shapes["graph_features"], "image_grids": shapes["image_grids"],
-              "psi": ((batch, grid * grid, psi_k), jax.numpy.float32)}
+              "psi": ((batch, grid * grid, psi_k), jnp.float32)}
     plan = pod_plan.plan_step(config, step_lib.data_mesh(), step_builder=kernel_step_builder,
                               batch_shapes=shapes, state_shapes={})
   else:
